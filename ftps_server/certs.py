@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import grp
+import itertools
 import os
 import stat
 from dataclasses import dataclass
@@ -196,8 +197,9 @@ def load_key_matching(path: Path, cert: x509.Certificate, key_group: str) -> Non
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise CertificateError(f"key file {path} is encrypted; store it without a passphrase")
-    except (ValueError, Exception):  # any parse failure: the message must not quote the key
+        msg = f"key file {path} is encrypted; store it without a passphrase"
+        raise CertificateError(msg) from None
+    except Exception:  # any parse failure: the message must not quote the key
         raise CertificateError(f"key file {path} holds no readable PEM private key") from None
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
@@ -205,7 +207,7 @@ def load_key_matching(path: Path, cert: x509.Certificate, key_group: str) -> Non
 
 
 def _check_chain(chain: list[x509.Certificate], path: Path) -> None:
-    for child, parent in zip(chain, chain[1:], strict=False):
+    for child, parent in itertools.pairwise(chain):
         try:
             child.verify_directly_issued_by(parent)
         except (ValueError, TypeError, InvalidSignature):
