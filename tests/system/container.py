@@ -387,11 +387,14 @@ class Container:
     def write_file(self, inside: str, text: str | bytes, mode: int = 0o644, owner: str = "root:root") -> None:
         """Write a file inside the container with the given mode and owner (names as inside)."""
         data = text.encode() if isinstance(text, str) else text
-        self.run(
-            f"umask 077; mkdir -p \"$(dirname {shlex.quote(inside)})\"; cat > {shlex.quote(inside)} "
-            f"&& chown {shlex.quote(owner)} {shlex.quote(inside)} && chmod {mode:o} {shlex.quote(inside)}",
-            input=data.decode("latin-1"),
-        )
+        target = self.path(inside)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        # Owner names are resolved inside (the ftps-server group exists only there).
+        self.run(["chown", owner, inside])
+        self.run(["chmod", f"{mode:o}", inside])
 
     def install_deb(self, deb: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
         """``apt install ./x.deb`` inside (dependencies come from the rootfs; no network)."""
@@ -405,7 +408,6 @@ class Container:
     def journal_json(self, message_id: str | None = None, unit: str | None = None,
                      extra: Sequence[str] = ()) -> list[dict[str, object]]:
         """Journal entries (``journalctl -o json``), filtered by MESSAGE_ID and/or unit."""
-        args = ["journalctl", "--no-pager", "-o", "json", "--output-fields=*"]
         args = ["journalctl", "--no-pager", "-o", "json"]
         if message_id:
             args.append(f"MESSAGE_ID={message_id}")

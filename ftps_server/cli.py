@@ -1,0 +1,56 @@
+"""Command line: parse arguments and dispatch; each subcommand lives in its own module.
+
+A module named in `_COMMAND_MODULES` exposes `register(subparsers)`, which adds its
+subcommand and sets `func=run` where `run(args) -> int` returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import FtpsServerError
+
+__all__ = ["main"]
+
+_COMMAND_MODULES = (
+    "ftps_server.daemon",  # serve, check-config, demo
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="ftps-server", description="FTPS server")
+    parser.add_argument("--version", action="version", version=f"ftps-server {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `ftps-server` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except FtpsServerError as exc:
+        if args.debug:
+            raise
+        print(f"ftps-server: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
