@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
 from . import __version__
 from .errors import FtpsServerError
+from .journal import setup_logging
 
 __all__ = ["main"]
 
@@ -37,10 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ftps-server` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.debug)
     try:
         return int(args.func(args))
     except FtpsServerError as exc:

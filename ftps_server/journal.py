@@ -1,0 +1,207 @@
+"""Logging to the systemd journal with structured fields, or to stderr with priority prefixes.
+
+Every module logs through `logging.getLogger(__name__)` and attaches structured fields as
+``logger.log(level, msg, extra={"fields": {"MESSAGE_ID": ..., "CERT_NAME": ...}})``. This
+module is the only one that imports `systemd`: `setup_logging` picks the journal's native
+protocol when stderr is connected to the journal (or ``FTPS_SERVER_LOG=journal``) and
+systemd-python is installed; otherwise each record becomes one stderr line
+``<N>LEVEL logger: message KEY=value ...`` whose ``<N>`` prefix journald (and only journald)
+turns into the entry's priority, so the priority survives even without systemd-python.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
+
+__all__ = [
+    "PRIORITIES",
+    "StderrHandler",
+    "StructuredJournalHandler",
+    "journal_fields",
+    "priority",
+    "record_fields",
+    "setup_logging",
+    "stderr_is_journal",
+]
+
+SYSLOG_IDENTIFIER = "ftps-server"
+
+#: logging level -> syslog priority (sd-daemon(3)): crit 2, err 3, warning 4, info 6, debug 7
+PRIORITIES = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+# Journal field names: upper-case letters, digits and underscores, not starting with "_"
+# (leading underscores are trusted fields only journald itself may set).
+_FIELD_BAD_CHARS = re.compile(r"[^A-Z0-9_]")
+# Fields the handler sets itself; a record's own "fields" must not overwrite them.
+_RESERVED = {"MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER"}
+# Defence in depth: whatever a caller passes, PEM private key text never reaches a log.
+_PRIVATE_KEY = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.DOTALL
+)
+_HANDLER_MARK = "_ftps_server_handler"
+
+
+def priority(levelno: int) -> int:
+    """The syslog priority for a logging level (levels in between round towards debug)."""
+    for level in sorted(PRIORITIES, reverse=True):
+        if levelno >= level:
+            return PRIORITIES[level]
+    return PRIORITIES[logging.DEBUG]
+
+
+def _field_name(name: str) -> str:
+    cleaned = _FIELD_BAD_CHARS.sub("_", name.upper()).lstrip("_")
+    return cleaned[:64] or "FIELD"
+
+
+def _redact(text: str) -> str:
+    return _PRIVATE_KEY.sub("[private key removed]", text)
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, str]:
+    """The structured fields a record carries in ``extra={"fields": {...}}``, as journal fields.
+
+    Names are upper-cased and made journal-safe; None values are dropped; all values are text.
+    """
+    raw = getattr(record, "fields", None)
+    if not isinstance(raw, Mapping):
+        return {}
+    out: dict[str, str] = {}
+    for name, value in raw.items():
+        if value is None:
+            continue
+        key = _field_name(str(name))
+        if key in _RESERVED:
+            continue
+        out[key] = _redact(str(value))
+    return out
+
+
+def journal_fields(record: logging.LogRecord, message: str | None = None) -> dict[str, str]:
+    """Every journal field a record becomes: MESSAGE, PRIORITY, code location, own fields."""
+    text = message if message is not None else record.getMessage()
+    fields = {
+        "MESSAGE": _redact(text),
+        "PRIORITY": str(priority(record.levelno)),
+        "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
+        "LOGGER": record.name,
+        "CODE_FILE": record.pathname,
+        "CODE_LINE": str(record.lineno),
+        "CODE_FUNC": record.funcName,
+        "THREAD_NAME": record.threadName or "",
+    }
+    fields.update(record_fields(record))
+    return fields
+
+
+def _quote(value: str) -> str:
+    if value and not re.search(r'[\s"=\\]', value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+class StderrHandler(logging.StreamHandler):
+    """One line per record: ``<N>LEVEL logger: message KEY=value ...``.
+
+    A multi-line message (a traceback with --debug) repeats the prefix on every line, because
+    journald reads each stderr line as its own entry and takes the priority from each prefix.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream if stream is not None else sys.stderr)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as prefixed lines."""
+        message = _redact(record.getMessage())
+        if record.exc_info:
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+        fields = " ".join(f"{k}={_quote(v)}" for k, v in record_fields(record).items())
+        lines = message.splitlines() or [""]
+        if fields:
+            lines[0] = f"{lines[0]} {fields}"
+        prefix = f"<{priority(record.levelno)}>{record.levelname} {record.name}: "
+        return "\n".join(prefix + line for line in lines)
+
+
+Sender = Callable[..., Any]
+
+
+class StructuredJournalHandler(logging.Handler):
+    """Sends each record to the journal with its structured fields (native protocol).
+
+    `sender` is `systemd.journal.send` in production; it receives keyword arguments only.
+    """
+
+    def __init__(self, sender: Sender, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self._sender = sender
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Send one record; a failure goes to logging's own error path, never raises."""
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            fields = journal_fields(record, message)
+            self._sender(**fields)
+        except Exception:
+            self.handleError(record)
+
+
+def stderr_is_journal(stream: TextIO | None = None) -> bool:
+    """True when `stream` (default stderr) is the journal's stream socket ($JOURNAL_STREAM)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = expected.partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError):
+        return False
+    return st.st_dev == int(device) and st.st_ino == int(inode)
+
+
+def _journal_sender() -> Sender | None:
+    # importlib keeps mypy's verdict the same whether or not systemd-python is installed
+    try:
+        journal = importlib.import_module("systemd.journal")  # only this module imports it
+    except ImportError:
+        return None
+    send: Sender = journal.send
+    return send
+
+
+def _wants_journal() -> bool:
+    choice = os.environ.get("FTPS_SERVER_LOG", "").lower()
+    if choice == "stderr":
+        return False
+    return choice == "journal" or stderr_is_journal()
+
+
+def setup_logging(debug: bool, *, stream: TextIO | None = None) -> None:
+    """Route every logger to the journal or stderr; call once per process (again replaces it).
+
+    ``FTPS_SERVER_LOG=journal`` or ``=stderr`` overrides the automatic choice.
+    """
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, _HANDLER_MARK, False):
+            root.removeHandler(old)
+    sender = _journal_sender() if _wants_journal() else None
+    handler: logging.Handler
+    handler = StructuredJournalHandler(sender) if sender else StderrHandler(stream)
+    setattr(handler, _HANDLER_MARK, True)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
