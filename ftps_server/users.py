@@ -1,0 +1,170 @@
+"""Users from `[user:NAME]`: the pyftpdlib authorizer, the home jail, home creation.
+
+The authorizer answers pyftpdlib's questions (home, permissions, messages) from the config
+users. Login decisions are not taken here but in `auth`, because they need the TLS peer
+certificate, the worker pool and the ban table; `validate_authentication` exists only to
+satisfy the contract and is never called on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from pyftpdlib.authorizers import AuthenticationFailed
+from pyftpdlib.filesystems import AbstractedFS
+
+from .config import Config, UserConfig
+
+__all__ = ["JailedFS", "UserAuthorizer", "ensure_homes", "outside_sentinel"]
+
+log = logging.getLogger(__name__)
+
+HOME_MODE = 0o750
+
+
+def ensure_homes(config: Config) -> dict[str, str]:
+    """Create missing homes (mode 0750); return {user: problem} for homes still unusable."""
+    problems: dict[str, str] = {}
+    for user in config.users:
+        home = user.home
+        if not home.exists() and not home.is_symlink():
+            try:
+                home.mkdir(mode=HOME_MODE, parents=True)
+                # mkdir's mode is filtered by the umask; the home must be exactly 0750
+                os.chmod(home, HOME_MODE)
+                log.info("created home directory %s for user %s (mode 0750)", home, user.name)
+            except OSError as exc:
+                problems[user.name] = f"cannot create home directory {home}: {exc.strerror}"
+                continue
+        if not home.is_dir():
+            problems[user.name] = f"home {home} is not a directory"
+        elif not os.access(home, os.R_OK | os.X_OK):
+            problems[user.name] = f"home directory {home} is not readable by this service"
+    for name, problem in problems.items():
+        log.error("user %s cannot log in: %s", name, problem)
+    return problems
+
+
+class UserAuthorizer:
+    """pyftpdlib authorizer over the config users; `update` swaps them in on reload.
+
+    One instance lives for the whole run, so handlers that captured it before a reload see
+    the new users and permissions at once (a removed user loses every permission).
+    """
+
+    msg_login = "Login successful."
+    msg_quit = "Goodbye."
+
+    def __init__(self, users: tuple[UserConfig, ...] = ()) -> None:
+        self._users: dict[str, UserConfig] = {}
+        self.update(users)
+
+    def update(self, users: tuple[UserConfig, ...]) -> None:
+        """Replace the user table."""
+        self._users = {u.name: u for u in users}
+
+    def user(self, username: str) -> UserConfig | None:
+        """The config of `username`, or None."""
+        return self._users.get(username)
+
+    def has_user(self, username: str) -> bool:
+        """True when `username` is configured."""
+        return username in self._users
+
+    def get_home_dir(self, username: str) -> str:
+        """The real path of the user's home (the root of their jail)."""
+        user = self._users.get(username)
+        if user is None:
+            raise AuthenticationFailed("no such user")
+        return str(user.home)
+
+    def get_perms(self, username: str) -> str:
+        """pyftpdlib permission letters of `username` ('' for unknown users)."""
+        user = self._users.get(username)
+        return user.permissions if user else ""
+
+    def has_perm(self, username: str, perm: str, path: str | None = None) -> bool:
+        """True when `username` may do `perm` on `path`, which must lie inside the home."""
+        user = self._users.get(username)
+        if user is None or perm not in user.permissions:
+            return False
+        return path is None or _inside(str(user.home), path)
+
+    def get_msg_login(self, username: str) -> str:
+        """Text of the 230 reply."""
+        return self.msg_login
+
+    def get_msg_quit(self, username: str) -> str:
+        """Text of the 221 reply."""
+        return self.msg_quit
+
+    def impersonate_user(self, username: str, password: str) -> None:
+        """Virtual users all run as the service account: nothing to switch."""
+
+    def terminate_impersonation(self, username: str) -> None:
+        """See impersonate_user."""
+
+    def validate_authentication(self, username: str, password: str, handler: Any) -> None:
+        """Always refuse: logins go through `auth.pass_command`, off the event loop."""
+        raise AuthenticationFailed("Login incorrect.")
+
+
+def _inside(root: str, path: str) -> bool:
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def outside_sentinel() -> str:
+    """The virtual path `JailedFS.ftpnorm` returns for a climb above the root."""
+    return "/.."
+
+
+class JailedFS(AbstractedFS):
+    """AbstractedFS that refuses, rather than clamps, every way out of the home.
+
+    pyftpdlib silently turns `CWD ..` at the root into `/`; here a `..` that climbs above the
+    root maps to a path outside it, so the handler's `validpath` check answers 550 and the
+    attempt is visible. Absolute client paths are virtual (relative to the home) as in any
+    FTP server. Symlinks are resolved by `validpath`, which refuses targets outside the home.
+    """
+
+    def ftpnorm(self, ftppath: str) -> str:
+        """Normalise a client path against the cwd; a climb above / yields the sentinel."""
+        base = "/" if ftppath.startswith("/") else self.cwd
+        depth = 0
+        for part in f"{base}/{ftppath}".split("/"):
+            if part == "..":
+                depth -= 1
+                if depth < 0:
+                    return outside_sentinel()
+            elif part not in ("", "."):
+                depth += 1
+        result: str = super().ftpnorm(ftppath)
+        return result
+
+    def ftp2fs(self, ftppath: str) -> str:
+        """Real path for a client path; climbs above the home land outside it (refused)."""
+        if self.ftpnorm(ftppath) == outside_sentinel():
+            return os.path.dirname(os.path.normpath(self.root))
+        result: str = super().ftp2fs(ftppath)
+        return result
+
+    def validpath(self, path: str) -> bool:
+        """True when `path`, symlinks resolved, lies inside the home."""
+        return _inside(self.root, path)
+
+    def open(self, filename: str, mode: str) -> Any:
+        """Open a file, refusing (again, at the last moment) a path resolving outside."""
+        if not self.validpath(filename):
+            raise PermissionError(13, "Path is outside the home directory", filename)
+        return super().open(filename, mode)
+
+    def listdir(self, path: str) -> list[str]:
+        """List a directory inside the home."""
+        if not self.validpath(path):
+            raise PermissionError(13, "Path is outside the home directory", path)
+        result: list[str] = super().listdir(path)
+        return result
