@@ -19,6 +19,9 @@ __all__ = ["main"]
 
 _COMMAND_MODULES = (
     "ftps_server.daemon",  # serve, check-config, demo
+    "ftps_server.check",  # check
+    "ftps_server.passwords",  # hash-password
+    "ftps_server.pending",  # pending-certs
 )
 
 

@@ -1,0 +1,290 @@
+"""Output of `ftps-server check`: the monitoring-plugin line, the readable table, and JSON.
+
+Text output: the first line is in monitoring-plugin form, e.g.
+
+    FTPS OK - 4 listeners, nearest expiry 41 days | days_left=41;14;0
+
+(perfdata `days_left=VALUE;WARN;CRIT`, present whenever a certificate was seen), then a table with
+one row per listener, then one block per listener with every fact and every finding.
+
+JSON output (`--json`) is one object, schema in docs/check.schema.json (`format_version` 1):
+
+    status            "OK" | "WARNING" | "CRITICAL" | "UNKNOWN" (exit_status 0 | 1 | 2 | 3)
+    summary           the monitoring-plugin line
+    config, checked_at (ISO 8601 UTC), warn_days, timeout, ca_source
+    nearest_expiry_days   int or null
+    error             why the run is UNKNOWN before probing (null otherwise)
+    listeners[]       address, bind (the configured address, maybe "*"), kind, port, status,
+                      findings[] {status, text}, reachable, tls {version, cipher, bits} | null,
+                      certificate {subject, issuer, common_name, sans[], fingerprint_sha256,
+                        serial, not_before, not_after, days_left, key_type, key_bits,
+                        chain[]} | null,
+                      configured {section, path, fingerprint_sha256, matches, error} | null,
+                      chain {checked, verified, against, error},
+                      names {checked[], matched[]},
+                      client_certificate null on other ports, else
+                        {anonymous {refused, detail}, probe {used, admitted, detail}},
+                      elapsed_seconds
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from .check_probe import Attempt
+    from .check_verdict import ListenerReport, RunReport
+
+__all__ = ["FORMAT_VERSION", "emit", "render_text", "summary_line", "to_json"]
+
+FORMAT_VERSION = 1
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _expiry(days: int) -> str:
+    if days < 0:
+        return f"nearest expiry {_plural(-days, 'day')} ago"
+    return f"nearest expiry {_plural(days, 'day')}"
+
+
+def summary_line(report: RunReport) -> str:
+    """The monitoring-plugin first line: `FTPS STATUS - text | perfdata`."""
+    head = f"FTPS {report.status.name} - "
+    if report.error:
+        return head + report.error.replace("|", "/")
+    parts = [_plural(len(report.listeners), "listener")]
+    for status in ("CRITICAL", "WARNING", "UNKNOWN"):
+        count = sum(1 for r in report.listeners if r.status.name == status)
+        if count:
+            parts.append(f"{count} {status.lower()}")
+    nearest = report.nearest_expiry
+    parts.append(_expiry(nearest) if nearest is not None else "no certificate seen")
+    text = ", ".join(parts)
+    worst = next((r for r in report.listeners if r.status == report.status and r.findings), None)
+    if worst is not None and report.status.name != "OK":
+        text += f": {worst.target.label}: {worst.findings[0].text}"
+    text = text.replace("|", "/")  # `|` starts the perfdata
+    if nearest is not None:
+        text += f" | days_left={nearest};{report.warn_days};0"
+    return head + text
+
+
+# --- text -----------------------------------------------------------------------------------
+
+_COLUMNS = ("LISTENER", "BIND", "STATUS", "DAYS", "TLS", "FINGERPRINT (SHA-256)")
+
+
+def _row(r: ListenerReport) -> tuple[str, ...]:
+    obs = r.observation
+    return (
+        r.target.label,
+        obs.target.bind,
+        r.status.name,
+        "-" if r.days_left is None else str(r.days_left),
+        obs.main.tls_version or "-",
+        r.cert.fingerprint[:23] + "..." if r.cert else "-",  # in full in the block below
+    )
+
+
+def _table(reports: tuple[ListenerReport, ...]) -> list[str]:
+    rows = [_COLUMNS, *(_row(r) for r in reports)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
+def _client_cert_text(r: ListenerReport) -> list[str]:
+    obs = r.observation
+    anon = obs.anonymous
+    if anon is None:
+        return []
+    if anon.admitted is False:
+        lines = [f"no certificate: refused ({anon.refusal})"]
+    elif anon.admitted is True:
+        lines = [f"no certificate: LET IN (server replied {anon.reply!r})"]
+    else:
+        lines = [f"no certificate: not proven refused ({anon.error})"]
+    if obs.probe_used:
+        got_in = "let in" if obs.main.admitted else f"NOT let in ({obs.main.error})"
+        lines.append(f"[check] client_cert: {got_in}")
+    else:
+        lines.append("[check] client_cert: not configured")
+    return lines
+
+
+def _cert_lines(r: ListenerReport) -> list[tuple[str, str]]:
+    c, obs = r.cert, r.observation
+    if c is None:
+        return [("certificate", "not seen")]
+    when = f"{c.not_before:%Y-%m-%d %H:%M} .. {c.not_after:%Y-%m-%d %H:%M} UTC"
+    out = [
+        ("subject", c.subject),
+        ("issuer", c.issuer),
+        ("SANs", ", ".join(c.sans) or "(none)"),
+        ("fingerprint", c.fingerprint),
+        ("valid", f"{when} ({r.days_left} days left)"),
+        ("key", f"{c.key_type} {c.key_bits} bits"),
+    ]
+    if r.chain_subjects:
+        out.append(("served chain", " <- ".join(r.chain_subjects)))
+    if obs.chain_error:
+        out.append(("chain", f"does NOT verify: {obs.chain_error}"))
+    elif obs.chain_checked:
+        out.append(("chain", "verifies"))
+    if r.names_checked:
+        missing = [n for n in r.names_checked if n not in r.names_matched]
+        out.append(("names", "in SANs: " + (", ".join(missing) + " MISSING" if missing else "all")))
+    return out
+
+
+def _configured_text(r: ListenerReport) -> str:
+    conf = r.observation.configured
+    if conf.entry is None:
+        return "none for this address"
+    where = f"[certificate:{conf.entry.name}] {conf.entry.cert}"
+    if conf.error:
+        return f"{where}: {conf.error}"
+    if r.cert is None:
+        return where
+    same = "the served certificate" if r.cert.fingerprint == conf.fingerprint else "DIFFERENT"
+    return f"{where}: {same}"
+
+
+def _block(r: ListenerReport) -> list[str]:
+    main = r.observation.main
+    if main.handshake_done:
+        reach = f"yes, {main.tls_version} {main.cipher} ({main.cipher_bits} bits)"
+    else:
+        reach = f"no: {main.error}" if main.stage in ("tcp", "banner") else "yes, no TLS session"
+    pairs = [("reachable", reach), *_cert_lines(r), ("configured", _configured_text(r))]
+    pairs += [("client cert", text) for text in _client_cert_text(r)]
+    lines = [f"{r.target.label} (bind {r.target.bind}): {r.status.name}"]
+    lines += [f"  {k:<13}{v}" for k, v in pairs]
+    lines += [f"  {f.status.name}: {f.text}" for f in r.findings]
+    return lines
+
+
+def render_text(report: RunReport) -> str:
+    """The whole readable report: plugin line, table, one block per listener."""
+    lines = [summary_line(report)]
+    if report.listeners:
+        lines += ["", *_table(report.listeners)]
+        for r in report.listeners:
+            lines += ["", *_block(r)]
+    return "\n".join(lines) + "\n"
+
+
+# --- JSON -----------------------------------------------------------------------------------
+
+
+def _attempt_detail(a: Attempt) -> str | None:
+    return a.refusal or a.error or (f"server replied {a.reply!r}" if a.reply else None)
+
+
+def _client_cert_json(r: ListenerReport) -> dict[str, Any] | None:
+    obs = r.observation
+    anon = obs.anonymous
+    if anon is None:
+        return None
+    return {
+        "anonymous": {
+            "refused": None if anon.admitted is None else not anon.admitted,
+            "detail": _attempt_detail(anon),
+        },
+        "probe": {
+            "used": obs.probe_used,
+            "admitted": obs.main.admitted if obs.probe_used else None,
+            "detail": _attempt_detail(obs.main) if obs.probe_used else None,
+        },
+    }
+
+
+def _certificate_json(r: ListenerReport) -> dict[str, Any] | None:
+    c = r.cert
+    if c is None:
+        return None
+    return {
+        "subject": c.subject,
+        "issuer": c.issuer,
+        "common_name": c.common_name,
+        "sans": list(c.sans),
+        "fingerprint_sha256": c.fingerprint,
+        "serial": format(c.serial, "X"),
+        "not_before": c.not_before.isoformat(),
+        "not_after": c.not_after.isoformat(),
+        "days_left": r.days_left,
+        "key_type": c.key_type,
+        "key_bits": c.key_bits,
+        "chain": list(r.chain_subjects),
+    }
+
+
+def _listener_json(r: ListenerReport, ca_source: str) -> dict[str, Any]:
+    obs, main = r.observation, r.observation.main
+    conf = obs.configured
+    return {
+        "address": r.target.address,
+        "bind": r.target.bind,
+        "kind": r.target.kind,
+        "port": r.target.port,
+        "status": r.status.name,
+        "findings": [{"status": f.status.name, "text": f.text} for f in r.findings],
+        "reachable": main.stage not in ("tcp", "banner") or main.handshake_done,
+        "tls": {"version": main.tls_version, "cipher": main.cipher, "bits": main.cipher_bits}
+        if main.handshake_done
+        else None,
+        "certificate": _certificate_json(r),
+        "configured": None
+        if conf.entry is None
+        else {
+            "section": conf.entry.name,
+            "path": str(conf.entry.cert),
+            "fingerprint_sha256": conf.fingerprint,
+            "matches": (r.cert.fingerprint == conf.fingerprint)
+            if r.cert and not conf.error
+            else None,
+            "error": conf.error,
+        },
+        "chain": {
+            "checked": obs.chain_checked,
+            "verified": (obs.chain_error is None) if obs.chain_checked else None,
+            "against": ca_source,
+            "error": obs.chain_error,
+        },
+        "names": {"checked": list(r.names_checked), "matched": list(r.names_matched)},
+        "client_certificate": _client_cert_json(r),
+        "elapsed_seconds": round(main.elapsed, 3),
+    }
+
+
+def to_json(report: RunReport) -> dict[str, Any]:
+    """The documented JSON structure (see the module docstring and docs/check.schema.json)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "status": report.status.name,
+        "exit_status": int(report.status),
+        "summary": summary_line(report),
+        "config": report.config_path,
+        "checked_at": report.checked_at.isoformat(),
+        "warn_days": report.warn_days,
+        "timeout": report.timeout,
+        "ca_source": report.ca_source,
+        "nearest_expiry_days": report.nearest_expiry,
+        "error": report.error,
+        "listeners": [_listener_json(r, report.ca_source) for r in report.listeners],
+    }
+
+
+def emit(report: RunReport, *, as_json: bool, out: TextIO | None = None) -> None:
+    """Print the report to `out` (stdout): text, or JSON with `as_json`."""
+    stream = out or sys.stdout
+    if as_json:
+        stream.write(json.dumps(to_json(report), indent=2) + "\n")
+    else:
+        stream.write(render_text(report))
