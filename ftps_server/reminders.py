@@ -1,0 +1,394 @@
+"""Certificate reminders: decide a condition per certificate section and listener address,
+log one journal record per finding, and email by the rules of DESIGN.md "Reminders".
+
+Rules (per calendar day in UTC):
+- `expiring`: one email per `warn_days` threshold crossed (several crossed at once, e.g. after
+  a missed day: one email); a new fingerprint starts afresh.
+- `expired`, `missing`, `invalid`: one email every day.
+- never two emails for the same certificate (or address) and condition on one day.
+Undelivered emails stay in the spool (see `reminder_store`) and are retried first next run.
+
+`ftps-server remind` exit status: 0 all certificates ok; 1 something expiring; 2 something
+expired, missing or invalid, or an email could not be delivered (it waits in the spool).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from . import mail, message_ids
+from .certs import CertInfo, inspect_entry, utcnow
+from .config import CertificateEntry, Config
+from .errors import ConfigError, FtpsServerError
+from .reminder_store import State, Store
+
+__all__ = ["Finding", "Listener", "Report", "evaluate", "now", "parse_time", "run_reminders"]
+
+log = logging.getLogger(__name__)
+
+#: Set to an ISO date or time to make `serve` and `remind` evaluate as of then (tests).
+NOW_ENV = "FTPS_SERVER_NOW"
+PROBLEMS = ("expired", "missing", "invalid")
+_MESSAGE_IDS = {
+    "expiring": message_ids.CERT_EXPIRING,
+    "expired": message_ids.CERT_EXPIRED,
+    "missing": message_ids.CERT_MISSING,
+    "invalid": message_ids.CERT_INVALID,
+}
+# How long a mailed threshold of a certificate no longer configured is remembered.
+_FORGET_DAYS = 40
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One (address, kind, port) the server binds or serves with a certificate."""
+
+    address: str
+    kind: str
+    port: int
+
+    def __str__(self) -> str:
+        return (
+            f"[{self.address}]:{self.port}"
+            if ":" in self.address
+            else f"{self.address}:{self.port}"
+        )
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The condition of one certificate section (kind "certificate") or of one listener
+    address that no certificate section serves (kind "address", always `missing`)."""
+
+    kind: str
+    name: str
+    condition: str  # ok | expiring | expired | missing | invalid
+    problem: str | None = None
+    listeners: tuple[Listener, ...] = ()
+    entry: CertificateEntry | None = None
+    info: CertInfo | None = None
+    days_left: int | None = None
+    crossed: tuple[int, ...] = ()  # warn_days thresholds reached (expiring only)
+
+    @property
+    def subject(self) -> str:
+        """Stable identity for dedup: "certificate:NAME" or "address:ADDR"."""
+        return f"{self.kind}:{self.name}"
+
+    @property
+    def fingerprint(self) -> str | None:
+        """SHA-256 fingerprint of the certificate, when it could be read."""
+        return self.info.fingerprint if self.info else None
+
+    def journal_fields(self) -> dict[str, Any]:
+        """Structured journal fields of this finding (None values are dropped by the logger)."""
+        message_id = _MESSAGE_IDS.get(self.condition)
+        if self.kind == "address" and self.condition == "missing":
+            message_id = message_ids.LISTENER_NO_CERT
+        return {
+            "MESSAGE_ID": message_id,
+            "CONDITION": self.condition,
+            "CERT_NAME": self.entry.name if self.entry else None,
+            "CERT_PATH": str(self.entry.cert) if self.entry else None,
+            "CERT_FINGERPRINT": self.fingerprint,
+            "CERT_NOT_AFTER": self.info.not_after.isoformat() if self.info else None,
+            "DAYS_LEFT": self.days_left,
+            "LISTENER": ",".join(str(li) for li in self.listeners) or None,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for `remind --json`."""
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "condition": self.condition,
+            "problem": self.problem,
+            "cert_path": str(self.entry.cert) if self.entry else None,
+            "fingerprint": self.fingerprint,
+            "not_after": self.info.not_after.isoformat() if self.info else None,
+            "days_left": self.days_left,
+            "thresholds_crossed": list(self.crossed),
+            "listeners": [dataclasses.asdict(li) for li in self.listeners],
+        }
+
+
+@dataclass
+class Report:
+    """What one run found and did."""
+
+    at: dt.datetime
+    findings: list[Finding]
+    dry_run: bool = False
+    actions: dict[str, str] = field(default_factory=dict)  # subject -> what happened
+    delivered: list[str] = field(default_factory=list)  # subjects accepted by SMTP
+    errors: list[str] = field(default_factory=list)
+    spooled: int = 0  # emails still waiting in the spool after the run
+
+    def exit_status(self) -> int:
+        """0 all ok, 1 something expiring, 2 a problem or an undelivered email."""
+        if self.spooled or self.errors or any(f.condition in PROBLEMS for f in self.findings):
+            return 2
+        return 1 if any(f.condition == "expiring" for f in self.findings) else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for `remind --json`."""
+        return {
+            "at": self.at.isoformat(),
+            "dry_run": self.dry_run,
+            "findings": [
+                {**f.as_dict(), "email": self.actions.get(f.subject, "")} for f in self.findings
+            ],
+            "delivered": self.delivered,
+            "spooled": self.spooled,
+            "errors": self.errors,
+            "exit_status": self.exit_status(),
+        }
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An ISO date (taken as 12:00 UTC) or date-time (UTC when no offset is given)."""
+    text = text.strip()
+    if len(text) == 10:
+        day = dt.date.fromisoformat(text)
+        return dt.datetime(day.year, day.month, day.day, 12, tzinfo=dt.UTC)
+    when = dt.datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def now() -> dt.datetime:
+    """The time reminders evaluate at: $FTPS_SERVER_NOW when set (tests), else the clock."""
+    override = os.environ.get(NOW_ENV)
+    return parse_time(override) if override else utcnow()
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+
+def _served_by(config: Config, entry: CertificateEntry) -> tuple[Listener, ...]:
+    """The listeners whose connections get `entry`'s certificate."""
+    ports = config.ports.enabled()
+    bound = config.server.addresses
+    addresses = [a for a in bound if config.certificate_for(a) is entry]
+    if "*" in bound:
+        # A wildcard bind serves every local address; the certificate then follows the
+        # connection's local address, so the section's own addresses are listeners too.
+        addresses += [a for a in entry.addresses if a != "*" and a not in addresses]
+    return tuple(Listener(a, kind, port) for a in addresses for kind, port in ports)
+
+
+def _certificate_finding(config: Config, entry: CertificateEntry, at: dt.datetime) -> Finding:
+    status = inspect_entry(entry, key_group=config.server.key_group, now=at)
+    days = status.info.days_left(at) if status.info else None
+    condition = status.condition
+    crossed: tuple[int, ...] = ()
+    if condition == "ok" and days is not None:
+        crossed = tuple(t for t in config.alerts.warn_days if days <= t)
+        condition = "expiring" if crossed else "ok"
+    return Finding(
+        kind="certificate",
+        name=entry.name,
+        condition=condition,
+        problem=status.problem,
+        listeners=_served_by(config, entry),
+        entry=entry,
+        info=status.info,
+        days_left=days,
+        crossed=crossed,
+    )
+
+
+def evaluate(config: Config, at: dt.datetime) -> list[Finding]:
+    """One finding per certificate section, plus one per bound address with no certificate."""
+    findings = [_certificate_finding(config, entry, at) for entry in config.certificates]
+    ports = config.ports.enabled()
+    if not ports:
+        return findings
+    for address in config.server.addresses:
+        if config.certificate_for(address) is None:
+            where = "every local address (*)" if address == "*" else f"address {address}"
+            findings.append(
+                Finding(
+                    kind="address",
+                    name=address,
+                    condition="missing",
+                    problem=f"no [certificate:NAME] section serves {where} "
+                    f"(set addresses = {address} or default = yes in one)",
+                    listeners=tuple(Listener(address, kind, port) for kind, port in ports),
+                )
+            )
+    return findings
+
+
+def _describe(f: Finding) -> str:
+    where = ", ".join(str(li) for li in f.listeners) or "no enabled listener"
+    if f.kind == "address":
+        return f"no certificate for {where}: {f.problem}"
+    if f.condition == "ok":
+        return f"certificate {f.name} ok, {f.days_left} days left ({where})"
+    if f.condition == "expiring" and f.info:
+        return (
+            f"certificate {f.name} expires in {f.days_left} days on "
+            f"{f.info.not_after:%Y-%m-%d %H:%M} UTC ({where})"
+        )
+    return f"certificate {f.name} {f.condition}: {f.problem} ({where})"
+
+
+def log_findings(findings: list[Finding]) -> None:
+    """One journal record per finding: warning for expiring, crit for problems."""
+    for f in findings:
+        level = {"ok": logging.INFO, "expiring": logging.WARNING}.get(f.condition, logging.CRITICAL)
+        log.log(level, "%s", _describe(f), extra={"fields": f.journal_fields()})
+    usable = {str(li) for f in findings if f.condition in ("ok", "expiring") for li in f.listeners}
+    everything = {str(li) for f in findings for li in f.listeners}
+    if everything and not usable:
+        log.critical(
+            "no listener has a usable server certificate: FTPS is unavailable on %s",
+            ", ".join(sorted(everything)),
+            extra={"fields": {"MESSAGE_ID": message_ids.LISTENER_NO_CERT, "CONDITION": "missing"}},
+        )
+
+
+# --- deciding and sending ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Due:
+    """A finding that needs an email, and the dedup keys that email satisfies."""
+
+    finding: Finding
+    sent_keys: list[str]
+    day_keys: list[str]
+
+
+def _due(findings: list[Finding], state: State, day: str) -> tuple[list[_Due], dict[str, str]]:
+    due, actions = [], {}
+    for f in findings:
+        if f.condition == "ok":
+            continue
+        day_key = f"{f.subject}|{f.condition}"
+        if state.days.get(day_key) == day:
+            actions[f.subject] = "already sent today"
+            continue
+        sent_keys = []
+        if f.condition == "expiring":
+            sent_keys = [f"{f.subject}|{f.fingerprint}|expiring|{t}" for t in f.crossed]
+            if all(k in state.sent for k in sent_keys):
+                actions[f.subject] = f"already sent for {min(f.crossed)} days"
+                continue
+        due.append(_Due(f, sent_keys, [day_key]))
+    return due, actions
+
+
+def _note_since(findings: list[Finding], state: State, day: str) -> None:
+    # "since" = first day a condition was seen; cleared once the condition changes.
+    current = {f"{f.subject}|{f.condition}" for f in findings if f.condition != "ok"}
+    state.since = {k: d for k, d in state.since.items() if k in current}
+    for key in current:
+        state.since.setdefault(key, day)
+
+
+def _attempt(
+    config: Config, store: Store, entry_path: Path, message: EmailMessage, report: Report
+) -> bool:
+    subject = str(message["Subject"])
+    try:
+        mail.deliver(config.alerts, message)
+    except FtpsServerError as exc:
+        log.error("reminder email not delivered, kept in %s: %s", entry_path, exc)
+        report.errors.append(f"{subject}: {exc}")
+        return False
+    store.remove(entry_path)
+    report.delivered.append(subject)
+    log.info("reminder email delivered to %s: %s", ", ".join(config.alerts.email_to), subject)
+    return True
+
+
+def _send_due(
+    config: Config, store: Store, state: State, due: list[_Due], report: Report, *, smtp_ok: bool
+) -> None:
+    day = report.at.date().isoformat()
+    for item in due:
+        f = item.finding
+        since = state.since.get(f"{f.subject}|{f.condition}", day)
+        subject, body = mail.render_reminder(config, f, at=report.at, since=since)
+        headers = {"X-FTPS-Server-Condition": f.condition, "X-FTPS-Server-Subject": f.subject}
+        message = mail.build_message(config.alerts, subject, body, headers=headers)
+        # Spool first, then record: a crash in between is reconciled from the spool next run.
+        path = store.spool(message, item.sent_keys, item.day_keys, day)
+        state.record(item.sent_keys, item.day_keys, day)
+        store.save(state)
+        # After one failure the server is down or refusing; the rest wait in the spool
+        # instead of each waiting out smtp_timeout.
+        delivered = smtp_ok and _attempt(config, store, path, message, report)
+        smtp_ok = smtp_ok and delivered
+        report.actions[f.subject] = "sent" if delivered else "queued (not delivered)"
+
+
+def _retry_spool(config: Config, store: Store, state: State, report: Report) -> bool:
+    """Deliver what earlier runs could not; False once the SMTP server fails."""
+    for entry in store.pending():
+        state.record(entry.sent_keys, entry.day_keys, entry.day)  # reconcile, idempotent
+        if not _attempt(config, store, entry.path, entry.message, report):
+            return False
+    return True
+
+
+def _store(config: Config) -> Store:
+    return Store(config.server.state_dir)
+
+
+def _locked_run(config: Config, report: Report) -> None:
+    store = _store(config)
+    day = report.at.date().isoformat()
+    try:
+        with store.locked() as state:
+            smtp_ok = _retry_spool(config, store, state, report)
+            _note_since(report.findings, state, day)
+            due, report.actions = _due(report.findings, state, day)
+            if due and not config.alerts.email_to:
+                log.warning("[alerts] email_to is empty: reminders go to the journal only")
+                report.actions.update({d.finding.subject: "no email_to" for d in due})
+                due = []
+            _send_due(config, store, state, due, report, smtp_ok=smtp_ok)
+            keep = {f"{f.subject}|{f.fingerprint}|" for f in report.findings}
+            state.prune(day, keep, _FORGET_DAYS)
+            store.save(state)
+            report.spooled = store.count_pending()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use the state directory {store.state_dir}: {exc.strerror or exc}",
+            file=str(config.path),
+            section="server",
+            key="state_dir",
+        ) from None
+
+
+def run_reminders(
+    config: Config, at: dt.datetime, *, dry_run: bool = False, send: bool = True
+) -> Report:
+    """Evaluate, log one journal record per finding, and email what the rules say is due.
+
+    dry_run: no journal records, no email, no change to any file (reports what would happen).
+    send=False: journal records only. Thread-safe and process-safe (an flock on the state
+    directory): `serve` starting and the daily timer never both send. Raises ConfigError
+    when the state directory is unusable.
+    """
+    report = Report(at=at, findings=evaluate(config, at), dry_run=dry_run)
+    if dry_run:
+        store = _store(config)
+        state = store.load(set_aside=False)
+        due, report.actions = _due(report.findings, state, at.date().isoformat())
+        report.actions.update({d.finding.subject: "would send" for d in due})
+        report.spooled = store.count_pending()
+        return report
+    log_findings(report.findings)
+    if send:
+        _locked_run(config, report)
+    return report
