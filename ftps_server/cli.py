@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "ftps_server.check",  # check
     "ftps_server.passwords",  # hash-password
     "ftps_server.pending",  # pending-certs
+    "ftps_server.remind",  # remind
 )
 
 
