@@ -89,9 +89,9 @@ class _Attempt:
     fingerprint: str | None = None
 
 
-def _policy(config: Config) -> BanPolicy:
+def _policy(config: Config, delays: tuple[float, float]) -> BanPolicy:
     s = config.server
-    return BanPolicy(s.max_login_failures, float(s.failure_window), float(s.ban_time))
+    return BanPolicy(s.max_login_failures, float(s.failure_window), float(s.ban_time), *delays)
 
 
 def _dummy_hash(config: Config) -> str:
@@ -126,11 +126,20 @@ def _printable(name: str) -> str:
 class Authenticator:
     """Owns users, the jail, the ban table, the pending-certificate store and the hash pool."""
 
-    def __init__(self, config: Config, *, clock: Clock = time.monotonic, workers: int = 2) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock = time.monotonic,
+        workers: int = 2,
+        delays: tuple[float, float] = (BanPolicy.first_delay, BanPolicy.max_delay),
+    ) -> None:
+        # delays: (first, max) seconds a failed login's reply is held back; tests shrink them
         self.config = config
+        self.delays = delays
         self.authorizer = UserAuthorizer(config.users)
         self.filesystem = JailedFS
-        self.tracker = FailureTracker(_policy(config), clock)
+        self.tracker = FailureTracker(_policy(config, delays), clock)
         self.pending = PendingStore(config.server.state_dir)
         self.wall_clock = utcnow
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ftps-auth")
@@ -141,7 +150,7 @@ class Authenticator:
     def _apply(self, config: Config) -> None:
         self.config = config
         self.authorizer.update(config.users)
-        self.tracker.set_policy(_policy(config))
+        self.tracker.set_policy(_policy(config, self.delays))
         self._pinned = {fp: u.name for u in config.users for fp in u.certificates}
         self._home_problems = ensure_homes(config)
         self._dummy = _dummy_hash(config)

@@ -1,0 +1,165 @@
+"""Shared pieces for the auth unit tests: a config writer, a PKI, a handler stand-in.
+
+The handler stand-in has the attributes and methods of the `auth.LoginHandler` protocol and
+runs on a real pyftpdlib IOLoop, so the worker-thread -> loop hand-off is exercised for real.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trustme
+from cryptography import x509
+from pyftpdlib.ioloop import IOLoop
+
+from ftps_server import config as config_mod
+from ftps_server.certs import fingerprint
+from ftps_server.passwords import HashParams, hash_password
+
+# cheap hashes keep unit tests fast; the cost parameters are tested in test_passwords
+FAST = HashParams(ln=4, r=8, p=1)
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Pki:
+    ca: trustme.CA
+    ca_file: Path
+    alice: x509.Certificate  # pinned by alice
+    carol: x509.Certificate  # CN=carol, matched by certificate_cn
+    stranger: x509.Certificate  # valid, CN=alice-laptop, pinned by nobody
+
+
+def _leaf(ca: trustme.CA, cn: str) -> x509.Certificate:
+    issued = ca.issue_cert(f"{cn}@example.org", common_name=cn)
+    return x509.load_pem_x509_certificate(issued.cert_chain_pems[0].bytes())
+
+
+def make_pki(tmp: Path) -> Pki:
+    """A client CA and three client certificates."""
+    ca = trustme.CA()
+    ca_file = tmp / "client-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return Pki(ca, ca_file, _leaf(ca, "alice"), _leaf(ca, "carol"), _leaf(ca, "alice-laptop"))
+
+
+def write_config(tmp: Path, pki: Pki, *, server: str = "", extra: str = "") -> Path:
+    """A config with users alice (pinned cert + password), bob (password), carol (CN),
+    dave (pinned cert only) and erin (certificate+password by CN)."""
+    pw = hash_password(PASSWORD, FAST)
+    text = f"""
+[server]
+state_dir = {tmp}/state
+root = {tmp}/homes
+max_login_failures = 3
+failure_window = 60
+ban_time = 300
+{server}
+
+[tls]
+client_ca = {pki.ca_file}
+
+[user:alice]
+auth = certificate+password
+password = {pw}
+certificates = sha256:{fingerprint(pki.alice)}
+permissions = elradfmw
+
+[user:bob]
+auth = password
+password = {pw}
+
+[user:carol]
+auth = certificate
+certificate_cn = carol
+
+[user:dave]
+auth = certificate
+certificates = sha256:{":".join(["11"] * 32)}
+
+[user:erin]
+auth = certificate+password
+password = {pw}
+certificate_cn = erin
+{extra}
+"""
+    path = tmp / "ftps-server.ini"
+    path.write_text(text)
+    return path
+
+
+def load(path: Path) -> config_mod.Config:
+    return config_mod.load(path)
+
+
+class FakeHandler:
+    """Stands in for the lead's FTPHandler subclass (see auth.LoginHandler)."""
+
+    def __init__(
+        self, state: Any, ioloop: Any, cert: x509.Certificate | None = None, ip: str = "127.0.0.1"
+    ) -> None:
+        self.server_state = state
+        self.ioloop = ioloop
+        self.remote_ip = ip
+        self.listener_name = "127.0.0.1:990 implicit"
+        self.listener_kind = "implicit"
+        self.peer_certificate = cert
+        self.username = ""
+        self.password = ""
+        self.authenticated = False
+        self.login_pending = False
+        self.attempted_logins = 0
+        self.authorizer = state.auth.authorizer
+        self.abstracted_fs = state.auth.filesystem
+        self.fs: Any = None
+        self.replies: list[str] = []
+        self.closing = False
+        self._closed = False
+        self.logged_in_as: str | None = None
+
+    def respond(self, line: str) -> None:
+        self.replies.append(line)
+
+    def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
+        self.respond(f"230 {msg_login}")
+        self.authenticated = True
+        self.fs = self.abstracted_fs(home, self)
+        self.on_login(self.username)
+
+    def on_login(self, username: str) -> None:
+        self.logged_in_as = username
+
+    def close_when_done(self) -> None:
+        self.closing = True
+
+
+@dataclass
+class State:
+    config: config_mod.Config
+    auth: Any
+
+
+def run_until(ioloop: IOLoop, done: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll the loop until `done()` (or fail after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting on the IOLoop")
+        ioloop.loop(timeout=0.02, blocking=False)
+
+
+class FakeClock:
+    """A monotonic clock tests move by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
