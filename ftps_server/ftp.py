@@ -1,0 +1,422 @@
+"""pyftpdlib hooks: TLS on the control and data channels, the three FTPS modes, PBSZ/PROT/CCC.
+
+Only what FTPS changes is overridden here; login policy lives in `auth`, TLS plumbing in
+`tls_channel`, certificate choice in `tls`. A session keeps the configuration generation
+(`ServerState`) it connected under, so a reload never changes a session in progress.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from cryptography import x509
+from pyftpdlib.handlers import DTPHandler, FTPHandler
+
+from . import auth
+from .config import normalize_address
+from .tls_channel import TlsChannel, TlsState
+
+if TYPE_CHECKING:
+    from .listeners import ListenerServer, ServerState
+
+__all__ = ["FtpsDataHandler", "FtpsHandler"]
+
+log = logging.getLogger(__name__)
+
+_BULK = 256 * 1024  # bytes per TLS write/read call on data connections
+_EVENT_BUDGET = 8 * 1024 * 1024  # bytes moved per IOLoop event before yielding to others
+_DATA_COMMANDS = {"PASV", "EPSV", "PORT", "EPRT"}
+_PRE_TLS_COMMANDS = {"AUTH", "FEAT", "QUIT", "NOOP", "SYST", "HELP", "OPTS"}
+
+
+class FtpsDataHandler(TlsChannel, DTPHandler):  # type: ignore[misc]
+    """Data connection: TLS when PROT P, bulk reads and writes, session reuse enforced."""
+
+    cmd_channel: FtpsHandler
+
+    def __init__(self, sock: Any, cmd_channel: FtpsHandler) -> None:
+        self._out: bytes | None = None
+        self._rbuf = bytearray(_BULK)
+        super().__init__(sock, cmd_channel)
+        if self.connected and cmd_channel.data_protected:
+            state = cmd_channel.state
+            # resume against the context the control connection ended up with (after SNI)
+            self.start_tls(cmd_channel.socket.context, state.config.server.handshake_timeout)
+
+    def tls_established(self) -> None:
+        channel = self.cmd_channel
+        if channel.state.config.tls.require_session_reuse and not self.socket.session_reused:
+            log.warning(
+                "refused data connection from %s on %s: TLS session not resumed",
+                channel.remote_ip,
+                channel.listener_name,
+                extra={"fields": {"REMOTE_ADDR": channel.remote_ip, "USER": channel.username}},
+            )
+            self._abort(
+                "522 Data connection must resume the TLS session of the control "
+                "connection (session reuse required)."
+            )
+            return
+        self.modify_ioloop_events(self._wanted_io_events)
+
+    def tls_failed(self, reason: str) -> None:
+        log.info(
+            "TLS handshake on data connection from %s failed: %s",
+            self.cmd_channel.remote_ip,
+            reason,
+        )
+        self.tls_state = TlsState.PLAIN
+        self._abort(f"522 TLS negotiation on the data connection failed: {reason}.")
+
+    def _abort(self, reply: str) -> None:
+        self._resp = (reply, log.warning)
+        self.tls_state = TlsState.PLAIN  # no close_notify on a connection we refuse
+        DTPHandler.close(self)
+
+    def writable(self) -> bool:
+        return self._out is not None or super().writable()
+
+    def use_sendfile(self) -> bool:
+        return self.tls_state is TlsState.PLAIN and bool(super().use_sendfile())
+
+    def push_with_producer(self, producer: Any) -> None:
+        if hasattr(producer, "buffer_size"):
+            producer.buffer_size = _BULK
+        super().push_with_producer(producer)
+
+    def _next_chunk(self) -> bytes | None:
+        """The next bytes to send from the producer queue, or None when it is empty."""
+        fifo = self.producer_fifo
+        while fifo:
+            first = fifo[0]
+            if first is None:
+                return None
+            if isinstance(first, bytes | bytearray | memoryview):
+                fifo.popleft()
+                if first:
+                    return bytes(first)
+                continue
+            data = first.more()
+            if data:
+                return bytes(data)
+            fifo.popleft()
+        return None
+
+    def initiate_send(self) -> None:
+        if self.tls_state is TlsState.PLAIN:
+            super().initiate_send()
+            return
+        if self.tls_state is not TlsState.ESTABLISHED:
+            return  # the handshake's own events drive the channel until it is done
+        moved = 0
+        while moved < _EVENT_BUDGET and self.connected:
+            if self._out is None:
+                self._out = self._next_chunk()
+                if self._out is None:
+                    if self.producer_fifo and self.producer_fifo[0] is None:
+                        self.producer_fifo.popleft()
+                        self.handle_close()
+                    return
+            try:
+                self.socket.send(self._out)
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return  # retry later with the very same buffer
+            except (ssl.SSLError, OSError):
+                self.handle_close()
+                return
+            moved += len(self._out)
+            self.tot_bytes_sent += len(self._out)
+            self._out = None
+
+    def handle_read(self) -> None:
+        if self.tls_state is not TlsState.ESTABLISHED:
+            super().handle_read()
+            return
+        view, filled, eof = memoryview(self._rbuf), 0, False
+        while filled < len(self._rbuf):
+            try:
+                n = self.socket.recv_into(view[filled:])
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionError):
+                n = 0
+            except (ssl.SSLError, OSError):
+                self.handle_error()
+                return
+            if n == 0:
+                eof = True
+                break
+            filled += n
+        if filled:
+            self.tot_bytes_received += filled
+            chunk: Any = view[:filled]
+            if self._data_wrapper is not None:
+                chunk = self._data_wrapper(bytes(chunk))
+            try:
+                self.file_obj.write(chunk)
+            except OSError as err:
+                self._resp = (
+                    f"452 Cannot write file: {err.strerror}; transfer aborted.",
+                    log.warning,
+                )
+                self.close()
+                return
+        if eof:
+            self.transfer_finished = True
+            self.handle_close()
+
+    def handle_read_event(self) -> None:
+        if not self._tls_step():
+            self.handle_read()
+
+
+class FtpsHandler(TlsChannel, FTPHandler):  # type: ignore[misc]
+    """Control connection of one FTPS session on one listener."""
+
+    dtp_handler = FtpsDataHandler
+    proto_cmds: ClassVar[dict[str, Any]] = dict(FTPHandler.proto_cmds)
+    proto_cmds.update(
+        {
+            "AUTH": {
+                "perm": None,
+                "auth": False,
+                "arg": True,
+                "help": "Syntax: AUTH <SP> TLS|TLS-C|TLS-P|SSL (secure the control channel).",
+            },
+            "PBSZ": {
+                "perm": None,
+                "auth": False,
+                "arg": True,
+                "help": "Syntax: PBSZ <SP> 0 (negotiate TLS buffer).",
+            },
+            "PROT": {
+                "perm": None,
+                "auth": False,
+                "arg": True,
+                "help": "Syntax: PROT <SP> C|P (clear or protected data channel).",
+            },
+            "CCC": {
+                "perm": None,
+                "auth": True,
+                "arg": False,
+                "help": "Syntax: CCC (clear the command channel).",
+            },
+        }
+    )
+    banner = "ftps-server ready."
+    server: ListenerServer
+
+    def __init__(self, conn: Any, server: ListenerServer, ioloop: Any = None) -> None:
+        self.state: ServerState = server.state
+        self.server_state = self.state  # the name auth's LoginHandler protocol uses
+        self.listener_kind = server.kind
+        self.listener_name = server.name
+        self.peer_certificate: x509.Certificate | None = None
+        self.login_pending = False
+        self._pbsz = False
+        self._prot = False
+        settings = self.state.config.server
+        self.timeout = settings.idle_timeout
+        if settings.passive_ports:
+            self.passive_ports = list(
+                range(settings.passive_ports[0], settings.passive_ports[1] + 1)
+            )
+        self.authorizer = self.state.auth.authorizer
+        self.abstracted_fs = self.state.auth.filesystem
+        super().__init__(conn, server, ioloop)
+        if not self.connected:
+            return
+        self.local_ip = normalize_address(self.socket.getsockname()[0])
+        self.remote_ip = normalize_address(self.remote_ip)
+        self.tls_context = self.state.tls.context_for(self.local_ip, self.listener_kind)
+        self.tls_problem = self.state.tls.problem_for(self.local_ip)
+        self.masquerade_address = self._nat_address()
+        if self.tls_context is not None:
+            self._extra_feats = ["AUTH TLS", "AUTH SSL", "PBSZ", "PROT"]
+            if self._ccc_allowed:
+                self._extra_feats.append("CCC")
+
+    # --- policy
+
+    @property
+    def _implicit(self) -> bool:
+        return self.listener_kind.endswith("implicit")
+
+    @property
+    def _ccc_allowed(self) -> bool:
+        return self.state.config.tls.allow_ccc and not self.listener_kind.startswith("client")
+
+    @property
+    def _protection_required(self) -> bool:
+        return self.state.config.tls.require_data_protection or self.listener_kind.startswith(
+            "client"
+        )
+
+    @property
+    def _plain_allowed(self) -> bool:
+        return self.state.config.server.allow_plain_ftp and self.listener_kind == "explicit"
+
+    @property
+    def data_protected(self) -> bool:
+        return self._prot
+
+    def _nat_address(self) -> str | None:
+        ip = ipaddress.ip_address(self.remote_ip)
+        for rule in self.state.config.server.nat:
+            if ip.version == rule.network.version and ip in rule.network:
+                return rule.address
+        return None
+
+    # --- connection lifecycle
+
+    def handle(self) -> None:
+        refusal = auth.connection_refusal(self)
+        if refusal:
+            self.respond(refusal)
+            self.close_when_done()
+            return
+        if not self._implicit:
+            if self.tls_context is None:
+                self.banner = "ftps-server: TLS unavailable on this address (no valid certificate)."
+            super().handle()
+            return
+        if self.tls_context is None:
+            log.info(
+                "closing implicit connection from %s on %s: %s",
+                self.remote_ip,
+                self.listener_name,
+                self.tls_problem,
+            )
+            self.close()
+            return
+        self.start_tls(self.tls_context, self.state.config.server.handshake_timeout)
+
+    def tls_established(self) -> None:
+        der = self.socket.getpeercert(binary_form=True)
+        self.peer_certificate = x509.load_der_x509_certificate(der) if der else None
+        log.debug(
+            "TLS %s %s with %s on %s",
+            self.socket.version(),
+            (self.socket.cipher() or ("?",))[0],
+            self.remote_ip,
+            self.listener_name,
+        )
+        self.modify_ioloop_events(self.tls_io_events())
+        if self._implicit:
+            FTPHandler.handle(self)  # the 220 banner, now inside TLS
+
+    def tls_failed(self, reason: str) -> None:
+        log.warning(
+            "TLS handshake from %s on %s failed: %s",
+            self.remote_ip,
+            self.listener_name,
+            reason,
+            extra={"fields": {"REMOTE_ADDR": self.remote_ip, "LISTENER": self.listener_name}},
+        )
+        super().tls_failed(reason)
+
+    def tls_io_events(self) -> int:
+        return int(self.ioloop.READ | (self.ioloop.WRITE if self.producer_fifo else 0))
+
+    def initiate_send(self) -> None:
+        super().initiate_send()
+        pending = getattr(self, "_tls_after_flush", None)
+        if pending is not None and not self.producer_fifo and self.connected:
+            self._tls_after_flush = None
+            self.start_tls(pending, self.state.config.server.handshake_timeout)
+
+    # --- commands
+
+    def process_command(self, cmd: str, *args: Any, **kwargs: Any) -> None:
+        if self.login_pending and cmd != "QUIT":
+            self.respond("503 Login in progress; wait for the reply to PASS.")
+            return
+        if not self.tls_active and cmd not in _PRE_TLS_COMMANDS and not self._plain_allowed:
+            if self.tls_context is None:
+                why = "TLS is unavailable on this address (no valid certificate)"
+                self.respond(f"530 {why}; plain FTP is not allowed.")
+            else:
+                self.respond("530 TLS is required: send AUTH TLS first.")
+            return
+        if cmd in _DATA_COMMANDS and self._protection_required and not self._prot:
+            self.respond("521 Data connections must be protected: send PBSZ 0 and PROT P first.")
+            return
+        super().process_command(cmd, *args, **kwargs)
+
+    def ftp_USER(self, line: str) -> None:
+        auth.user_command(self, line)
+
+    def ftp_PASS(self, line: str) -> None:
+        auth.pass_command(self, line)
+
+    def ftp_AUTH(self, line: str) -> None:
+        arg = line.strip().upper()
+        if self.tls_state is not TlsState.PLAIN:
+            self.respond("503 Already using TLS.")
+        elif arg not in ("TLS", "TLS-C", "TLS-P", "SSL"):
+            self.respond("504 AUTH type not supported (use TLS, TLS-C, TLS-P or SSL).")
+        elif self.tls_context is None:
+            log.info(
+                "AUTH refused for %s on %s: %s",
+                self.remote_ip,
+                self.listener_name,
+                self.tls_problem,
+            )
+            self.respond(
+                "431 TLS is unavailable on this address: no valid certificate is "
+                "configured; contact the administrator."
+            )
+        else:
+            if arg == "TLS-P":  # RFC 4217 TLS-P: data protected from the start
+                self._pbsz = self._prot = True
+            self.respond(f"234 AUTH {arg} successful.")
+            self._tls_after_flush = self.tls_context
+            self.initiate_send()
+
+    def ftp_PBSZ(self, line: str) -> None:
+        if not self.tls_active:
+            self.respond("503 PBSZ not allowed on insecure control connection.")
+            return
+        self.respond("200 PBSZ=0 successful.")
+        self._pbsz = True
+
+    def ftp_PROT(self, line: str) -> None:
+        arg = line.strip().upper()
+        if not self.tls_active:
+            self.respond("503 PROT not allowed on insecure control connection.")
+        elif not self._pbsz:
+            self.respond("503 You must issue the PBSZ command prior to PROT.")
+        elif arg == "C":
+            if self._protection_required:
+                self.respond("534 Data protection is required on this listener: use PROT P.")
+            else:
+                self._prot = False
+                self.respond("200 Protection set to Clear.")
+        elif arg == "P":
+            self._prot = True
+            self.respond("200 Protection set to Private.")
+        elif arg in ("S", "E"):
+            self.respond(f"536 PROT {arg} unsupported (use C or P).")
+        else:
+            self.respond("504 Unrecognized PROT type (use C or P).")
+
+    def ftp_CCC(self, line: str) -> None:
+        if not self.tls_active:
+            self.respond("533 Command channel is not protected.")
+        elif not self._ccc_allowed:
+            self.respond("534 CCC is not allowed on this server.")
+        else:
+            self.respond("200 Command channel cleared; data protection level unchanged.")
+            self.clear_command_channel()
+
+    def ftp_REIN(self, line: str) -> None:
+        self.respond("502 REIN is not supported over TLS.")
+
+    def handle_timeout(self) -> None:
+        if self.tls_state is TlsState.HANDSHAKE:
+            self.tls_failed("handshake timed out")
+        else:
+            super().handle_timeout()

@@ -1,0 +1,169 @@
+"""One pyftpdlib server per (address, port kind) on one IOLoop, and reload between them.
+
+A `ServerState` is one generation of configuration: the parsed config, its TLS contexts and
+its authenticator. Listeners point at the newest generation; each session keeps the one it
+connected under, so a reload changes what new connections see and nothing else.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from pyftpdlib.servers import FTPServer
+
+from . import auth
+from .config import Config
+from .ftp import FtpsHandler
+from .tls import TlsContexts, build_contexts
+
+__all__ = ["ListenerServer", "Listeners", "ServerState", "build_state"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """One configuration generation shared by the listeners and the sessions it started."""
+
+    config: Config
+    tls: TlsContexts
+    auth: Any  # auth.Authenticator
+
+
+def build_state(config: Config, previous: ServerState | None = None) -> ServerState:
+    """Load certificates and users for `config`; reuse the authenticator (bans survive)."""
+    tls = build_contexts(config)
+    if previous is not None:
+        authenticator = previous.auth
+        authenticator.reload(config)
+    else:
+        authenticator = auth.Authenticator(config)
+    return ServerState(config, tls, authenticator)
+
+
+class ListenerServer(FTPServer):  # type: ignore[misc]
+    """A listening socket of one port kind; sessions are `FtpsHandler`s."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        kind: str,
+        name: str,
+        state: ServerState,
+        ioloop: Any,
+        ip_map: list[str],
+    ) -> None:
+        self.kind, self.name, self.state = kind, name, state
+        super().__init__(sock, FtpsHandler, ioloop=ioloop)
+        self.ip_map = ip_map  # shared: max_connections_per_ip spans every listener
+        self.apply_limits(state.config)
+
+    def apply_limits(self, config: Config) -> None:
+        self.max_cons = config.server.max_connections
+        self.max_cons_per_ip = config.server.max_connections_per_ip
+
+    def handle_accepted(self, sock: socket.socket, addr: Any) -> Any:
+        return super().handle_accepted(sock, addr)
+
+
+def _bind(address: str, port: int) -> socket.socket:
+    if address == "*":
+        if socket.has_dualstack_ipv6():
+            try:
+                return socket.create_server(
+                    ("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=128
+                )
+            except OSError as exc:
+                if exc.errno != errno.EAFNOSUPPORT:
+                    raise
+        return socket.create_server(("0.0.0.0", port), backlog=128)
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    return socket.create_server((address, port), family=family, backlog=128)
+
+
+def listener_name(address: str, port: int, kind: str) -> str:
+    """How a listener is named in logs, status and checks: '127.0.0.2:990 implicit'."""
+    host = f"[{address}]" if ":" in address else address
+    return f"{host}:{port} {kind}"
+
+
+class Listeners:
+    """The set of open listeners; `apply` opens, keeps or closes them to match a state."""
+
+    def __init__(self, ioloop: Any) -> None:
+        self.ioloop = ioloop
+        self.servers: dict[tuple[str, str, int], ListenerServer] = {}
+        self.failed: dict[tuple[str, str, int], str] = {}
+        self._ip_map: list[str] = []
+
+    def apply(self, state: ServerState) -> None:
+        """Make the open listeners those of `state`; sessions in progress are untouched."""
+        wanted = set(state.config.listeners())
+        for key in list(self.servers):
+            if key not in wanted:
+                self.servers.pop(key).close()
+                log.info("stopped listening on %s", listener_name(key[0], key[2], key[1]))
+        self.failed = {}
+        for key in sorted(wanted):
+            address, kind, port = key
+            if key in self.servers:
+                server = self.servers[key]
+                server.state = state
+                server.apply_limits(state.config)
+                continue
+            name = listener_name(address, port, kind)
+            try:
+                sock = _bind(address, port)
+            except OSError as exc:
+                self.failed[key] = exc.strerror or str(exc)
+                log.critical(
+                    "cannot listen on %s: %s",
+                    name,
+                    self.failed[key],
+                    extra={"fields": {"LISTENER": name}},
+                )
+                continue
+            self.servers[key] = ListenerServer(sock, kind, name, state, self.ioloop, self._ip_map)
+            log.info("listening on %s", name)
+        self._report_certificates(state)
+
+    def _report_certificates(self, state: ServerState) -> None:
+        for address, kind, port in sorted(self.servers):
+            if address == "*":
+                continue
+            problem = state.tls.problem_for(address)
+            if problem:
+                log.critical(
+                    "listener %s has no valid certificate: %s",
+                    listener_name(address, port, kind),
+                    problem,
+                    extra={"fields": {"LISTENER": listener_name(address, port, kind)}},
+                )
+
+    def without_certificate(self, state: ServerState) -> int:
+        """How many open listeners cannot offer TLS for their address."""
+        count = 0
+        for address, _kind, _port in self.servers:
+            probe = "127.0.0.1" if address == "*" else address
+            if state.tls.problem_for(probe):
+                count += 1
+        return count
+
+    def status_line(self, state: ServerState) -> str:
+        """A one-line summary for systemd's STATUS=."""
+        parts = [f"{len(self.servers)} listeners"]
+        missing = self.without_certificate(state)
+        if missing:
+            parts.append(f"{missing} without a valid certificate")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed to bind")
+        return ", ".join(parts)
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.close()
+        self.servers.clear()
