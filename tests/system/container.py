@@ -400,7 +400,7 @@ class Container:
         """``apt install ./x.deb`` inside (dependencies come from the rootfs; no network)."""
         inside = self.copy_in(deb, f"/root/debs/{Path(deb).name}")
         return self.run(
-            ["apt-get", "install", "-y", "--no-download", "-o", "Dpkg::Options::=--force-confold",
+            ["apt-get", "install", "-y", "-o", "Dpkg::Options::=--force-confold",
              inside],
             timeout=300,
         )

@@ -1,0 +1,144 @@
+"""Issue 7: the Debian package, installed with apt in a booted Debian stable container."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import helpers
+import pytest
+from conftest import build_deb, wait_active
+from container import CT_ADDR, EXTRA_ADDRS, Container
+
+from ftps_server import message_ids
+
+
+def test_lintian_clean(deb_path: Path) -> None:
+    """lintian reports no errors and no warnings (overrides, if any, carry their reason)."""
+    if shutil.which("lintian") is None:
+        pytest.skip("lintian is not installed")
+    proc = subprocess.run(
+        ["lintian", "--fail-on", "error,warning", "--no-tag-display-limit", str(deb_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    tags = [line for line in proc.stdout.splitlines() if re.match(r"^[EW]: ", line)]
+    assert proc.returncode == 0 and not tags, proc.stdout + proc.stderr
+
+
+def test_install_gives_running_service(container: Container, installed: str) -> None:
+    """apt install ./x.deb: service active, timer listed, oneshot static, check output shown."""
+    ct = container
+    wait_active(ct)
+    assert "running 'ftps-server check" in installed
+    # The check's first line follows the monitoring-plugin convention.
+    assert re.search(r"^FTPS (OK|WARNING|CRITICAL|UNKNOWN)\b", installed, re.M), installed[-3000:]
+    assert ct.run(["systemctl", "is-enabled", "ftps-server"]).stdout.strip() == "enabled"
+    assert ct.run(["systemctl", "is-enabled", "ftps-server-remind.timer"]).stdout.strip() == "enabled"
+    assert ct.run(["systemctl", "is-active", "ftps-server-remind.timer"]).stdout.strip() == "active"
+    remind = ct.run(["systemctl", "is-enabled", "ftps-server-remind.service"], check=False)
+    assert remind.stdout.strip() == "static"
+    timers = ct.run(["systemctl", "list-timers", "--all", "--no-pager"]).stdout
+    assert "ftps-server-remind.timer" in timers
+    # The system user and its state directory.
+    assert ct.run(["getent", "passwd", "ftps-server"]).stdout.strip()
+    stat = ct.run(["stat", "-c", "%U:%G %a", "/var/lib/ftps-server"]).stdout.strip()
+    assert stat == "ftps-server:ftps-server 750"
+    stat = ct.run(["stat", "-c", "%U:%G %a", helpers.CONFIG]).stdout.strip()
+    assert stat == "root:ftps-server 640"
+    # The catalog is where journalctl finds it.
+    catalog = ct.run(["journalctl", "--list-catalog", "--no-pager"]).stdout
+    assert message_ids.CERT_EXPIRING in catalog
+    assert message_ids.LISTENER_NO_CERT in catalog
+
+
+def test_default_config_reports_missing_certificate(container: Container, installed: str) -> None:
+    """Shipped config (no certificate): status and journal say so; the reminder says how to fix."""
+    ct = container
+    # Skip if an earlier test already configured certificates.
+    if "[certificate:" in ct.path(helpers.CONFIG).read_text():
+        pytest.skip("config already has certificates")
+    wait_active(ct)
+    status = ct.systemctl_show("ftps-server", "StatusText")
+    assert "certificate" in status, status
+    entries = ct.journal_json(message_id=message_ids.LISTENER_NO_CERT)
+    assert entries, "no listener-without-certificate entry in the journal"
+    dry = ct.run(
+        ["ftps-server", "remind", "--config", helpers.CONFIG, "--dry-run"], check=False
+    )
+    text = dry.stdout + dry.stderr
+    assert "[certificate:" in text or "cert =" in text, text
+
+
+def test_two_certificates_after_reload(container: Container, site: helpers.Site, host_dir: Path) -> None:
+    """Two certificates on two addresses: each address serves its own over FTPS."""
+    for name, address in (("site-a", CT_ADDR), ("site-b", EXTRA_ADDRS[0])):
+        cert = site.certs[name]
+        for kind in ("explicit", "implicit"):
+            listing = helpers.curl(
+                [*helpers.ftps_args(cert, site), "--list-only", helpers.ftps_url(kind, address)]
+            )
+            assert listing.returncode == 0
+        # The other address's certificate does not verify here: the served one differs.
+        other = site.certs["site-b" if name == "site-a" else "site-a"]
+        wrong = helpers.curl(
+            [*helpers.ftps_args(other, site), "--list-only", helpers.ftps_url("implicit", address)],
+            check=False,
+        )
+        assert wrong.returncode != 0
+
+
+def _config_digest(ct: Container) -> str:
+    return ct.run(["sha256sum", helpers.CONFIG]).stdout.split()[0]
+
+
+def test_upgrade_keeps_config_and_restarts(
+    container: Container, site: helpers.Site, deb_dir: Path, deb_path: Path
+) -> None:
+    """A rebuilt higher version: edited config kept, service restarted, check runs again."""
+    ct = container
+    before_digest = _config_digest(ct)
+    before_pid = ct.systemctl_show("ftps-server", "MainPID")
+    old_version = ct.run(["dpkg-query", "-W", "-f=${Version}", "ftps-server"]).stdout
+    new_deb = build_deb(deb_dir / "upgrade", version=f"{old_version}+systest1")
+    proc = ct.install_deb(new_deb)
+    output = proc.stdout + proc.stderr
+    assert ct.run(["dpkg-query", "-W", "-f=${Version}", "ftps-server"]).stdout == f"{old_version}+systest1"
+    assert "running 'ftps-server check" in output, output[-3000:]
+    assert _config_digest(ct) == before_digest, "upgrade changed the edited config"
+    assert not ct.path(helpers.CONFIG + ".dpkg-dist").exists()
+    wait_active(ct)
+    assert ct.systemctl_show("ftps-server", "MainPID") != before_pid, "service was not restarted"
+    cert = site.certs["site-a"]
+    helpers.curl([*helpers.ftps_args(cert, site), "--list-only", helpers.ftps_url("explicit", CT_ADDR)])
+
+
+@pytest.mark.system_last
+def test_purge_leaves_nothing(container: Container, installed: str) -> None:
+    """apt purge: no file of the package, no state, no running process."""
+    ct = container
+    files = ct.run(["dpkg-query", "-L", "ftps-server"]).stdout.split()
+    ct.run(["apt-get", "purge", "-y", "ftps-server"], timeout=300)
+    assert ct.run(["dpkg-query", "-W", "ftps-server"], check=False).returncode != 0 or \
+        "not-installed" in ct.run(["dpkg-query", "-W", "-f=${db:Status-Status}", "ftps-server"],
+                                  check=False).stdout
+    leftovers = [
+        f for f in files
+        if ct.path(f).exists() and not ct.path(f).is_dir()
+    ]
+    assert not leftovers, leftovers
+    for gone in ("/var/lib/ftps-server", "/var/log/ftps-server", helpers.CONFIG,
+                 "/etc/systemd/system/multi-user.target.wants/ftps-server.service",
+                 "/etc/systemd/system/timers.target.wants/ftps-server-remind.timer"):
+        assert not ct.path(gone).exists(), gone
+    # Whatever is left in /etc/ftps-server is the tests' own key material, not the package's.
+    etc = ct.path("/etc/ftps-server")
+    if etc.exists():
+        assert {p.name for p in etc.iterdir()} <= {"tls"}
+    procs = ct.run(["pgrep", "-a", "-u", "ftps-server"], check=False)
+    assert procs.returncode == 1, procs.stdout
+    procs = ct.run(["pgrep", "-af", "ftps-server (serve|remind)"], check=False)
+    assert procs.returncode == 1, procs.stdout
+    state = ct.run(["systemctl", "is-active", "ftps-server"], check=False).stdout.strip()
+    assert state in ("inactive", "unknown"), state
