@@ -1,0 +1,72 @@
+"""Failure counting, growing delays and bans, driven by a hand-moved clock."""
+
+from __future__ import annotations
+
+from ftps_server.bans import BanPolicy, FailureTracker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_delay_doubles_up_to_the_cap() -> None:
+    policy = BanPolicy(first_delay=0.5, max_delay=4)
+    assert [policy.delay(n) for n in range(7)] == [0, 0.5, 1, 2, 4, 4, 4]
+
+
+def test_ban_after_n_failures_in_window_and_unban() -> None:
+    clock = Clock()
+    tracker = FailureTracker(BanPolicy(max_failures=3, window=60, ban_time=900), clock)
+    assert not tracker.failure("192.0.2.1").banned
+    clock.now = 30
+    assert not tracker.failure("192.0.2.1").banned
+    clock.now = 59
+    verdict = tracker.failure("192.0.2.1")
+    assert verdict.banned and verdict.failures == 3 and verdict.ban_seconds == 900
+    assert tracker.ban_remaining("192.0.2.1") == 900
+    assert tracker.ban_remaining("192.0.2.2") == 0
+    assert tracker.banned() == {"192.0.2.1": 900}
+    clock.now = 59 + 899
+    assert tracker.expire() == []
+    clock.now = 59 + 900
+    assert tracker.expire() == ["192.0.2.1"]
+    assert tracker.ban_remaining("192.0.2.1") == 0
+    assert tracker.expire() == []  # lifted once, reported once
+
+
+def test_failures_outside_window_do_not_count() -> None:
+    clock = Clock()
+    tracker = FailureTracker(BanPolicy(max_failures=3, window=60, ban_time=900), clock)
+    for t in (0, 50, 111, 170):
+        clock.now = t
+        verdict = tracker.failure("192.0.2.1")
+        assert not verdict.banned
+    assert verdict.failures == 2  # 111 and 170; 0 and 50 fell out of the window
+
+
+def test_zero_ban_time_never_bans() -> None:
+    tracker = FailureTracker(BanPolicy(max_failures=1, ban_time=0), Clock())
+    assert not tracker.failure("192.0.2.1").banned
+    assert tracker.ban_remaining("192.0.2.1") == 0
+
+
+def test_new_policy_keeps_bans_in_force() -> None:
+    clock = Clock()
+    tracker = FailureTracker(BanPolicy(max_failures=1, ban_time=100), clock)
+    tracker.failure("192.0.2.1")
+    tracker.set_policy(BanPolicy(max_failures=10, ban_time=5))
+    clock.now = 50
+    assert tracker.ban_remaining("192.0.2.1") == 50
+
+
+def test_expire_forgets_quiet_addresses() -> None:
+    clock = Clock()
+    tracker = FailureTracker(BanPolicy(window=10), clock)
+    tracker.failure("192.0.2.1")
+    clock.now = 11
+    tracker.expire()
+    assert tracker._records == {}
