@@ -137,7 +137,9 @@ def build_message(
     msg["Auto-Submitted"] = "auto-generated"
     for name, value in (headers or {}).items():
         msg[name] = value
-    msg.set_content(body)
+    # Readable in any mail client's "view source" when it can be: QP only where RFC 5322 needs it.
+    plain = body.isascii() and all(len(line) <= 900 for line in body.splitlines())
+    msg.set_content(body, cte="7bit" if plain else "quoted-printable")
     return msg
 
 

@@ -1,0 +1,317 @@
+"""Reminders against a real aiosmtpd server on loopback; only the clock is chosen (`at`)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from reminder_support import AT, JournalCapture, SmtpServer, free_port, write_cert, write_config
+
+from ftps_server import message_ids, remind, reminders
+from ftps_server.config import Config
+
+DAY = dt.timedelta(days=1)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    with SmtpServer() as server:
+        yield server
+
+
+@pytest.fixture
+def capture() -> Iterator[JournalCapture]:
+    handler = JournalCapture()
+    logger = logging.getLogger("ftps_server")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
+
+
+def _main_section(cert: Path, key: Path, addresses: str = "127.0.0.1") -> str:
+    return f"""
+        [certificate:main]
+        cert = {cert}
+        key = {key}
+        addresses = {addresses}
+        """
+
+
+def _config(tmp: Path, port: int, days: float, **kw: str) -> Config:
+    files = write_cert(tmp / "tls", "main", not_after=AT + dt.timedelta(days=days))
+    return write_config(
+        tmp, smtp_port=port, certificates=_main_section(files.cert, files.key), **kw
+    )
+
+
+def _remind(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    remind.register(parser.add_subparsers())
+    args = parser.parse_args(["remind", *argv])
+    return int(args.func(args))
+
+
+def test_twenty_days_left_sends_nothing(tmp_path: Path, smtp: SmtpServer) -> None:
+    config = _config(tmp_path, smtp.port, 20)
+    report = reminders.run_reminders(config, AT)
+    assert [f.condition for f in report.findings] == ["ok"]
+    assert smtp.sink.messages == []
+    assert report.exit_status() == 0
+
+
+def test_expiring_once_per_threshold(tmp_path: Path, smtp: SmtpServer) -> None:
+    config = _config(tmp_path, smtp.port, 13, warn_days="14, 7")
+    report = reminders.run_reminders(config, AT)
+    assert report.exit_status() == 1
+    assert len(smtp.sink.messages) == 1
+    subject = smtp.sink.subjects()[0]
+    assert subject.startswith('[ftps-server] EXPIRING: certificate "main" expires in 13 days (')
+    # the same day again (the timer after serve started): nothing
+    reminders.run_reminders(config, AT + dt.timedelta(hours=5))
+    # following days inside the 14-day threshold: nothing new
+    reminders.run_reminders(config, AT + DAY)
+    reminders.run_reminders(config, AT + 2 * DAY)
+    assert len(smtp.sink.messages) == 1
+    # 6 days left crosses the 7-day threshold: exactly one more
+    reminders.run_reminders(config, AT + 7 * DAY)
+    reminders.run_reminders(config, AT + 7 * DAY + dt.timedelta(hours=3))
+    reminders.run_reminders(config, AT + 8 * DAY)
+    assert len(smtp.sink.messages) == 2
+    assert "expires in 6 days" in smtp.sink.subjects()[1]
+
+
+def test_missed_days_still_send_one_email(tmp_path: Path, smtp: SmtpServer) -> None:
+    """First seen at 5 days left (both 14 and 7 crossed while no run happened): one email."""
+    config = _config(tmp_path, smtp.port, 5, warn_days="14, 7")
+    reminders.run_reminders(config, AT)
+    reminders.run_reminders(config, AT + DAY)
+    assert len(smtp.sink.messages) == 1
+
+
+def test_new_fingerprint_starts_afresh(tmp_path: Path, smtp: SmtpServer) -> None:
+    config = _config(tmp_path, smtp.port, 13)
+    reminders.run_reminders(config, AT)
+    write_cert(tmp_path / "tls", "main", not_after=AT + dt.timedelta(days=12))  # replaced
+    reminders.run_reminders(config, AT)  # never twice on one day for one certificate
+    assert len(smtp.sink.messages) == 1
+    reminders.run_reminders(config, AT + DAY)
+    reminders.run_reminders(config, AT + 2 * DAY)
+    assert len(smtp.sink.messages) == 2
+
+
+def test_expired_once_a_day_from_remind(tmp_path: Path, smtp: SmtpServer) -> None:
+    config = _config(tmp_path, smtp.port, -3)
+    for offset in range(3):
+        day = (AT + offset * DAY).date().isoformat()
+        assert _remind("--config", str(config.path), "--at", day) == 2
+        assert _remind("--config", str(config.path), "--at", f"{day}T23:59") == 2
+    assert len(smtp.sink.messages) == 3
+    assert [s.split(":", 1)[0] for s in smtp.sink.subjects()] == ["[ftps-server] EXPIRED"] * 3
+
+
+def test_expired_remind_and_serve_thread_at_once_send_one(tmp_path: Path, smtp: SmtpServer) -> None:
+    """The timer's `remind` process and serve's start-up thread race: one email per day."""
+    config = _config(tmp_path, smtp.port, -1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FTPS_SERVER_LOG": "stderr"}
+    for offset in range(3):
+        day = (AT + offset * DAY).date().isoformat()
+        command = ["remind", "--config", str(config.path), "--at", day]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ftps_server", *command],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        at = reminders.parse_time(day)
+        threads = [
+            threading.Thread(target=reminders.run_reminders, args=(config, at)) for _ in range(3)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, err.decode()
+    assert len(smtp.sink.messages) == 3
+
+
+def test_missing_file_and_address_without_certificate(tmp_path: Path, smtp: SmtpServer) -> None:
+    missing = tmp_path / "tls" / "gone.pem"
+    config = write_config(
+        tmp_path,
+        smtp_port=smtp.port,
+        addresses="127.0.0.1, 127.0.0.2",
+        certificates=_main_section(missing, tmp_path / "tls" / "gone.key"),
+    )
+    conditions = {f.subject: f.condition for f in reminders.evaluate(config, AT)}
+    assert conditions == {"certificate:main": "missing", "address:127.0.0.2": "missing"}
+    for offset in range(3):
+        reminders.run_reminders(config, AT + offset * DAY)
+        reminders.run_reminders(config, AT + offset * DAY + dt.timedelta(hours=6))
+    assert len(smtp.sink.messages) == 6
+    by_subject = dict(zip(smtp.sink.subjects(), smtp.sink.bodies(), strict=True))
+    cert_mail = next(b for s, b in by_subject.items() if 'certificate "main"' in s)
+    assert str(missing) in cert_mail
+    assert "127.0.0.1 port 2121 (explicit)" in cert_mail
+    assert "127.0.0.1 port 9990 (implicit)" in cert_mail
+    address_subject = next(s for s in by_subject if "address" in s)
+    assert "MISSING: no certificate for address 127.0.0.2 ports 2121, 9990" in address_subject
+    address_mail = by_subject[address_subject]
+    assert "127.0.0.2 port 2121 (explicit)" in address_mail
+    assert "addresses = 127.0.0.2" in address_mail
+
+
+def test_smtp_down_spools_then_delivers_exactly_once(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens here yet
+    config = _config(tmp_path, port, -2)
+    report = reminders.run_reminders(config, AT)
+    assert report.exit_status() == 2
+    assert report.spooled == 1 and report.errors
+    assert "Connection refused" in report.errors[0] or "refused" in report.errors[0].lower()
+    spool = list((tmp_path / "state" / "spool").glob("*.json"))
+    assert len(spool) == 1
+    assert "EXPIRED" in json.loads(spool[0].read_text())["message"]
+    # same day, still down: the spooled mail is retried, no second mail is made
+    reminders.run_reminders(config, AT + dt.timedelta(hours=1))
+    assert len(list((tmp_path / "state" / "spool").glob("*.json"))) == 1
+    with SmtpServer(port) as smtp:
+        report = reminders.run_reminders(config, AT + dt.timedelta(hours=2))
+        assert report.spooled == 0 and not report.errors
+        assert len(smtp.sink.messages) == 1
+        reminders.run_reminders(config, AT + dt.timedelta(hours=3))
+        assert len(smtp.sink.messages) == 1
+    assert list((tmp_path / "state" / "spool").glob("*.json")) == []
+
+
+def test_dry_run_sends_nothing_and_keeps_no_state(
+    tmp_path: Path, smtp: SmtpServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path, smtp.port, 13)
+    assert _remind("--config", str(config.path), "--at", "2026-12-01", "--dry-run", "--json") == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["findings"][0]["condition"] == "expiring"
+    assert out["findings"][0]["email"] == "would send"
+    assert out["exit_status"] == 1
+    assert smtp.sink.messages == []
+    assert not (tmp_path / "state" / "reminders.json").exists()
+
+
+def test_table_output(tmp_path: Path, smtp: SmtpServer, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path, smtp.port, 13)
+    assert _remind("--config", str(config.path), "--at", "2026-12-01") == 1
+    out = capsys.readouterr().out
+    assert "expiring   certificate main  13" in out
+    assert "sent" in out
+
+
+def test_journal_record_per_finding(
+    tmp_path: Path, smtp: SmtpServer, capture: JournalCapture
+) -> None:
+    expiring = write_cert(tmp_path / "tls", "soon", not_after=AT + dt.timedelta(days=10))
+    expired = write_cert(tmp_path / "tls", "old", not_after=AT - dt.timedelta(days=2))
+    config = write_config(
+        tmp_path,
+        smtp_port=smtp.port,
+        addresses="127.0.0.1, 127.0.0.2, 127.0.0.3",
+        certificates=f"""
+            [certificate:soon]
+            cert = {expiring.cert}
+            key = {expiring.key}
+            addresses = 127.0.0.1
+            [certificate:old]
+            cert = {expired.cert}
+            key = {expired.key}
+            addresses = 127.0.0.2
+            """,
+    )
+    reminders.run_reminders(config, AT)
+    (soon,) = capture.with_id(message_ids.CERT_EXPIRING)
+    assert soon["PRIORITY"] == "4"
+    assert soon["CONDITION"] == "expiring"
+    assert soon["CERT_NAME"] == "soon"
+    assert soon["CERT_PATH"] == str(expiring.cert)
+    assert len(soon["CERT_FINGERPRINT"]) == 95
+    assert soon["CERT_NOT_AFTER"].startswith("2026-12-11T12:00:00")
+    assert soon["DAYS_LEFT"] == "10"
+    assert soon["LISTENER"] == "127.0.0.1:2121,127.0.0.1:9990"
+    (old,) = capture.with_id(message_ids.CERT_EXPIRED)
+    assert (old["PRIORITY"], old["CONDITION"], old["DAYS_LEFT"]) == ("2", "expired", "-2")
+    (nocert,) = capture.with_id(message_ids.LISTENER_NO_CERT)
+    assert (nocert["PRIORITY"], nocert["CONDITION"]) == ("2", "missing")
+    assert nocert["LISTENER"] == "127.0.0.3:2121,127.0.0.3:9990"
+
+
+def test_no_usable_certificate_at_all_is_crit(tmp_path: Path, capture: JournalCapture) -> None:
+    config = write_config(tmp_path, smtp_port=free_port(), certificates="")
+    reminders.run_reminders(config, AT, send=False)
+    crit = [e for e in capture.entries if "no listener has a usable" in e["MESSAGE"]]
+    assert len(crit) == 1 and crit[0]["PRIORITY"] == "2"
+    assert not (tmp_path / "state").exists()  # send=False: no state, no mail
+
+
+def test_no_key_material_in_mail_or_log(
+    tmp_path: Path, smtp: SmtpServer, capture: JournalCapture
+) -> None:
+    """A key that does not match, an expired RSA certificate and a key given as `cert`."""
+    good = write_cert(tmp_path / "tls", "rsa", not_after=AT - DAY, rsa=True)
+    other = write_cert(tmp_path / "tls", "other", not_after=AT + 100 * DAY, rsa=True)
+    config = write_config(
+        tmp_path,
+        smtp_port=smtp.port,
+        addresses="127.0.0.1, 127.0.0.2, 127.0.0.3",
+        certificates=f"""
+            [certificate:expired]
+            cert = {good.cert}
+            key = {good.key}
+            addresses = 127.0.0.1
+            [certificate:mismatch]
+            cert = {good.cert}
+            key = {other.key}
+            addresses = 127.0.0.2
+            [certificate:swapped]
+            cert = {other.key}
+            key = {good.key}
+            addresses = 127.0.0.3
+            """,
+    )
+    report = reminders.run_reminders(config, AT)
+    assert {f.name: f.condition for f in report.findings} == {
+        "expired": "expired",
+        "mismatch": "missing",
+        "swapped": "invalid",
+    }
+    assert len(smtp.sink.messages) == 3
+    mails = [m.as_string() for m in smtp.sink.messages]
+    logs = [json.dumps(e) for e in capture.entries]
+    spool_and_state = [p.read_text() for p in (tmp_path / "state").rglob("*.json")]
+    key_lines = [
+        line
+        for pem in (good.key_pem, other.key_pem)
+        for line in pem.splitlines()
+        if line and not line.startswith("-----")
+    ]
+    assert len(key_lines) > 20
+    for text in mails + logs + spool_and_state:
+        for line in key_lines:
+            assert line not in text
+        assert "PRIVATE KEY" not in text
+
+
+def test_now_honours_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(reminders.NOW_ENV, "2027-01-02")
+    assert reminders.now() == dt.datetime(2027, 1, 2, 12, tzinfo=dt.UTC)
+    monkeypatch.setenv(reminders.NOW_ENV, "2027-01-02T03:04:05+01:00")
+    assert reminders.now() == dt.datetime(2027, 1, 2, 2, 4, 5, tzinfo=dt.UTC)
