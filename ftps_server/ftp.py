@@ -32,7 +32,7 @@ _DATA_COMMANDS = {"PASV", "EPSV", "PORT", "EPRT"}
 _PRE_TLS_COMMANDS = {"AUTH", "FEAT", "QUIT", "NOOP", "SYST", "HELP", "OPTS"}
 
 
-class FtpsDataHandler(TlsChannel, DTPHandler):  # type: ignore[misc]
+class FtpsDataHandler(TlsChannel, DTPHandler):
     """Data connection: TLS when PROT P, bulk reads and writes, session reuse enforced."""
 
     cmd_channel: FtpsHandler
@@ -173,7 +173,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):  # type: ignore[misc]
             self.handle_read()
 
 
-class FtpsHandler(TlsChannel, FTPHandler):  # type: ignore[misc]
+class FtpsHandler(TlsChannel, FTPHandler):
     """Control connection of one FTPS session on one listener."""
 
     dtp_handler = FtpsDataHandler
@@ -208,6 +208,7 @@ class FtpsHandler(TlsChannel, FTPHandler):  # type: ignore[misc]
     )
     banner = "ftps-server ready."
     server: ListenerServer
+    remote_ip: str
 
     def __init__(self, conn: Any, server: ListenerServer, ioloop: Any = None) -> None:
         self.state: ServerState = server.state
@@ -216,6 +217,7 @@ class FtpsHandler(TlsChannel, FTPHandler):  # type: ignore[misc]
         self.listener_name = server.name
         self.peer_certificate: x509.Certificate | None = None
         self.login_pending = False
+        self._tls_after_flush: ssl.SSLContext | None = None
         self._pbsz = False
         self._prot = False
         settings = self.state.config.server
@@ -230,7 +232,7 @@ class FtpsHandler(TlsChannel, FTPHandler):  # type: ignore[misc]
         if not self.connected:
             return
         self.local_ip = normalize_address(self.socket.getsockname()[0])
-        self.remote_ip = normalize_address(self.remote_ip)
+        self.remote_ip = normalize_address(str(self.remote_ip))
         self.tls_context = self.state.tls.context_for(self.local_ip, self.listener_kind)
         self.tls_problem = self.state.tls.problem_for(self.local_ip)
         self.masquerade_address = self._nat_address()
@@ -323,7 +325,7 @@ class FtpsHandler(TlsChannel, FTPHandler):  # type: ignore[misc]
 
     def initiate_send(self) -> None:
         super().initiate_send()
-        pending = getattr(self, "_tls_after_flush", None)
+        pending = self._tls_after_flush
         if pending is not None and not self.producer_fifo and self.connected:
             self._tls_after_flush = None
             self.start_tls(pending, self.state.config.server.handshake_timeout)

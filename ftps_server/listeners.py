@@ -45,7 +45,7 @@ def build_state(config: Config, previous: ServerState | None = None) -> ServerSt
     return ServerState(config, tls, authenticator)
 
 
-class ListenerServer(FTPServer):  # type: ignore[misc]
+class ListenerServer(FTPServer):
     """A listening socket of one port kind; sessions are `FtpsHandler`s."""
 
     def __init__(

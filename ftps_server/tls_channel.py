@@ -199,7 +199,7 @@ class TlsChannel:
 
     def send(self, data: bytes) -> int:
         if self.tls_state is TlsState.PLAIN:
-            return super().send(data)  # type: ignore[misc,no-any-return]
+            return super().send(data)  # type: ignore[misc]
         if self.tls_state is not TlsState.ESTABLISHED:
             return 0  # nothing goes out before the handshake is done or after close_notify
         try:
@@ -217,7 +217,7 @@ class TlsChannel:
 
     def recv(self, buffer_size: int) -> bytes:
         if self.tls_state is TlsState.PLAIN:
-            return super().recv(buffer_size)  # type: ignore[misc,no-any-return]
+            return super().recv(buffer_size)  # type: ignore[misc]
         if self.tls_state is not TlsState.ESTABLISHED:
             raise _RetryError
         try:
