@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import check_report
-from .certs import fingerprint, load_chain, utcnow
+from .certs import cert_info, fingerprint, load_chain, utcnow
 from .check_probe import Attempt, Target, run_attempt
 from .check_verdict import Configured, Observation, RunReport, Status, judge, worst
 from .config import DEFAULT_CONFIG_PATH, Config, load, normalize_address
@@ -66,7 +66,7 @@ def _configured(config: Config, address: str) -> Configured:
         leaf = load_chain(entry.cert)[0]  # the certificate only: never the key
     except CertificateError as exc:
         return Configured(entry, error=str(exc))
-    return Configured(entry, fingerprint(leaf))
+    return Configured(entry, fingerprint(leaf), info=cert_info(leaf))
 
 
 # --- probing --------------------------------------------------------------------------------

@@ -109,6 +109,11 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _is_alert(exc: BaseException) -> bool:
+    reason = getattr(exc, "reason", None) if isinstance(exc, ssl.SSLError) else None
+    return bool(reason) and "ALERT" in str(reason).upper()
+
+
 class _Replies:
     """Reads FTP replies (multi-line aware) from a plain or TLS socket within the deadline."""
 
@@ -201,7 +206,10 @@ def _handshake(tls: ssl.SSLSocket, deadline: _Deadline, attempt: Attempt) -> Non
         attempt.error = "no TLS handshake within the timeout"
         raise _Stop from None
     except (ssl.SSLError, OSError) as exc:
-        attempt.admitted, attempt.refusal = False, f"refused in the handshake: {_describe(exc)}"
+        # only a TLS alert is a refusal of this client; a reset or close means the server could
+        # not do TLS at all (e.g. it has no usable certificate for this address)
+        if _is_alert(exc):
+            attempt.admitted, attempt.refusal = False, f"in the handshake: {_describe(exc)}"
         attempt.error = f"TLS handshake failed: {_describe(exc)}"
         raise _Stop from None
     attempt.leaf_der = tls.getpeercert(binary_form=True)
@@ -226,7 +234,7 @@ def _session(tls: ssl.SSLSocket, deadline: _Deadline, attempt: Attempt, implicit
         attempt.error = f"no reply to {what.removeprefix('the reply to ')} within the timeout"
         return
     except (ssl.SSLError, OSError) as exc:
-        attempt.admitted, attempt.refusal = False, f"refused after the handshake: {_describe(exc)}"
+        attempt.admitted, attempt.refusal = False, f"after the handshake: {_describe(exc)}"
         attempt.error = f"server ended the session after the handshake: {_describe(exc)}"
         return
     attempt.admitted = True

@@ -105,7 +105,7 @@ def _client_cert_text(r: ListenerReport) -> list[str]:
     if anon is None:
         return []
     if anon.admitted is False:
-        lines = [f"no certificate: refused ({anon.refusal})"]
+        lines = [f"no certificate: refused {anon.refusal}"]
     elif anon.admitted is True:
         lines = [f"no certificate: LET IN (server replied {anon.reply!r})"]
     else:

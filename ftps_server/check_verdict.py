@@ -30,6 +30,7 @@ __all__ = [
     "Observation",
     "RunReport",
     "Status",
+    "days_left",
     "judge",
     "worst",
 ]
@@ -64,11 +65,16 @@ class Finding:
 
 @dataclass(frozen=True)
 class Configured:
-    """The certificate section configured for an address, as read from disk (cert file only)."""
+    """The certificate section configured for an address, as read from disk (cert file only).
+
+    info: the on-disk certificate's facts, so that when the server serves nothing (it refuses to
+    serve an expired certificate, say) the report can still say why.
+    """
 
     entry: CertificateEntry | None
     fingerprint: str | None = None
     error: str | None = None
+    info: CertInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -218,12 +224,28 @@ def _configured_findings(obs: Observation, info: CertInfo | None) -> list[Findin
     return []
 
 
+def _unserved_findings(conf: Configured, now: dt.datetime, warn_days: int) -> list[Finding]:
+    """Why the configured certificate may not be served: its dates, judged like a served one."""
+    if conf.entry is None or conf.info is None:
+        return []
+    where = f"configured certificate [certificate:{conf.entry.name}] (not served): "
+    return [Finding(f.status, where + f.text) for f in _date_findings(conf.info, now, warn_days)]
+
+
+def days_left(info: CertInfo, now: dt.datetime) -> int:
+    """Whole days to not_after, truncated toward zero: -2 means expired 2 (to 3) days ago.
+
+    Unlike CertInfo.days_left (floor), an expired certificate's count matches "N days ago".
+    """
+    return int((info.not_after - now) / dt.timedelta(days=1))
+
+
 def _date_findings(info: CertInfo, now: dt.datetime, warn_days: int) -> list[Finding]:
-    days = info.days_left(now)
+    days = days_left(info, now)
     if now < info.not_before:
         return [Finding(Status.CRITICAL, f"certificate not valid before {_day(info.not_before)}")]
     if now >= info.not_after:
-        ago = f"{-days} days ago" if days < 0 else "today"
+        ago = f"{-days} day{'s' if days < -1 else ''} ago" if days < 0 else "less than a day ago"
         return [Finding(Status.CRITICAL, f"certificate expired {ago} ({_day(info.not_after)})")]
     if days <= warn_days:
         text = (
@@ -244,7 +266,9 @@ def judge(obs: Observation, now: dt.datetime, warn_days: int, ca_source: str) ->
     findings = _session_findings(obs) + _configured_findings(obs, info)
     checked: tuple[str, ...] = ()
     matched: tuple[str, ...] = ()
-    if info is not None:
+    if info is None:
+        findings += _unserved_findings(obs.configured, now, warn_days)
+    else:
         findings += _date_findings(info, now, warn_days)
         if obs.chain_error:
             text = f"chain does not verify against {ca_source}: {obs.chain_error}"
@@ -259,7 +283,7 @@ def judge(obs: Observation, now: dt.datetime, warn_days: int, ca_source: str) ->
         status=worst([f.status for f in findings]),
         findings=tuple(sorted(findings, key=lambda f: -f.status.rank)),
         cert=info,
-        days_left=info.days_left(now) if info else None,
+        days_left=days_left(info, now) if info else None,
         names_checked=checked,
         names_matched=matched,
         chain_subjects=chain,

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ftps_server import check, check_report
-from ftps_server.certs import fingerprint
+from ftps_server.certs import cert_info, fingerprint
 from ftps_server.check_probe import Attempt, Target
 from ftps_server.check_verdict import (
     Configured,
@@ -147,6 +147,18 @@ def test_no_or_unreadable_configured_certificate_is_critical() -> None:
     broken = verdict(observe(make_cert(), configured=Configured(ENTRY, error="gone")))
     assert broken.status is Status.CRITICAL
     assert "cannot be read: gone" in texts(broken)
+
+
+def test_unserved_configured_certificate_dates_explain_why() -> None:
+    # the server refuses to serve an expired certificate: say so from the file on disk
+    on_disk = cert_info(make_cert(days=-2))
+    conf = Configured(ENTRY, on_disk.fingerprint, info=on_disk)
+    main = attempt(None, stage="auth", error="AUTH TLS refused: 431 no valid certificate")
+    report = verdict(observe(None, main=main, configured=conf))
+    assert report.status is Status.CRITICAL
+    assert "configured certificate [certificate:main] (not served): certificate expired 2 days" in (
+        texts(report)
+    )
 
 
 def test_broken_chain_is_critical() -> None:
