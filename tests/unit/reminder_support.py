@@ -94,6 +94,8 @@ class SmtpServer:
                     ssl_context=context,
                     authenticator=_authenticator,
                     auth_required=True,
+                    # aiosmtpd only counts STARTTLS as TLS; this connection is TLS from the start
+                    auth_require_tls=False,
                     server_hostname="127.0.0.1",
                 )
         self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port, **kwargs)

@@ -1,0 +1,227 @@
+"""SMTP delivery and templates against a real aiosmtpd server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import email.utils
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from reminder_support import (
+    AT,
+    SMTP_PASSWORD,
+    SMTP_USER,
+    SmtpServer,
+    free_port,
+    write_cert,
+    write_config,
+)
+
+from ftps_server import mail, reminders
+from ftps_server.config import AlertsConfig, Config
+from ftps_server.errors import ConfigError, DeliveryError
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA(organization_name="SMTP test CA")
+
+
+@pytest.fixture
+def ca_file(tmp_path: Path, ca: trustme.CA) -> Path:
+    path = tmp_path / "smtp-ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+def password_file(tmp_path: Path) -> Path:
+    path = tmp_path / "smtp-password"
+    path.write_text(SMTP_PASSWORD + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def _alerts(port: int, **kw: object) -> AlertsConfig:
+    base = AlertsConfig(
+        email_to=("ops@example.com", "pki@example.com"),
+        email_from="ftps-server@example.com",
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        smtp_security="none",
+        smtp_timeout=5,
+    )
+    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
+
+
+def _message(alerts: AlertsConfig) -> email.message.EmailMessage:
+    return mail.build_message(alerts, "[ftps-server] test", "body text\n")
+
+
+@pytest.fixture
+def starttls_server(ca: trustme.CA) -> Iterator[SmtpServer]:
+    with SmtpServer(security="starttls", ca=ca) as server:
+        yield server
+
+
+def test_starttls_verified_and_login_with_password_file(
+    starttls_server: SmtpServer, ca_file: Path, password_file: Path
+) -> None:
+    alerts = _alerts(
+        starttls_server.port,
+        smtp_security="starttls",
+        smtp_ca_file=ca_file,
+        smtp_user=SMTP_USER,
+        smtp_password_file=password_file,
+    )
+    message = _message(alerts)
+    mail.deliver(alerts, message)
+    (got,) = starttls_server.sink.messages
+    assert starttls_server.sink.envelopes == [
+        ("ftps-server@example.com", ["ops@example.com", "pki@example.com"])
+    ]
+    assert got["Message-ID"] == message["Message-ID"]
+    assert email.utils.parsedate_to_datetime(str(got["Date"])).tzinfo is not None
+    assert got["Auto-Submitted"] == "auto-generated"
+
+
+def test_starttls_refuses_an_unverified_server_certificate(
+    starttls_server: SmtpServer, password_file: Path
+) -> None:
+    """No smtp_ca_file: the system CAs do not know the test CA, so nothing is sent."""
+    alerts = _alerts(
+        starttls_server.port,
+        smtp_security="starttls",
+        smtp_user=SMTP_USER,
+        smtp_password_file=password_file,
+    )
+    with pytest.raises(DeliveryError, match="certificate verification failed"):
+        mail.deliver(alerts, _message(alerts))
+    assert starttls_server.sink.messages == []
+
+
+def test_wrong_password_is_reported_with_the_smtp_reason(
+    starttls_server: SmtpServer, ca_file: Path, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope\n")
+    alerts = _alerts(
+        starttls_server.port,
+        smtp_security="starttls",
+        smtp_ca_file=ca_file,
+        smtp_user=SMTP_USER,
+        smtp_password_file=wrong,
+    )
+    with pytest.raises(DeliveryError, match=r"535"):
+        mail.deliver(alerts, _message(alerts))
+
+
+def test_password_from_systemd_credential(
+    starttls_server: SmtpServer,
+    ca_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "smtp-password").write_text(SMTP_PASSWORD)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    alerts = _alerts(
+        starttls_server.port, smtp_security="starttls", smtp_ca_file=ca_file, smtp_user=SMTP_USER
+    )
+    mail.deliver(alerts, _message(alerts))
+    assert len(starttls_server.sink.messages) == 1
+
+
+def test_user_without_password_is_an_error(
+    starttls_server: SmtpServer, ca_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    alerts = _alerts(
+        starttls_server.port, smtp_security="starttls", smtp_ca_file=ca_file, smtp_user=SMTP_USER
+    )
+    with pytest.raises(DeliveryError, match="smtp_password_file"):
+        mail.deliver(alerts, _message(alerts))
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_implicit_tls(ca: trustme.CA, ca_file: Path, password_file: Path) -> None:
+    with SmtpServer(security="tls", ca=ca) as server:
+        alerts = _alerts(
+            server.port,
+            smtp_security="tls",
+            smtp_ca_file=ca_file,
+            smtp_user=SMTP_USER,
+            smtp_password_file=password_file,
+        )
+        mail.deliver(alerts, _message(alerts))
+        assert len(server.sink.messages) == 1
+
+
+def test_server_down_and_timeout() -> None:
+    alerts = _alerts(free_port())
+    with pytest.raises(DeliveryError, match=r"SMTP 127\.0\.0\.1:\d+ \(none\): .*refused"):
+        mail.deliver(alerts, _message(alerts))
+    # a server that accepts the connection but never greets: smtp_timeout applies
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        alerts = _alerts(silent.getsockname()[1], smtp_timeout=1)
+        with pytest.raises(DeliveryError, match="timed out"):
+            mail.deliver(alerts, _message(alerts))
+
+
+def _expiring_config(tmp_path: Path, port: int, alerts: str = "") -> Config:
+    files = write_cert(tmp_path / "tls", "main", not_after=AT + dt.timedelta(days=13))
+    return write_config(
+        tmp_path,
+        smtp_port=port,
+        alerts=alerts,
+        certificates=f"""
+            [certificate:main]
+            cert = {files.cert}
+            key = {files.key}
+            addresses = 127.0.0.1
+            """,
+    )
+
+
+def test_reminder_text_names_what_and_how(tmp_path: Path) -> None:
+    config = _expiring_config(tmp_path, free_port())
+    (finding,) = reminders.evaluate(config, AT)
+    subject, body = mail.render_reminder(config, finding, at=AT, since="2026-12-01")
+    host = socket.gethostname()
+    assert subject == f'[ftps-server] EXPIRING: certificate "main" expires in 13 days ({host})'
+    for text in (
+        "[certificate:main]",
+        "127.0.0.1 port 2121 (explicit)",
+        "127.0.0.1 port 9990 (implicit)",
+        "2026-12-14 12:00 UTC (13 days left)",
+        "ftps_server_certificates:",
+        "cert_src:",
+        "key_content",
+        "systemctl reload ftps-server",
+        "ftps-server check",
+        str(config.certificates[0].cert),
+    ):
+        assert text in body
+
+
+def test_template_dir_overrides_and_broken_falls_back(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "subject.txt.j2").write_text("CERT {{ name }} {{ condition }}\n")
+    config = _expiring_config(tmp_path, free_port(), alerts=f"template_dir = {templates}\n")
+    (finding,) = reminders.evaluate(config, AT)
+    subject, body = mail.render_reminder(config, finding, at=AT, since="2026-12-01")
+    assert subject == "CERT main expiring"
+    assert "HOW TO FIX" in body  # reminder.txt.j2 not overridden: the shipped one
+    (templates / "subject.txt.j2").write_text("{{ no_such_variable }}")
+    with pytest.raises(ConfigError, match="template_dir"):
+        mail.render(config.alerts, mail.reminder_context(config, finding, at=AT, since="x"))
+    subject, _ = mail.render_reminder(config, finding, at=AT, since="2026-12-01")
+    assert subject.startswith("[ftps-server] EXPIRING")
