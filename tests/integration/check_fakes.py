@@ -68,9 +68,3 @@ def silent_listener(address: str, port: int = 0) -> Iterator[int]:
     """A TCP port that accepts connections (via the backlog) and never answers; yields it."""
     with socket.create_server((address, port), backlog=16) as sock:
         yield sock.getsockname()[1]
-
-
-def free_port(address: str) -> int:
-    """A port nobody listens on right now at `address`."""
-    with socket.create_server((address, 0)) as sock:
-        return int(sock.getsockname()[1])

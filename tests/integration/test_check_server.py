@@ -1,0 +1,344 @@
+"""`ftps-server check` against a real running ftps-server (issue 5, "Must show").
+
+The server is `ftps-server serve` started by tests/support.py on 127.0.0.2; the check runs as
+its own process through the real CLI. The broken listeners the server itself would never be
+(a client-cert port that lets anyone in, a port that accepts TCP and never answers) are small
+loopback servers from check_fakes, on addresses the real server does not use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared support
+import support
+from check_fakes import FakeFtps, silent_listener
+
+SCHEMA = json.loads((support.ROOT / "docs" / "check.schema.json").read_text())
+KINDS = ("explicit", "implicit", "client_cert_explicit", "client_cert_implicit")
+PLUGIN_LINE = re.compile(
+    r"^FTPS (OK|WARNING|CRITICAL|UNKNOWN) - [^|]*( \| days_left=-?\d+;\d+;0)?$"
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class Result:
+    status: int
+    out: str
+    err: str
+    elapsed: float
+
+    @property
+    def first_line(self) -> str:
+        return self.out.splitlines()[0]
+
+    def json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(self.out)
+        jsonschema.validate(doc, SCHEMA, format_checker=jsonschema.FormatChecker())
+        return doc
+
+
+def run_check(config: Path, *args: str, timeout: float = 10) -> Result:
+    """`ftps-server check --config CONFIG ARGS` as a separate process, like monitoring runs it."""
+    env = dict(os.environ, PYTHONPATH=str(support.ROOT))
+    cmd = [sys.executable, "-m", "ftps_server", "check", "--config", str(config)]
+    cmd += ["--timeout", str(timeout), *args]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout + 30)
+    result = Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+    if "--json" not in args:
+        assert PLUGIN_LINE.match(result.first_line), result.out
+    return result
+
+
+def config_text(
+    base: Path,
+    pki: support.Pki,
+    address: str,
+    ports: dict[str, int],
+    cert: support.CertFiles,
+    probe: support.CertFiles | None = None,
+) -> str:
+    """An INI for one address: the given port kinds on, the others off."""
+    port_lines = "\n".join(f"{k} = {ports.get(k, 0)}" for k in KINDS)
+    probe_lines = f"client_cert = {probe.cert}\nclient_key = {probe.key}" if probe else ""
+    return f"""
+[server]
+addresses = {address}
+state_dir = {base}/state
+root = {base}/root
+key_group = root
+[ports]
+{port_lines}
+[tls]
+client_ca = {pki.ca_file}
+[certificate:main]
+cert = {cert.cert}
+key = {cert.key}
+addresses = {address}
+server_names = ftp.example.com
+[check]
+ca_file = {pki.ca_file}
+{probe_lines}
+"""
+
+
+@dataclass
+class Site:
+    """A config, the PKI behind it and (when started) the real server serving it."""
+
+    base: Path
+    pki: support.Pki
+    config: Path
+    ports: dict[str, int]
+    cert: support.CertFiles
+    probe: support.CertFiles | None
+    server: support.ServerProcess | None = None
+
+
+def make_site(
+    base: Path, address: str, kinds: tuple[str, ...], days: int, probe: bool = False
+) -> Site:
+    for sub in ("state", "root"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    pki = support.Pki(base / "pki")
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=60)
+    cert = pki.server("main", address, "ftp.example.com", days=days, not_before=since)
+    client = pki.client("probe") if probe else None
+    ports = {k: support.free_port(address) for k in kinds}
+    text = config_text(base, pki, address, ports, cert, client)
+    config = support.write_config(base / "ftps-server.ini", text)
+    return Site(base, pki, config, ports, cert, client)
+
+
+@pytest.fixture
+def serve() -> Iterator[Any]:
+    """Start the real server for a Site; every server started is stopped at the end."""
+    started: list[support.ServerProcess] = []
+
+    def start(site: Site) -> Site:
+        site.server = support.ServerProcess(site.config, site.base)
+        started.append(site.server)
+        return site
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def good_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """All four listener kinds on 127.0.0.2 with a good certificate and a probe certificate."""
+    site = make_site(tmp_path_factory.mktemp("good"), "127.0.0.2", KINDS, days=41, probe=True)
+    site.server = support.ServerProcess(site.config, site.base)
+    yield site
+    site.server.stop()
+
+
+# --- all good -------------------------------------------------------------------------------
+
+
+def test_all_listeners_good_exit_0_and_every_listener_listed(good_site: Site) -> None:
+    result = run_check(good_site.config)
+    assert result.status == 0, result.out + result.err
+    assert re.fullmatch(
+        r"FTPS OK - 4 listeners, nearest expiry (40|41) days \| days_left=(40|41);14;0",
+        result.first_line,
+    )
+    for kind, port in good_site.ports.items():
+        assert f"127.0.0.2:{port} {kind} (bind 127.0.0.2): OK" in result.out
+    assert result.out.count("client cert  no certificate: refused") == 2
+    assert result.out.count("[check] client_cert: let in") == 2
+
+
+def test_json_output_validates_and_says_everything(good_site: Site) -> None:
+    doc = run_check(good_site.config, "--json").json()
+    assert doc["status"] == "OK" and doc["exit_status"] == 0
+    assert doc["summary"].startswith("FTPS OK - 4 listeners")
+    assert {(x["kind"], x["port"]) for x in doc["listeners"]} == set(good_site.ports.items())
+    for listener in doc["listeners"]:
+        assert listener["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
+        assert listener["certificate"]["key_type"].startswith("EC")
+        assert listener["configured"]["matches"] is True
+        assert listener["chain"]["verified"] is True
+        assert listener["names"]["matched"] == ["127.0.0.2", "ftp.example.com"]
+        if listener["kind"].startswith("client_cert"):
+            assert listener["client_certificate"]["anonymous"]["refused"] is True
+            assert listener["client_certificate"]["probe"]["admitted"] is True
+
+
+def test_address_filter(good_site: Site) -> None:
+    doc = run_check(good_site.config, "--json", "--address", "127.0.0.2").json()
+    assert len(doc["listeners"]) == 4
+    result = run_check(good_site.config, "--address", "127.0.0.9")
+    assert result.status == 3
+    assert result.first_line == "FTPS UNKNOWN - no enabled listener on 127.0.0.9"
+
+
+def openssl_fingerprint(port: int, explicit: bool, probe: support.CertFiles | None) -> str:
+    """The SHA-256 fingerprint of the leaf `openssl s_client` receives on 127.0.0.2:port."""
+    cmd = ["openssl", "s_client", "-connect", f"127.0.0.2:{port}", "-noservername"]
+    cmd += ["-starttls", "ftp"] if explicit else []
+    cmd += ["-cert", str(probe.cert), "-key", str(probe.key)] if probe else []
+    shown = subprocess.run(cmd, input=b"", capture_output=True, timeout=20).stdout
+    pem = re.search(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n", shown, re.S)
+    assert pem, shown.decode(errors="replace")
+    x509 = ["openssl", "x509", "-noout", "-fingerprint", "-sha256"]
+    line = subprocess.run(x509, input=pem[0], capture_output=True, check=True).stdout.decode()
+    return line.strip().split("=", 1)[1]
+
+
+def test_fingerprints_equal_what_openssl_s_client_sees(good_site: Site) -> None:
+    doc = run_check(good_site.config, "--json").json()
+    for listener in doc["listeners"]:
+        kind = listener["kind"]
+        theirs = openssl_fingerprint(
+            listener["port"],
+            explicit=not kind.endswith("implicit"),
+            probe=good_site.probe if kind.startswith("client_cert") else None,
+        )
+        assert listener["certificate"]["fingerprint_sha256"] == theirs, kind
+
+
+# --- dates ----------------------------------------------------------------------------------
+
+
+def test_expiring_in_10_days_is_warning(tmp_path: Path, serve: Any) -> None:
+    site = serve(make_site(tmp_path, "127.0.0.2", ("explicit", "implicit"), days=10))
+    result = run_check(site.config)
+    assert result.status == 1, result.out
+    assert re.fullmatch(
+        r"FTPS WARNING - 2 listeners, 2 warning, nearest expiry (9|10) days: .*"
+        r"certificate expires in (9|10) days .* \| days_left=(9|10);14;0",
+        result.first_line,
+    )
+    assert run_check(site.config, "--warn-days", "7").status == 0
+
+
+def test_expired_certificate_is_critical(tmp_path: Path, serve: Any) -> None:
+    site = serve(make_site(tmp_path, "127.0.0.2", ("explicit", "implicit"), days=-2))
+    result = run_check(site.config)
+    assert result.status == 2, result.out
+    assert result.first_line.startswith("FTPS CRITICAL - 2 listeners, 2 critical")
+    # the server refuses to serve an expired certificate; the check says so and why
+    assert "certificate expired 2 days ago" in result.out
+    doc = run_check(site.config, "--json").json()
+    assert all(x["status"] == "CRITICAL" for x in doc["listeners"])
+
+
+# --- reload ---------------------------------------------------------------------------------
+
+
+def test_replaced_on_disk_without_reload_then_sighup(tmp_path: Path, serve: Any) -> None:
+    site = serve(make_site(tmp_path, "127.0.0.2", KINDS, days=60, probe=True))
+    assert run_check(site.config).status == 0
+    new = site.pki.server("main", "127.0.0.2", "ftp.example.com", days=90)  # same paths
+    result = run_check(site.config)
+    assert result.status == 2, result.out
+    assert "served certificate differs from configured" in result.first_line
+    assert result.out.count("CRITICAL: served certificate differs from configured") == 4
+    site.server.reload()
+    doc = run_check(site.config, "--json").json()
+    assert doc["status"] == "OK", doc
+    assert {x["certificate"]["fingerprint_sha256"] for x in doc["listeners"]} == {new.fingerprint}
+
+
+# --- unreachable ----------------------------------------------------------------------------
+
+
+def test_closed_port_and_silent_port_are_critical_within_timeout(tmp_path: Path) -> None:
+    site = make_site(tmp_path, "127.0.0.3", (), days=60)
+    closed = support.free_port("127.0.0.3")
+    with silent_listener("127.0.0.3") as silent, silent_listener("127.0.0.3") as silent2:
+        ports = {"explicit": closed, "implicit": silent, "client_cert_explicit": silent2}
+        text = config_text(tmp_path, site.pki, "127.0.0.3", ports, site.cert)
+        config = support.write_config(tmp_path / "down.ini", text)
+        result = run_check(config, timeout=2)
+    assert result.status == 2, result.out
+    assert result.elapsed < 2 + 3, result.elapsed  # + interpreter start-up
+    assert "3 listeners, 3 critical" in result.first_line
+    assert f"127.0.0.3:{closed} explicit (bind 127.0.0.3): CRITICAL" in result.out
+    assert "cannot connect: Connection refused" in result.out
+    assert f"127.0.0.3:{silent} implicit (bind 127.0.0.3): CRITICAL" in result.out
+    assert "no TLS handshake within the timeout" in result.out
+    assert f"127.0.0.3:{silent2} client_cert_explicit (bind 127.0.0.3): CRITICAL" in result.out
+    assert "no answer within the timeout (at banner)" in result.out
+
+
+# --- client-certificate ports ---------------------------------------------------------------
+
+
+def server_context(site: Site, *, require_client_cert: bool, tls12: bool = False) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(site.cert.cert), str(site.cert.key))
+    if require_client_cert:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=str(site.pki.ca_file))
+    if tls12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def test_client_cert_port_open_to_anyone_is_critical(tmp_path: Path) -> None:
+    # deliberately misconfigured: TLS without asking for a client certificate on both kinds
+    site = make_site(tmp_path, "127.0.0.4", ("client_cert_explicit", "client_cert_implicit"), 60)
+    ctx = server_context(site, require_client_cert=False)
+    ports = site.ports
+    with (
+        FakeFtps("127.0.0.4", ports["client_cert_explicit"], ctx, implicit=False),
+        FakeFtps("127.0.0.4", ports["client_cert_implicit"], ctx, implicit=True),
+    ):
+        result = run_check(site.config)
+        doc = run_check(site.config, "--json").json()
+    assert result.status == 2, result.out
+    assert "client-cert port lets a client without a certificate in" in result.first_line
+    assert result.out.count("CRITICAL: client-cert port lets a client without a certificate") == 2
+    for listener in doc["listeners"]:
+        assert listener["client_certificate"]["anonymous"]["refused"] is False
+
+
+def test_client_cert_port_refusing_in_tls12_handshake(tmp_path: Path) -> None:
+    # TLS 1.2 refuses in the handshake itself: OK with a probe certificate to see the server's
+    site = make_site(tmp_path, "127.0.0.5", ("client_cert_implicit",), 60, probe=True)
+    ctx = server_context(site, require_client_cert=True, tls12=True)
+    with FakeFtps("127.0.0.5", site.ports["client_cert_implicit"], ctx, implicit=True):
+        doc = run_check(site.config, "--json").json()
+    assert doc["status"] == "OK", doc
+    listener = doc["listeners"][0]
+    assert listener["tls"]["version"] == "TLSv1.2"
+    assert listener["client_certificate"]["anonymous"]["refused"] is True
+    assert "in the handshake" in listener["client_certificate"]["anonymous"]["detail"]
+    assert listener["client_certificate"]["probe"]["admitted"] is True
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+def test_unreadable_config_is_unknown(tmp_path: Path) -> None:
+    missing = run_check(tmp_path / "nope.ini")
+    assert missing.status == 3
+    assert missing.first_line.startswith("FTPS UNKNOWN - cannot use the configuration: ")
+    garbage = support.write_config(tmp_path / "bad.ini", "[ports]\nexplicit = twenty-one\n")
+    doc = run_check(garbage, "--json").json()
+    assert doc["status"] == "UNKNOWN" and doc["exit_status"] == 3
+    assert "explicit" in doc["error"]
+    if os.geteuid() != 0:  # root reads any file; the permission case only means something else
+        locked = support.write_config(tmp_path / "locked.ini", "[server]\n")
+        locked.chmod(0)
+        assert run_check(locked).status == 3
