@@ -154,7 +154,9 @@ class StructuredJournalHandler(logging.Handler):
             message = record.getMessage()
             if record.exc_info:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
-            fields = journal_fields(record, message)
+            fields: dict[str, Any] = journal_fields(record, message)
+            # systemd.journal.send formats CODE_LINE with {:d}: it must stay an int
+            fields["CODE_LINE"] = record.lineno
             self._sender(**fields)
         except Exception:
             self.handleError(record)

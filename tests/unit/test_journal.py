@@ -1,0 +1,190 @@
+"""The logging layer: priorities, structured fields, stderr lines, journal selection."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ftps_server import journal, message_ids
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def logger() -> Iterator[logging.Logger]:
+    log = logging.getLogger("ftps_server.test_journal")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    yield log
+    log.handlers.clear()
+
+
+def _record(level: int, msg: str, fields: dict[str, Any] | None = None) -> logging.LogRecord:
+    record = logging.LogRecord("ftps_server.x", level, __file__, 10, msg, (), None, "f")
+    if fields is not None:
+        record.fields = fields
+    return record
+
+
+def test_priorities() -> None:
+    assert [journal.priority(lv) for lv in (50, 40, 30, 20, 10)] == [2, 3, 4, 6, 7]
+    assert journal.priority(25) == 6 and journal.priority(5) == 7
+
+
+def test_fields_are_journal_safe() -> None:
+    fields = journal.record_fields(
+        _record(30, "m", {"message_id": "abc", "cert-name": "main", "DAYS_LEFT": 3, "X": None})
+    )
+    assert fields == {"MESSAGE_ID": "abc", "CERT_NAME": "main", "DAYS_LEFT": "3"}
+    # a record's own fields cannot forge the message or its priority
+    forged = journal.journal_fields(_record(30, "real", {"MESSAGE": "fake", "PRIORITY": "7"}))
+    assert (forged["MESSAGE"], forged["PRIORITY"]) == ("real", "4")
+
+
+def test_stderr_line_has_priority_prefix_and_fields(logger: logging.Logger) -> None:
+    stream = io.StringIO()
+    logger.addHandler(journal.StderrHandler(stream))
+    logger.critical(
+        "certificate main expired",
+        extra={"fields": {"MESSAGE_ID": message_ids.CERT_EXPIRED, "CERT_NAME": "my cert"}},
+    )
+    logger.info("two\nlines")
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == (
+        "<2>CRITICAL ftps_server.test_journal: certificate main expired "
+        f'MESSAGE_ID={message_ids.CERT_EXPIRED} CERT_NAME="my cert"'
+    )
+    assert lines[1:] == [
+        "<6>INFO ftps_server.test_journal: two",
+        "<6>INFO ftps_server.test_journal: lines",
+    ]
+
+
+def test_structured_handler_sends_every_field(logger: logging.Logger) -> None:
+    sent: list[dict[str, Any]] = []
+    logger.addHandler(journal.StructuredJournalHandler(lambda **kw: sent.append(kw)))
+    logger.warning(
+        "expiring", extra={"fields": {"MESSAGE_ID": message_ids.CERT_EXPIRING, "DAYS_LEFT": 13}}
+    )
+    (entry,) = sent
+    assert entry["MESSAGE"] == "expiring"
+    assert entry["PRIORITY"] == "4"
+    assert entry["MESSAGE_ID"] == message_ids.CERT_EXPIRING
+    assert entry["DAYS_LEFT"] == "13"
+    assert entry["SYSLOG_IDENTIFIER"] == "ftps-server"
+    assert entry["CODE_FILE"].endswith("test_journal.py")
+    assert isinstance(entry["CODE_LINE"], int)  # systemd.journal.send insists
+
+
+def test_private_key_text_never_logged(logger: logging.Logger) -> None:
+    stream = io.StringIO()
+    logger.addHandler(journal.StderrHandler(stream))
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq\n-----END PRIVATE KEY-----\n"
+    logger.error("bad file: %s", pem, extra={"fields": {"DETAIL": pem}})
+    assert "MIIEvQIBADANBgkq" not in stream.getvalue()
+    assert "[private key removed]" in stream.getvalue()
+
+
+def test_stderr_is_journal_compares_device_and_inode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "stream"
+    with path.open("w") as stream:
+        st = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert journal.stderr_is_journal(stream)
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino + 1}")
+        assert not journal.stderr_is_journal(stream)
+        monkeypatch.delenv("JOURNAL_STREAM")
+        assert not journal.stderr_is_journal(stream)
+
+
+def _installed_handlers() -> list[logging.Handler]:
+    return [h for h in logging.getLogger().handlers if getattr(h, "_ftps_server_handler", False)]
+
+
+@pytest.fixture
+def restore_root() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_setup_logging_chooses_and_replaces(
+    monkeypatch: pytest.MonkeyPatch, restore_root: None
+) -> None:
+    monkeypatch.setenv("FTPS_SERVER_LOG", "stderr")
+    journal.setup_logging(debug=True)
+    journal.setup_logging(debug=False)
+    (handler,) = _installed_handlers()
+    assert isinstance(handler, journal.StderrHandler)
+    assert logging.getLogger().level == logging.INFO
+    pytest.importorskip("systemd.journal")
+    monkeypatch.setenv("FTPS_SERVER_LOG", "journal")
+    journal.setup_logging(debug=False)
+    (handler,) = _installed_handlers()
+    assert isinstance(handler, journal.StructuredJournalHandler)
+
+
+_NATIVE_RECEIVER = textwrap.dedent(
+    """
+    import json, logging, os, socket, struct, sys
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    os.makedirs("/run/systemd/journal")
+    sock.bind("/run/systemd/journal/socket")
+    sock.settimeout(20)
+    os.environ["FTPS_SERVER_LOG"] = "journal"
+    from ftps_server import journal
+    journal.setup_logging(False)
+    logging.getLogger("ftps_server.reminders").critical(
+        "certificate main expired", extra={"fields": json.loads(sys.argv[1])})
+    data, fields = sock.recv(1 << 20), {}
+    while data:  # the journal's native protocol: KEY=value lines or KEY, u64 length, value
+        line, _, data = data.partition(b"\\n")
+        if b"=" in line:
+            key, _, value = line.partition(b"=")
+        else:
+            (size,) = struct.unpack("<Q", data[:8])
+            key, value, data = line, data[8:8 + size], data[9 + size:]
+        fields[key.decode()] = value.decode()
+    print(json.dumps(fields))
+    """
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root")
+def test_native_journal_protocol_in_private_mount_namespace() -> None:
+    """systemd-python really sends our fields: a private /run receives the datagram."""
+    pytest.importorskip("systemd.journal")
+    fields = {"MESSAGE_ID": message_ids.CERT_EXPIRED, "CERT_NAME": "main", "DAYS_LEFT": -2}
+    script = f'mount -t tmpfs tmpfs /run && exec {sys.executable} -c "$0" "$1"'
+    result = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, _NATIVE_RECEIVER, json.dumps(fields)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode and "Operation not permitted" in result.stderr:
+        pytest.skip("mount namespaces are not permitted here")
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    assert got["MESSAGE"] == "certificate main expired"
+    assert got["PRIORITY"] == "2"
+    assert got["MESSAGE_ID"] == message_ids.CERT_EXPIRED
+    assert (got["CERT_NAME"], got["DAYS_LEFT"]) == ("main", "-2")
+    assert got["SYSLOG_IDENTIFIER"] == "ftps-server"
