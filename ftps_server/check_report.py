@@ -15,7 +15,8 @@ JSON output (`--json`) is one object, schema in docs/check.schema.json (`format_
     nearest_expiry_days   int or null
     error             why the run is UNKNOWN before probing (null otherwise)
     listeners[]       address, bind (the configured address, maybe "*"), kind, port, status,
-                      findings[] {status, text}, reachable, tls {version, cipher, bits} | null,
+                      findings[] {status, text}, reachable (TCP accepted),
+                      tls {version, cipher, bits} | null,
                       certificate {subject, issuer, common_name, sans[], fingerprint_sha256,
                         serial, not_before, not_after, days_left, key_type, key_bits,
                         chain[]} | null,
@@ -161,7 +162,7 @@ def _block(r: ListenerReport) -> list[str]:
     if main.handshake_done:
         reach = f"yes, {main.tls_version} {main.cipher} ({main.cipher_bits} bits)"
     else:
-        reach = f"no: {main.error}" if main.stage in ("tcp", "banner") else "yes, no TLS session"
+        reach = f"no: {main.error}" if main.stage == "tcp" else "TCP yes, no TLS session"
     pairs = [("reachable", reach), *_cert_lines(r), ("configured", _configured_text(r))]
     pairs += [("client cert", text) for text in _client_cert_text(r)]
     lines = [f"{r.target.label} (bind {r.target.bind}): {r.status.name}"]
@@ -235,7 +236,7 @@ def _listener_json(r: ListenerReport, ca_source: str) -> dict[str, Any]:
         "port": r.target.port,
         "status": r.status.name,
         "findings": [{"status": f.status.name, "text": f.text} for f in r.findings],
-        "reachable": main.stage not in ("tcp", "banner") or main.handshake_done,
+        "reachable": main.stage != "tcp",
         "tls": {"version": main.tls_version, "cipher": main.cipher, "bits": main.cipher_bits}
         if main.handshake_done
         else None,
