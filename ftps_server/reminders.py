@@ -361,6 +361,12 @@ def _locked_run(config: Config, report: Report) -> None:
             state.prune(day, keep, _FORGET_DAYS)
             store.save(state)
             report.spooled = store.count_pending()
+        log.info(
+            "reminder run finished: %d email(s) delivered, %d waiting in %s",
+            len(report.delivered),
+            report.spooled,
+            store.spool_dir,
+        )
     except OSError as exc:
         raise ConfigError(
             f"cannot use the state directory {store.state_dir}: {exc.strerror or exc}",
