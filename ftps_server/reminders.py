@@ -251,7 +251,13 @@ def log_findings(findings: list[Finding]) -> None:
         log.critical(
             "no listener has a usable server certificate: FTPS is unavailable on %s",
             ", ".join(sorted(everything)),
-            extra={"fields": {"MESSAGE_ID": message_ids.LISTENER_NO_CERT, "CONDITION": "missing"}},
+            extra={
+                "fields": {
+                    "MESSAGE_ID": message_ids.LISTENER_NO_CERT,
+                    "CONDITION": "missing",
+                    "LISTENER": ",".join(sorted(everything)),
+                }
+            },
         )
 
 
