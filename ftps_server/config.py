@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .errors import ConfigError
+from .passwords import PasswordError, parse_hash
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -330,6 +331,11 @@ def _fingerprints(text: str) -> tuple[str, ...]:
 def _password_hash(text: str) -> str:
     if not _HASH_RE.match(text):
         raise ValueError("is not a hash made by `ftps-server hash-password` ($scrypt$ln=...)")
+    try:
+        # cost bounds and base64: a hash asking for 128 GiB must fail here, not at login
+        parse_hash(text)
+    except PasswordError as exc:
+        raise ValueError(f"is not a usable hash: {exc}") from None
     return text
 
 

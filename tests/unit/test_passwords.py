@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,14 @@ def test_cli_refuses_empty_and_absurd(
     assert cli.main(["hash-password", "--ln", "4"]) == 1
     assert cli.main(["hash-password", "--ln", "40"]) == 1
     assert "ln must be from 1 to 22" in capsys.readouterr().err
+
+
+def test_config_rejects_unusable_hash_naming_section_and_key(tmp_path: Path) -> None:
+    ini = tmp_path / "x.ini"
+    ini.write_text(
+        "[user:ann]\nauth = password\npassword = $scrypt$ln=40,r=8,p=1$c2FsdA==$" + "A" * 44 + "\n"
+    )
+    with pytest.raises(config.ConfigError, match=r"\[user:ann\] password: is not a usable hash"):
+        config.load(ini)
+    ini.write_text(f"[user:ann]\nauth = password\npassword = {hash_password('x', FAST)}\n")
+    assert config.load(ini).users[0].password
