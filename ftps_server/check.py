@@ -14,6 +14,7 @@ docs/check.md.
 from __future__ import annotations
 
 import argparse
+import logging
 import ssl
 import threading
 import time
@@ -29,6 +30,8 @@ from .config import DEFAULT_CONFIG_PATH, Config, load, normalize_address
 from .errors import CertificateError, CheckError, ConfigError
 
 __all__ = ["check", "observe", "register", "run", "targets"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
 _PARALLEL = 8  # listeners probed at once; stays well under max_connections_per_ip
@@ -138,8 +141,13 @@ def _probe_all(
     gate = threading.BoundedSemaphore(_PARALLEL)
 
     def work(index: int, target: Target) -> None:
+        conf = configured[target.address]
         with gate:
-            results[index] = observe(target, kit, configured[target.address], deadline)
+            try:
+                results[index] = observe(target, kit, conf, deadline)
+            except Exception as exc:  # a bug in one probe must not hide the other listeners
+                log.debug("probe of %s failed", target.label, exc_info=True)
+                results[index] = _abandoned(target, conf, f"the probe failed: {exc!r}")
 
     # daemon threads: a probe stuck past the deadline must not keep the process alive
     threads = [
@@ -157,9 +165,10 @@ def _probe_all(
     ]
 
 
-def _abandoned(target: Target, configured: Configured) -> Observation:
-    attempt = Attempt(with_certificate=False, error="no result within the overall timeout")
-    return Observation(target, attempt, configured)
+def _abandoned(
+    target: Target, configured: Configured, why: str = "no result within the overall timeout"
+) -> Observation:
+    return Observation(target, Attempt(with_certificate=False, error=why), configured)
 
 
 # --- command --------------------------------------------------------------------------------

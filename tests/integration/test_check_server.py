@@ -12,9 +12,11 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -342,3 +344,42 @@ def test_unreadable_config_is_unknown(tmp_path: Path) -> None:
         locked = support.write_config(tmp_path / "locked.ini", "[server]\n")
         locked.chmod(0)
         assert run_check(locked).status == 3
+
+
+# --- no keys, no privileges -----------------------------------------------------------------
+
+# Imports everything the check needs, then drops to nobody and runs it: this interpreter lives
+# under /root here, so `runuser` could not even start it as another user.
+_AS_NOBODY = """
+import argparse, encodings.idna, os, sys
+import ftps_server.check as check
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+parser = argparse.ArgumentParser(); check.register(parser.add_subparsers())
+args = parser.parse_args(sys.argv[1:]); sys.exit(args.func(args))
+"""
+
+
+def test_needs_no_private_key_and_no_privileges(good_site: Site) -> None:
+    # a copy of the config whose key paths lead nowhere, in a directory anyone may read
+    public = Path(tempfile.mkdtemp(prefix="ftps-check-"))
+    try:
+        public.chmod(0o755)
+        text = good_site.config.read_text().replace(str(good_site.cert.key), "/nonexistent.key")
+        text = re.sub(r"(?m)^client_(cert|key) = .*$", "", text)  # the probe key is private too
+        (public / "pki").mkdir(mode=0o755)
+        for pem in good_site.pki.dir.glob("*.pem"):  # certificates and CA only, no key
+            shutil.copy(pem, public / "pki" / pem.name)
+            (public / "pki" / pem.name).chmod(0o644)
+        text = text.replace(str(good_site.pki.dir), str(public / "pki"))
+        config = support.write_config(public / "check.ini", text)
+        config.chmod(0o644)
+        assert run_check(config).status == 0
+        if os.geteuid() != 0:
+            return
+        cmd = [sys.executable, "-c", _AS_NOBODY, "check", "--config", str(config)]
+        env = dict(os.environ, PYTHONPATH=str(support.ROOT))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.startswith("FTPS OK - 4 listeners")
+    finally:
+        shutil.rmtree(public)
