@@ -42,8 +42,11 @@ class Sink:
 
     messages: list[EmailMessage] = field(default_factory=list)
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
+    refuse_with: str | None = None  # e.g. "451 4.3.0 try again later": message not accepted
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.refuse_with:
+            return self.refuse_with
         raw = envelope.original_content or envelope.content
         msg = email.message_from_bytes(raw, policy=email.policy.default)
         self.messages.append(msg)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -18,6 +19,7 @@ from reminder_support import AT, JournalCapture, SmtpServer, free_port, write_ce
 
 from ftps_server import message_ids, remind, reminders
 from ftps_server.config import Config
+from ftps_server.errors import ConfigError
 
 DAY = dt.timedelta(days=1)
 ROOT = Path(__file__).resolve().parents[2]
@@ -315,3 +317,49 @@ def test_now_honours_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert reminders.now() == dt.datetime(2027, 1, 2, 12, tzinfo=dt.UTC)
     monkeypatch.setenv(reminders.NOW_ENV, "2027-01-02T03:04:05+01:00")
     assert reminders.now() == dt.datetime(2027, 1, 2, 2, 4, 5, tzinfo=dt.UTC)
+
+
+def test_refused_message_is_kept_with_the_smtp_reason(
+    tmp_path: Path, smtp: SmtpServer, capture: JournalCapture
+) -> None:
+    config = _config(tmp_path, smtp.port, -1)
+    smtp.sink.refuse_with = "451 4.3.0 mailbox busy, try again later"
+    report = reminders.run_reminders(config, AT)
+    assert report.exit_status() == 2 and report.spooled == 1
+    assert "451 4.3.0 mailbox busy" in report.errors[0]
+    assert any("451 4.3.0 mailbox busy" in e["MESSAGE"] for e in capture.entries)
+    smtp.sink.refuse_with = None
+    report = reminders.run_reminders(config, AT + dt.timedelta(hours=1))
+    assert report.exit_status() == 2  # still expired, but nothing undelivered
+    assert report.spooled == 0 and not report.errors
+    assert len(smtp.sink.messages) == 1
+
+
+def test_spooled_but_unrecorded_email_is_not_sent_twice(tmp_path: Path, smtp: SmtpServer) -> None:
+    """A crash after spooling but before saving the state: the spool entry's keys count."""
+    config = _config(tmp_path, smtp.port, -1)
+    port = config.alerts.smtp_port
+    down = dataclasses.replace(config.alerts, smtp_port=free_port())
+    reminders.run_reminders(dataclasses.replace(config, alerts=down), AT)
+    (tmp_path / "state" / "reminders.json").unlink()  # as if the state save never happened
+    assert config.alerts.smtp_port == port
+    reminders.run_reminders(config, AT + dt.timedelta(hours=1))
+    assert len(smtp.sink.messages) == 1
+
+
+def test_broken_state_file_is_set_aside(tmp_path: Path, smtp: SmtpServer) -> None:
+    config = _config(tmp_path, smtp.port, -1)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "reminders.json").write_text("{not json")
+    report = reminders.run_reminders(config, AT)
+    assert len(smtp.sink.messages) == 1 and report.spooled == 0
+    assert (tmp_path / "state" / "reminders.json.broken").read_text() == "{not json"
+    reminders.run_reminders(config, AT)
+    assert len(smtp.sink.messages) == 1
+
+
+def test_unusable_state_dir_names_the_key(tmp_path: Path, smtp: SmtpServer) -> None:
+    config = _config(tmp_path, smtp.port, -1)
+    (tmp_path / "state").write_text("a file, not a directory")
+    with pytest.raises(ConfigError, match=r"\[server\] state_dir"):
+        reminders.run_reminders(config, AT)
