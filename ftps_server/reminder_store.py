@@ -89,11 +89,28 @@ class Store:
         self.lock_path = state_dir / "reminders.lock"
         self.spool_dir = state_dir / "spool"
 
+    def _owner(self) -> tuple[int, int] | None:
+        # `ftps-server remind` run by hand as root must not leave root-owned files that the
+        # service (User=ftps-server) can no longer replace: give them the directory's owner.
+        if os.geteuid() != 0:
+            return None
+        st = self.state_dir.stat()
+        return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
+
+    def _adopt(self, path: Path) -> None:
+        owner = self._owner()
+        if owner:
+            os.chown(path, *owner)
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[State]:
         """Hold the exclusive lock; yield the current state (save it with `save`)."""
-        self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        if not self.spool_dir.is_dir():
+            self.spool_dir.mkdir(mode=0o750)
+            self._adopt(self.spool_dir)
         with _THREAD_LOCK, open(self.lock_path, "a+b") as lock:
+            self._adopt(self.lock_path)
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             try:
                 yield self.load()
@@ -123,7 +140,8 @@ class Store:
     def save(self, state: State) -> None:
         """Replace the state file atomically."""
         data = {"version": _VERSION, "sent": state.sent, "days": state.days, "since": state.since}
-        _atomic_write(self.state_path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+        text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+        _atomic_write(self.state_path, text, self._owner())
 
     def spool(
         self, message: EmailMessage, sent_keys: list[str], day_keys: list[str], day: str
@@ -140,7 +158,7 @@ class Store:
             "day_keys": day_keys,
             "message": text,
         }
-        _atomic_write(path, json.dumps(record, indent=1) + "\n")
+        _atomic_write(path, json.dumps(record, indent=1) + "\n", self._owner())
         return path
 
     def pending(self) -> list[SpoolEntry]:
@@ -183,7 +201,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
     # Temp file in the same directory so rename() is atomic; fsync file then directory so a
     # power cut leaves either the old or the new content, never an empty file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -192,6 +210,8 @@ def _atomic_write(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+            if owner:
+                os.fchown(handle.fileno(), *owner)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

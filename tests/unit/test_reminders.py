@@ -363,3 +363,17 @@ def test_unusable_state_dir_names_the_key(tmp_path: Path, smtp: SmtpServer) -> N
     (tmp_path / "state").write_text("a file, not a directory")
     with pytest.raises(ConfigError, match=r"\[server\] state_dir"):
         reminders.run_reminders(config, AT)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_run_as_root_keeps_files_owned_by_the_service_user(tmp_path: Path) -> None:
+    """`remind` by hand as root must not lock the service user out of its own state."""
+    config = _config(tmp_path, free_port(), -1)  # SMTP down: a spool file is written too
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 4242, 4243)
+    reminders.run_reminders(config, AT)
+    files = [state / "reminders.json", state / "reminders.lock", state / "spool"]
+    files += list((state / "spool").iterdir())
+    assert len(files) == 4
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in files} == {(4242, 4243)}
