@@ -172,7 +172,12 @@ def test_lftp_upload_download_list(site: Site, tmp_path: Path, scheme: str) -> N
     url = (f"ftp://127.0.0.1:{port}" if scheme == "explicit" else f"ftps://127.0.0.1:{port}")
     src = tmp_path / "l.bin"
     src.write_bytes(os.urandom(1_500_000))
+    # lftp 4.9.2 with GnuTLS (Debian 12) stops a TLS 1.3 upload early when the server's
+    # NewSessionTicket arrives on the data connection (lavv17/lftp#666, a client bug that
+    # vsftpd and ProFTPD trigger too), so lftp is held to TLS 1.2 here; curl and ftplib
+    # cover TLS 1.3 uploads.
     script = (
+        'set ssl:priority "NORMAL:-VERS-TLS1.3"; '
         f"set ssl:ca-file {site.pki.ca_file}; set ftp:ssl-force true; "
         "set ftp:ssl-protect-data true; set ssl:check-hostname no; set net:max-retries 1; "
         f"set net:timeout 10; open -u alice,{PASSWORD} {url}; "
@@ -180,6 +185,8 @@ def test_lftp_upload_download_list(site: Site, tmp_path: Path, scheme: str) -> N
     )
     r = subprocess.run(["lftp", "-c", script], capture_output=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 0, r.stderr.decode()
+    stored = (tmp_path / "home" / "alice" / "l.bin").read_bytes()
+    assert stored == src.read_bytes(), f"upload differs: {len(stored)} bytes stored"
     assert (tmp_path / "l.out").read_bytes() == src.read_bytes()
     assert b"l.bin" in r.stdout
 
@@ -277,9 +284,10 @@ def test_data_connection_without_session_reuse_is_refused(site: Site) -> None:
     ftp = support.explicit_client(site.pki, "127.0.0.1", site.ports["explicit"])
     ftp.reuse_session = False  # type: ignore[attr-defined]
     ftp.login("alice", PASSWORD)
-    with pytest.raises((ftplib.error_reply, ftplib.error_perm, ftplib.error_temp, OSError),
-                       match="522|session"):
+    with pytest.raises((ftplib.Error, OSError)):
         ftp.nlst()
+    with pytest.raises(ftplib.Error, match="^522 .*resume the TLS session"):
+        ftp.voidresp()
     assert "TLS session not resumed" in site.server.log()  # type: ignore[union-attr]
 
 
@@ -376,7 +384,7 @@ def test_bad_certificate_disables_only_its_listener(
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[server\naddresses = 1.2.3.4\n", "cannot parse"),
+        ("[server]\naddresses\n", "cannot parse"),
         ("[server]\nbogus = 1\n", "[server] bogus: unknown key"),
         ("[ports]\nexplicit = 70000\n", "[ports] explicit: must be from 0 to 65535"),
         ("[wat]\n", "[wat]: unknown section"),
