@@ -176,7 +176,9 @@ def _served_by(config: Config, entry: CertificateEntry) -> tuple[Listener, ...]:
     ports = config.ports.enabled()
     bound = config.server.addresses
     addresses = [a for a in bound if config.certificate_for(a) is entry]
-    if "*" in bound:
+    if not addresses and not entry.addresses and entry.server_names:
+        addresses = list(bound)  # SNI-only: any listener may serve it, by server name
+    elif "*" in bound:
         # A wildcard bind serves every local address; the certificate then follows the
         # connection's local address, so the section's own addresses are listeners too.
         addresses += [a for a in entry.addresses if a != "*" and a not in addresses]

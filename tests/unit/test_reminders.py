@@ -377,3 +377,33 @@ def test_run_as_root_keeps_files_owned_by_the_service_user(tmp_path: Path) -> No
     files += list((state / "spool").iterdir())
     assert len(files) == 4
     assert {(p.stat().st_uid, p.stat().st_gid) for p in files} == {(4242, 4243)}
+
+
+def test_listeners_of_wildcard_default_and_sni_only_sections(tmp_path: Path) -> None:
+    tls = tmp_path / "tls"
+    files = {n: write_cert(tls, n, not_after=AT + 90 * DAY) for n in ("a", "dflt", "sni")}
+    config = write_config(
+        tmp_path,
+        smtp_port=free_port(),
+        addresses="*",
+        certificates=f"""
+            [certificate:a]
+            cert = {files["a"].cert}
+            key = {files["a"].key}
+            addresses = 192.0.2.10
+            [certificate:dflt]
+            cert = {files["dflt"].cert}
+            key = {files["dflt"].key}
+            default = yes
+            [certificate:sni]
+            cert = {files["sni"].cert}
+            key = {files["sni"].key}
+            server_names = ftp.example.org
+            """,
+    )
+    served = {f.name: [str(li) for li in f.listeners] for f in reminders.evaluate(config, AT)}
+    assert served == {
+        "a": ["192.0.2.10:2121", "192.0.2.10:9990"],
+        "dflt": ["*:2121", "*:9990"],
+        "sni": ["*:2121", "*:9990"],
+    }
