@@ -87,7 +87,7 @@ def _row(r: ListenerReport) -> tuple[str, ...]:
         obs.target.bind,
         r.status.name,
         "-" if r.days_left is None else str(r.days_left),
-        obs.main.tls_version or "-",
+        obs.seen.tls_version or "-",
         r.cert.fingerprint[:23] + "..." if r.cert else "-",  # in full in the block below
     )
 
@@ -158,9 +158,9 @@ def _configured_text(r: ListenerReport) -> str:
 
 
 def _block(r: ListenerReport) -> list[str]:
-    main = r.observation.main
-    if main.handshake_done:
-        reach = f"yes, {main.tls_version} {main.cipher} ({main.cipher_bits} bits)"
+    main, seen = r.observation.main, r.observation.seen
+    if seen.handshake_done:
+        reach = f"yes, {seen.tls_version} {seen.cipher} ({seen.cipher_bits} bits)"
     else:
         reach = f"no: {main.error}" if main.stage == "tcp" else "TCP yes, no TLS session"
     pairs = [("reachable", reach), *_cert_lines(r), ("configured", _configured_text(r))]
@@ -227,7 +227,7 @@ def _certificate_json(r: ListenerReport) -> dict[str, Any] | None:
 
 
 def _listener_json(r: ListenerReport, ca_source: str) -> dict[str, Any]:
-    obs, main = r.observation, r.observation.main
+    obs, main, seen = r.observation, r.observation.main, r.observation.seen
     conf = obs.configured
     return {
         "address": r.target.address,
@@ -237,8 +237,8 @@ def _listener_json(r: ListenerReport, ca_source: str) -> dict[str, Any]:
         "status": r.status.name,
         "findings": [{"status": f.status.name, "text": f.text} for f in r.findings],
         "reachable": main.stage != "tcp",
-        "tls": {"version": main.tls_version, "cipher": main.cipher, "bits": main.cipher_bits}
-        if main.handshake_done
+        "tls": {"version": seen.tls_version, "cipher": seen.cipher, "bits": seen.cipher_bits}
+        if seen.handshake_done
         else None,
         "certificate": _certificate_json(r),
         "configured": None

@@ -81,8 +81,9 @@ class Configured:
 class Observation:
     """Everything the probes saw on one listener; `judge` turns it into a verdict.
 
-    main: the attempt whose handshake gave the certificate facts. On client-cert ports it used
-    the [check] probe certificate when one is configured, else it is the certificate-less attempt.
+    main: the attempt meant to get in and give the certificate facts. On client-cert ports it
+    used the [check] probe certificate when one is configured, else it is the certificate-less
+    attempt.
     chain_error: why the served chain did not verify, None when it did or was never checked.
     anonymous: the certificate-less attempt on client-cert ports (may be `main` itself).
     """
@@ -94,6 +95,18 @@ class Observation:
     chain_error: str | None = None
     anonymous: Attempt | None = None
     probe_used: bool = False
+
+    @property
+    def seen(self) -> Attempt:
+        """The attempt the certificate facts come from: `main`, or else a handshake that worked.
+
+        A probe certificate the server rejects in the handshake hides the server's certificate,
+        while the certificate-less attempt (TLS 1.3) may still have seen it.
+        """
+        anon = self.anonymous
+        if not self.main.handshake_done and anon is not None and anon.handshake_done:
+            return anon
+        return self.main
 
 
 @dataclass(frozen=True)
@@ -195,7 +208,7 @@ def _session_findings(obs: Observation) -> list[Finding]:
         out.append(
             Finding(crit, f"could not prove a client without a certificate is refused: {why}")
         )
-    if expected_refusal and not main.handshake_done:
+    if expected_refusal and not obs.seen.handshake_done:
         out.append(
             Finding(
                 Status.UNKNOWN,
@@ -261,7 +274,7 @@ def _day(when: dt.datetime) -> str:
 
 def judge(obs: Observation, now: dt.datetime, warn_days: int, ca_source: str) -> ListenerReport:
     """The verdict on one listener from what its probes saw (pure: no I/O)."""
-    leaf = _parse_der(obs.main.leaf_der)
+    leaf = _parse_der(obs.seen.leaf_der)
     info = cert_info(leaf) if leaf is not None else None
     findings = _session_findings(obs) + _configured_findings(obs, info)
     checked: tuple[str, ...] = ()
@@ -277,7 +290,7 @@ def judge(obs: Observation, now: dt.datetime, warn_days: int, ca_source: str) ->
         if checked and not matched:
             text = f"certificate SANs name none of: {', '.join(checked)}"
             findings.append(Finding(Status.WARNING, text))
-    chain = tuple(c.subject.rfc4514_string() for c in map(_parse_der, obs.main.chain_der) if c)
+    chain = tuple(c.subject.rfc4514_string() for c in map(_parse_der, obs.seen.chain_der) if c)
     return ListenerReport(
         observation=obs,
         status=worst([f.status for f in findings]),

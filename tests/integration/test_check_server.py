@@ -329,6 +329,21 @@ def test_client_cert_port_refusing_in_tls12_handshake(tmp_path: Path) -> None:
     assert listener["client_certificate"]["probe"]["admitted"] is True
 
 
+def test_probe_certificate_the_server_does_not_trust_is_critical(
+    tmp_path: Path, serve: Any
+) -> None:
+    site = make_site(tmp_path, "127.0.0.2", ("client_cert_implicit",), 60)
+    stranger = support.Pki(tmp_path / "other").client("stranger")
+    text = site.config.read_text() + f"client_cert = {stranger.cert}\nclient_key = {stranger.key}\n"
+    site.config.write_text(text)
+    serve(site)
+    result = run_check(site.config)
+    assert result.status == 2, result.out
+    assert "CRITICAL: with the [check] client certificate: " in result.out
+    assert "[check] client_cert: NOT let in" in result.out
+    assert "no certificate: refused" in result.out
+
+
 # --- configuration --------------------------------------------------------------------------
 
 

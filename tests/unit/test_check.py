@@ -241,6 +241,19 @@ def test_client_cert_probe_refused_is_critical_and_anonymous_unproven_too() -> N
     assert "could not prove a client without a certificate is refused" in texts(report)
 
 
+def test_probe_refused_in_handshake_takes_facts_from_certificate_less_attempt() -> None:
+    cert = make_cert()
+    probe = attempt(None, stage="handshake", error="TLS handshake failed: alert unknown ca")
+    anon = attempt(cert, admitted=False, refusal="after the handshake: alert", error="ended")
+    obs = observe(cert, kind="client_cert_implicit", main=probe, anonymous=anon, probe_used=True)
+    report = verdict(obs)
+    assert report.cert is not None and report.cert.fingerprint == fingerprint(cert)
+    assert report.status is Status.CRITICAL
+    assert texts(report) == (
+        "with the [check] client certificate: TLS handshake failed: alert unknown ca"
+    )
+
+
 # --- targets --------------------------------------------------------------------------------
 
 
