@@ -225,3 +225,27 @@ def test_template_dir_overrides_and_broken_falls_back(tmp_path: Path) -> None:
         mail.render(config.alerts, mail.reminder_context(config, finding, at=AT, since="x"))
     subject, _ = mail.render_reminder(config, finding, at=AT, since="2026-12-01")
     assert subject.startswith("[ftps-server] EXPIRING")
+
+
+@pytest.mark.parametrize(
+    ("hours", "words"),
+    [(5, "expires within a day"), (30, "expires in 1 day ("), (-5, "EXPIRED: certificate")],
+)
+def test_subject_wording_near_the_end(tmp_path: Path, hours: int, words: str) -> None:
+    files = write_cert(tmp_path / "tls", "main", not_after=AT + dt.timedelta(hours=hours))
+    config = write_config(
+        tmp_path,
+        smtp_port=free_port(),
+        warn_days="14, 0",
+        certificates=f"""
+            [certificate:main]
+            cert = {files.cert}
+            key = {files.key}
+            addresses = 127.0.0.1
+            """,
+    )
+    (finding,) = reminders.evaluate(config, AT)
+    subject, _ = mail.render_reminder(config, finding, at=AT, since="2026-12-01")
+    assert words in subject
+    if hours < 0:
+        assert "expired 1 day ago" in subject
