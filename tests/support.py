@@ -74,11 +74,12 @@ class Pki:
     ) -> CertFiles:
         """A server certificate for `identities` (IPs or DNS names) valid `days` from now."""
         now = dt.datetime.now(UTC)
+        not_after = now + dt.timedelta(days=days)
         leaf = self.ca.issue_cert(
             *(identities or ("127.0.0.1",)),
             common_name=name,
-            not_before=not_before or now - dt.timedelta(days=1),
-            not_after=now + dt.timedelta(days=days),
+            not_before=not_before or min(now, not_after) - dt.timedelta(days=30),
+            not_after=not_after,
         )
         return self._write(name, leaf)
 
@@ -182,6 +183,15 @@ class ServerProcess:
         os.kill(self.proc.pid, signal.SIGHUP)
         self.wait_for("RELOADING=1")
         self.wait_for("READY=1")
+
+    def wait_log(self, text: str, timeout: float = 5.0) -> bool:
+        """True once `text` appears in the server's log (it may trail the client's view)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return True
+            time.sleep(0.05)
+        return False
 
     def log(self) -> str:
         self.log_file.flush()

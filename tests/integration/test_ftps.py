@@ -261,7 +261,7 @@ def test_client_cert_port_refuses(pki: support.Pki, tmp_path: Path, start_server
     }[case]
     with pytest.raises((ssl.SSLError, ConnectionError, EOFError, ftplib.Error, OSError)):
         _cc_login(site, kind, cert)
-    assert "TLS handshake from 127.0.0.1" in site.server.log()
+    assert site.server.wait_log("TLS handshake from 127.0.0.1")
     # the same port still admits a good client, so the refusal was about the certificate
     assert _cc_login(site, kind, site.client).startswith("230")
 
@@ -288,7 +288,7 @@ def test_data_connection_without_session_reuse_is_refused(site: Site) -> None:
         ftp.nlst()
     with pytest.raises(ftplib.Error, match="^522 .*resume the TLS session"):
         ftp.voidresp()
-    assert "TLS session not resumed" in site.server.log()  # type: ignore[union-attr]
+    assert site.server.wait_log("TLS session not resumed")  # type: ignore[union-attr]
 
 
 def test_user_before_auth_is_refused(site: Site) -> None:

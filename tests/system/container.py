@@ -88,9 +88,10 @@ ROOTFS_PACKAGES = (
     "procps",
     "curl",
     "ca-certificates",
+    "man-db",  # systemd-analyze verify checks the units' Documentation=man: pages
 )
 # Bump when the hooks below change, so that the cached root file system is rebuilt.
-_ROOTFS_RECIPE = "3"
+_ROOTFS_RECIPE = "4"
 
 _SYSTEMD_EXE = "/usr/lib/systemd/systemd"
 _CGROUP_HIERARCHIES = ("unified", "systemd")
@@ -149,7 +150,7 @@ def ensure_rootfs() -> Path:
     if tarball.exists():
         return tarball
     _log(f"building Debian {SUITE} root file system with mmdebstrap (cached as {tarball})")
-    tmp = tarball.with_suffix(".partial.tar.zst")
+    tmp = tarball.with_name(f"{tarball.name}.{os.getpid()}.partial.tar.zst")
     hooks = [
         'echo ftps-test > "$1/etc/hostname"',
         ': > "$1/etc/machine-id"',
