@@ -218,6 +218,31 @@ def test_fingerprints_equal_what_openssl_s_client_sees(good_site: Site) -> None:
         assert listener["certificate"]["fingerprint_sha256"] == theirs, kind
 
 
+def test_each_address_is_judged_against_its_own_certificate(tmp_path: Path, serve: Any) -> None:
+    site = make_site(tmp_path, "127.0.0.2", ("explicit", "implicit"), 60)
+    other = site.pki.server("other", "127.0.0.3", days=30)
+    # [server] comes first: its addresses line is the first one
+    text = site.config.read_text().replace(
+        "addresses = 127.0.0.2\n", "addresses = 127.0.0.2, 127.0.0.3\n", 1
+    )
+    text += f"[certificate:other]\ncert = {other.cert}\nkey = {other.key}\ndefault = yes\n"
+    site.config.write_text(text)
+    serve(site)
+    doc = run_check(site.config, "--json").json()
+    assert doc["status"] == "OK", doc
+    assert doc["nearest_expiry_days"] in (29, 30)
+    served = {
+        (x["address"], x["kind"]): x["certificate"]["fingerprint_sha256"] for x in doc["listeners"]
+    }
+    assert served == {
+        ("127.0.0.2", "explicit"): site.cert.fingerprint,
+        ("127.0.0.2", "implicit"): site.cert.fingerprint,
+        ("127.0.0.3", "explicit"): other.fingerprint,
+        ("127.0.0.3", "implicit"): other.fingerprint,
+    }
+    assert {x["configured"]["section"] for x in doc["listeners"]} == {"main", "other"}
+
+
 # --- dates ----------------------------------------------------------------------------------
 
 
