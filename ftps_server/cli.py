@@ -18,7 +18,8 @@ from .journal import setup_logging
 __all__ = ["main"]
 
 _COMMAND_MODULES = (
-    "ftps_server.daemon",  # serve, check-config, demo
+    "ftps_server.daemon",  # serve, check-config
+    "ftps_server.demo",  # demo
     "ftps_server.check",  # check
     "ftps_server.passwords",  # hash-password
     "ftps_server.pending",  # pending-certs
