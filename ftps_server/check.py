@@ -244,9 +244,19 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "check",
         help="connect to every listener over FTPS and judge the certificates served",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description="Connect to every enabled listener over real FTPS and report the certificate "
+        "each one serves, whether it is the configured one, its chain, dates and names, and on "
+        "client-certificate ports that a client without a certificate is refused.",
+        epilog="Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (monitoring-plugin "
+        "convention). See docs/check.md.",
     )
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, metavar="FILE")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        metavar="FILE",
+        help=f"the server's configuration (default {DEFAULT_CONFIG_PATH})",
+    )
     parser.add_argument("--json", action="store_true", help="print the JSON report instead")
     parser.add_argument(
         "--warn-days",
