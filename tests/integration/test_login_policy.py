@@ -488,7 +488,7 @@ def test_download_keeps_flowing_during_slow_logins(tmp_path: Path) -> None:
         def download() -> None:
             def chunk(data: bytes) -> None:
                 received.append((time.monotonic(), len(data)))
-                time.sleep(0.005)  # ~10 MiB/s: the download outlasts the ~7 s login storm
+                time.sleep(0.0015)  # ~16 KiB TLS records: some 8 MiB/s, ~13 s in all
 
             downloader.retrbinary("RETR big.bin", chunk, blocksize=65536)
             done.set()
@@ -519,5 +519,6 @@ def test_download_keeps_flowing_during_slow_logins(tmp_path: Path) -> None:
     per_second = [0] * (int(end_t - start_t) + 1)
     for t, n in received:
         per_second[int(t - start_t)] += n
-    print("STORM", [round(x / 2**20, 1) for x in per_second], "logins", round(storm[0] - start_t, 1), round(storm[1] - start_t, 1), "overlap", overlap_seconds)
-    assert min(per_second[:-1]) > 0, f"download stalled: bytes per second {per_second}"
+    full = sorted(per_second[:-1])  # the last second is partial
+    # not merely above zero: no second may fall below a tenth of the typical rate
+    assert full[0] > 0 and full[0] >= full[len(full) // 2] / 10, f"stalled: {per_second} B/s"
