@@ -522,3 +522,33 @@ def test_download_keeps_flowing_during_slow_logins(tmp_path: Path) -> None:
     full = sorted(per_second[:-1])  # the last second is partial
     # not merely above zero: no second may fall below a tenth of the typical rate
     assert full[0] > 0 and full[0] >= full[len(full) // 2] / 10, f"stalled: {per_second} B/s"
+
+
+# --- connection limits and idle timeout -------------------------------------------------------
+
+
+def test_connection_limits_and_idle_timeout(tmp_path: Path) -> None:
+    site = start(tmp_path, TABLE_USERS, "max_connections_per_ip = 2\nidle_timeout = 2")
+    try:
+        crowd, other = next_source_ip(), next_source_ip()
+        first, second = (
+            connect(site, "explicit", None, crowd),
+            connect(site, "implicit", None, crowd),
+        )
+        with socket.create_connection(
+            (HOST, site.ports["explicit"]), 5, source_address=(crowd, 0)
+        ) as raw:
+            assert raw.makefile("rb").readline().startswith(b"421 ")
+        connect(site, "explicit", None, other).close()  # the limit is per address
+        first.close()
+        started = time.monotonic()
+        # the idle session is closed by the server after idle_timeout, with a reply
+        with pytest.raises((EOFError, ConnectionError, ssl.SSLError, ftplib.Error, OSError)):
+            while time.monotonic() - started < 10:
+                reply = second.getline()
+                if not reply:
+                    raise EOFError
+                assert reply.startswith("421"), reply
+        assert 1.5 < time.monotonic() - started < 6
+    finally:
+        site.server.stop()
