@@ -112,15 +112,27 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-class StderrHandler(logging.StreamHandler):
+class StderrHandler(logging.Handler):
     """One line per record: ``<N>LEVEL logger: message KEY=value ...``.
 
-    A multi-line message (a traceback with --debug) repeats the prefix on every line, because
-    journald reads each stderr line as its own entry and takes the priority from each prefix.
+    A multi-line message (a traceback) repeats the prefix on every line, because journald
+    reads each stderr line as its own entry and takes the priority from each prefix.
+    Without an explicit stream it writes to whatever `sys.stderr` is at that moment (as
+    logging's last-resort handler does), so a replaced or closed stderr is never held on to.
     """
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        super().__init__(stream if stream is not None else sys.stderr)
+        super().__init__()
+        self._stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write one record; failures go to logging's error path, never raise."""
+        try:
+            stream = self._stream if self._stream is not None else sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as prefixed lines."""
