@@ -9,6 +9,7 @@ a failure reply is held back, `handler.login_pending` is True and the handler ac
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from . import message_ids
 from .bans import BanPolicy, Clock, FailureTracker
 from .certs import cert_info, fingerprint, utcnow
 from .config import Config, UserConfig
-from .passwords import DEFAULT_PARAMS, HashParams, PasswordError, hash_password, parse_hash
+from .passwords import DEFAULT_PARAMS, HashParams, PasswordError, parse_hash
 from .passwords import verify_password as _verify_password
 from .pending import PendingStore
 from .users import JailedFS, UserAuthorizer, ensure_homes
@@ -98,6 +99,8 @@ def _dummy_hash(config: Config) -> str:
     """A hash at the cost most users' hashes have, verified for unknown users.
 
     An unknown user must cost exactly what a known one costs, else timing tells names apart.
+    Random salt and key make a hash no password matches, without deriving one: this runs on
+    the event loop at start and reload, where a 0.3 s derivation would stall transfers.
     """
     costs: Counter[HashParams] = Counter()
     for user in config.users:
@@ -106,8 +109,9 @@ def _dummy_hash(config: Config) -> str:
                 costs[parse_hash(user.password)[0]] += 1
             except PasswordError:
                 continue
-    params = costs.most_common(1)[0][0] if costs else DEFAULT_PARAMS
-    return hash_password(os.urandom(16).hex(), params)
+    p = costs.most_common(1)[0][0] if costs else DEFAULT_PARAMS
+    salt, key = (base64.b64encode(os.urandom(n)).decode("ascii") for n in (16, 32))
+    return f"$scrypt$ln={p.ln},r={p.r},p={p.p}${salt}${key}"
 
 
 def _check_password(password: str, stored: str) -> tuple[bool, str | None]:
@@ -131,7 +135,7 @@ class Authenticator:
         config: Config,
         *,
         clock: Clock = time.monotonic,
-        workers: int = 2,
+        workers: int = min(4, os.cpu_count() or 2),
         delays: tuple[float, float] = (BanPolicy.first_delay, BanPolicy.max_delay),
     ) -> None:
         # delays: (first, max) seconds a failed login's reply is held back; tests shrink them
@@ -142,6 +146,8 @@ class Authenticator:
         self.tracker = FailureTracker(_policy(config, delays), clock)
         self.pending = PendingStore(config.server.state_dir)
         self.wall_clock = utcnow
+        # each running verification holds 128*r*N bytes (32 MiB at the default cost), so the
+        # pool is small: a login storm queues here instead of exhausting memory or CPU
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ftps-auth")
         self._waker: LoopWaker | None = None
         self._attempts: weakref.WeakKeyDictionary[Any, _Attempt] = weakref.WeakKeyDictionary()
@@ -315,6 +321,8 @@ class Authenticator:
 
     def _loop_waker(self, ioloop: Any) -> LoopWaker:
         if self._waker is None or self._waker.ioloop is not ioloop:
+            if self._waker is not None:
+                self._waker.close()
             self._waker = LoopWaker(ioloop)
         return self._waker
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,3 +257,34 @@ def test_client_gone_during_verification(state: State, ioloop: IOLoop) -> None:
     handler._closed = True
     run_until(ioloop, lambda: not handler.login_pending)
     assert handler.replies == ["331 Username ok, send password."] and not handler.authenticated
+
+
+def test_unknown_user_costs_what_a_wrong_password_costs(tmp_path: Path, pki: Any) -> None:
+    # a real cost (ln=14, tens of ms), so the hash dominates; medians damp scheduler noise
+    from ftps_server.passwords import HashParams, hash_password
+
+    slow = hash_password(PASSWORD, HashParams(ln=14, r=8, p=1))
+    path = write_config(tmp_path, pki)
+    path.write_text(re.sub(r"password = \S+", lambda _: f"password = {slow}", path.read_text()))
+    config = load(path)
+    authenticator = Authenticator(config, delays=(0.0, 0.0))
+    loop = IOLoop()
+    state = State(config, authenticator)
+    try:
+
+        def elapsed(user: str, n: int) -> float:
+            handler = FakeHandler(state, loop, None, f"127.0.1.{n}")  # never banned
+            auth.user_command(handler, user)  # type: ignore[arg-type]
+            started = time.perf_counter()
+            auth.pass_command(handler, "wrong")  # type: ignore[arg-type]
+            run_until(loop, lambda: not handler.login_pending)
+            assert handler.replies[-1] == "530 Login incorrect."
+            return time.perf_counter() - started
+
+        known = sorted(elapsed("bob", n) for n in range(5))[2]
+        unknown = sorted(elapsed("nobody", n) for n in range(10, 15))[2]
+        assert known > 0.02
+        assert 0.6 < unknown / known < 1.6, (known, unknown)
+    finally:
+        authenticator.close()
+        loop.close()
