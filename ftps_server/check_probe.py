@@ -24,6 +24,13 @@ __all__ = ["Attempt", "Target", "run_attempt"]
 
 _REPLY_LINE = re.compile(rb"^(\d{3})([ -])(.*)$")
 _MAX_REPLY = 16 * 1024  # a banner longer than this is not an FTP server
+_WAITING = {  # what a timed-out attempt was waiting for, by the stage it had reached
+    "tcp": "the TCP connection",
+    "banner": "the 220 banner",
+    "auth": "the reply to AUTH TLS",
+    "handshake": "the TLS handshake",
+    "session": "the first reply over TLS",
+}
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ class _Deadline:
     def left(self, attempt: Attempt, what: str) -> float:
         remaining = self.at - time.monotonic()
         if remaining <= 0:
-            attempt.error = f"timed out before {what}"
+            attempt.error = f"timed out waiting for {what}"
             raise _Stop
         return remaining
 
@@ -181,7 +188,7 @@ def _explicit_prelude(sock: socket.socket, deadline: _Deadline, attempt: Attempt
         attempt.error = f"banner is not 220: {text}"
         raise _Stop
     attempt.stage = "auth"
-    sock.settimeout(deadline.left(attempt, "AUTH TLS"))
+    sock.settimeout(deadline.left(attempt, "sending AUTH TLS"))
     sock.sendall(b"AUTH TLS\r\n")
     code, text = replies.read("the reply to AUTH TLS")
     attempt.auth_reply = text
@@ -203,7 +210,7 @@ def _handshake(tls: ssl.SSLSocket, deadline: _Deadline, attempt: Attempt) -> Non
         attempt.error = f"certificate does not verify: {attempt.verify_error}"
         raise _Stop from None
     except TimeoutError:
-        attempt.error = "no TLS handshake within the timeout"
+        attempt.error = "timed out waiting for the TLS handshake"
         raise _Stop from None
     except (ssl.SSLError, OSError) as exc:
         # only a TLS alert is a refusal of this client; a reset or close means the server could
@@ -227,11 +234,11 @@ def _session(tls: ssl.SSLSocket, deadline: _Deadline, attempt: Attempt, implicit
     what = "the 220 banner over TLS" if implicit else "the reply to NOOP over TLS"
     try:
         if not implicit:
-            tls.settimeout(deadline.left(attempt, "NOOP"))
+            tls.settimeout(deadline.left(attempt, "sending NOOP"))
             tls.sendall(b"NOOP\r\n")
         _, attempt.reply = replies.read(what)
     except TimeoutError:
-        attempt.error = f"no reply to {what.removeprefix('the reply to ')} within the timeout"
+        attempt.error = f"timed out waiting for {what}"
         return
     except (ssl.SSLError, OSError) as exc:
         attempt.admitted, attempt.refusal = False, f"after the handshake: {_describe(exc)}"
@@ -251,7 +258,7 @@ def run_attempt(target: Target, ctx: ssl.SSLContext, deadline_at: float, *, cert
         try:
             sock = socket.create_connection((target.address, target.port), timeout=timeout)
         except TimeoutError:
-            attempt.error = "TCP connect timed out"
+            attempt.error = "timed out waiting for the TCP connection"
             raise _Stop from None
         except OSError as exc:
             attempt.error = f"cannot connect: {_describe(exc)}"
@@ -264,7 +271,7 @@ def run_attempt(target: Target, ctx: ssl.SSLContext, deadline_at: float, *, cert
     except _Stop:
         pass  # the reason is recorded on the attempt
     except TimeoutError:
-        attempt.error = f"no answer within the timeout (at {attempt.stage})"
+        attempt.error = f"timed out waiting for {_WAITING[attempt.stage]}"
     except (OSError, ValueError) as exc:
         attempt.error = f"{attempt.stage}: {_describe(exc)}"
     finally:

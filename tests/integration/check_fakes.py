@@ -68,3 +68,31 @@ def silent_listener(address: str, port: int = 0) -> Iterator[int]:
     """A TCP port that accepts connections (via the backlog) and never answers; yields it."""
     with socket.create_server((address, port), backlog=16) as sock:
         yield sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dripping_listener(address: str) -> Iterator[int]:
+    """A port whose server never finishes its banner: one `220-` line every 0.2 s, forever."""
+    stopping = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            while not stopping.wait(0.2):
+                conn.sendall(b"220-still starting up\r\n")
+
+    with socket.create_server((address, 0)) as sock:
+        sock.settimeout(0.2)
+
+        def serve() -> None:
+            while not stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    conn = sock.accept()[0]
+                    threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield sock.getsockname()[1]
+        finally:
+            stopping.set()
+            thread.join(5)

@@ -28,7 +28,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared support
 import support
-from check_fakes import FakeFtps, silent_listener
+from check_fakes import FakeFtps, dripping_listener, silent_listener
 
 SCHEMA = json.loads((support.ROOT / "docs" / "check.schema.json").read_text())
 KINDS = ("explicit", "implicit", "client_cert_explicit", "client_cert_implicit")
@@ -289,23 +289,37 @@ def test_replaced_on_disk_without_reload_then_sighup(tmp_path: Path, serve: Any)
 # --- unreachable ----------------------------------------------------------------------------
 
 
-def test_closed_port_and_silent_port_are_critical_within_timeout(tmp_path: Path) -> None:
+def test_closed_silent_and_dripping_ports_are_critical_within_timeout(tmp_path: Path) -> None:
     site = make_site(tmp_path, "127.0.0.3", (), days=60)
     closed = support.free_port("127.0.0.3")
-    with silent_listener("127.0.0.3") as silent, silent_listener("127.0.0.3") as silent2:
-        ports = {"explicit": closed, "implicit": silent, "client_cert_explicit": silent2}
+    with (
+        silent_listener("127.0.0.3") as silent,
+        silent_listener("127.0.0.3") as silent2,
+        dripping_listener("127.0.0.3") as drip,
+    ):
+        ports = {
+            "explicit": drip,  # a banner that never ends
+            "implicit": silent,  # TCP accepted, no TLS handshake ever
+            "client_cert_explicit": silent2,  # TCP accepted, no banner ever
+            "client_cert_implicit": closed,
+        }
         text = config_text(tmp_path, site.pki, "127.0.0.3", ports, site.cert)
         config = support.write_config(tmp_path / "down.ini", text)
         result = run_check(config, timeout=2)
     assert result.status == 2, result.out
     assert result.elapsed < 2 + 3, result.elapsed  # + interpreter start-up
-    assert "3 listeners, 3 critical" in result.first_line
-    assert f"127.0.0.3:{closed} explicit (bind 127.0.0.3): CRITICAL" in result.out
-    assert "cannot connect: Connection refused" in result.out
-    assert f"127.0.0.3:{silent} implicit (bind 127.0.0.3): CRITICAL" in result.out
-    assert "no TLS handshake within the timeout" in result.out
-    assert f"127.0.0.3:{silent2} client_cert_explicit (bind 127.0.0.3): CRITICAL" in result.out
-    assert "no answer within the timeout (at banner)" in result.out
+    assert "4 listeners, 4 critical" in result.first_line
+    expected = {
+        f"{drip} explicit": "CRITICAL: timed out waiting for the 220 banner",
+        f"{silent} implicit": "CRITICAL: timed out waiting for the TLS handshake",
+        f"{silent2} client_cert_explicit": "CRITICAL: timed out waiting for the 220 banner",
+        f"{closed} client_cert_implicit": "CRITICAL: cannot connect: Connection refused",
+    }
+    blocks = result.out.split("\n\n")
+    for listener, reason in expected.items():
+        block = next(b for b in blocks if b.startswith(f"127.0.0.3:{listener} (bind"))
+        assert block.splitlines()[0].endswith("CRITICAL")
+        assert reason in block, block
 
 
 # --- client-certificate ports ---------------------------------------------------------------
