@@ -141,8 +141,18 @@ def test_ftplib_implicit(site: Site) -> None:
 
 
 def _curl(site: Site, url: str, *args: str) -> subprocess.CompletedProcess[bytes]:
-    cmd = ["curl", "-sS", "--max-time", "30", "--cacert", str(site.pki.ca_file),
-           "--user", f"alice:{PASSWORD}", *args, url]
+    cmd = [
+        "curl",
+        "-sS",
+        "--max-time",
+        "30",
+        "--cacert",
+        str(site.pki.ca_file),
+        "--user",
+        f"alice:{PASSWORD}",
+        *args,
+        url,
+    ]
     return subprocess.run(cmd, capture_output=True, timeout=60)
 
 
@@ -151,7 +161,7 @@ def test_curl_upload_download_list(site: Site, tmp_path: Path, scheme: str) -> N
     if not shutil.which("curl"):
         pytest.skip("curl not installed")
     port = site.ports[scheme]
-    base = (f"ftp://127.0.0.1:{port}/" if scheme == "explicit" else f"ftps://127.0.0.1:{port}/")
+    base = f"ftp://127.0.0.1:{port}/" if scheme == "explicit" else f"ftps://127.0.0.1:{port}/"
     extra = ["--ssl-reqd"] if scheme == "explicit" else []
     src = tmp_path / "up.bin"
     src.write_bytes(os.urandom(2_500_000))
@@ -169,7 +179,7 @@ def test_lftp_upload_download_list(site: Site, tmp_path: Path, scheme: str) -> N
     if not shutil.which("lftp"):
         pytest.skip("lftp not installed")
     port = site.ports[scheme]
-    url = (f"ftp://127.0.0.1:{port}" if scheme == "explicit" else f"ftps://127.0.0.1:{port}")
+    url = f"ftp://127.0.0.1:{port}" if scheme == "explicit" else f"ftps://127.0.0.1:{port}"
     src = tmp_path / "l.bin"
     src.write_bytes(os.urandom(1_500_000))
     # lftp 4.9.2 with GnuTLS (Debian 12) stops a TLS 1.3 upload early when the server's
@@ -201,10 +211,16 @@ def _s_client_fingerprint(host: str, port: int, explicit: bool, name: str | None
     if name:
         cmd += ["-servername", name]
     r = subprocess.run(cmd, input=b"", capture_output=True, timeout=20)
-    pem = r.stdout.split(b"-----BEGIN CERTIFICATE-----", 1)[1].split(b"-----END CERTIFICATE-----")[0]
+    pem = r.stdout.split(b"-----BEGIN CERTIFICATE-----", 1)[1].split(b"-----END CERTIFICATE-----")[
+        0
+    ]
     pem = b"-----BEGIN CERTIFICATE-----" + pem + b"-----END CERTIFICATE-----\n"
-    fp = subprocess.run(["openssl", "x509", "-noout", "-fingerprint", "-sha256"], input=pem,
-                        capture_output=True, check=True).stdout.decode()
+    fp = subprocess.run(
+        ["openssl", "x509", "-noout", "-fingerprint", "-sha256"],
+        input=pem,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     return fp.strip().split("=", 1)[1].upper()
 
 
@@ -224,8 +240,9 @@ def test_openssl_sees_the_certificate_of_each_address(site: Site, kind: str) -> 
 def _cc_login(site: Site, kind: str, cert: support.CertFiles | None) -> str:
     port = site.ports[kind]
     if kind == "client_cert_explicit":
-        ftp: ftplib.FTP_TLS = support.explicit_client(site.pki, "127.0.0.1", port, cert,
-                                                      prot_p=False)
+        ftp: ftplib.FTP_TLS = support.explicit_client(
+            site.pki, "127.0.0.1", port, cert, prot_p=False
+        )
     else:
         ftp = support.ImplicitFTP_TLS(context=support.client_context(site.pki, cert), timeout=10)
         ftp.connect("127.0.0.1", port)
@@ -243,8 +260,9 @@ def test_client_cert_port_admits_a_certificate_from_client_ca(site: Site, kind: 
 
 @pytest.mark.parametrize("kind", ["client_cert_explicit", "client_cert_implicit"])
 @pytest.mark.parametrize("case", ["none", "other_ca", "expired", "revoked"])
-def test_client_cert_port_refuses(pki: support.Pki, tmp_path: Path, start_server: object,
-                                  kind: str, case: str) -> None:
+def test_client_cert_port_refuses(
+    pki: support.Pki, tmp_path: Path, start_server: object, kind: str, case: str
+) -> None:
     import trustme
 
     revoked = pki.client("revoked-client", cn="alice")
@@ -272,10 +290,10 @@ def test_client_cert_port_refuses(pki: support.Pki, tmp_path: Path, start_server
 def test_prot_c_refused_and_transfers_need_prot_p(site: Site) -> None:
     ftp = support.explicit_client(site.pki, "127.0.0.1", site.ports["explicit"], prot_p=False)
     ftp.login("alice", PASSWORD)
-    with pytest.raises(ftplib.error_perm, match="^521"):
+    with pytest.raises(ftplib.error_perm, match=r"^521"):
         ftp.nlst()
     ftp.voidcmd("PBSZ 0")
-    with pytest.raises(ftplib.error_perm, match="^534"):
+    with pytest.raises(ftplib.error_perm, match=r"^534"):
         ftp.voidcmd("PROT C")
     ftp.quit()
 
@@ -286,7 +304,7 @@ def test_data_connection_without_session_reuse_is_refused(site: Site) -> None:
     ftp.login("alice", PASSWORD)
     with pytest.raises((ftplib.Error, OSError)):
         ftp.nlst()
-    with pytest.raises(ftplib.Error, match="^522 .*resume the TLS session"):
+    with pytest.raises(ftplib.Error, match=r"^522 .*resume the TLS session"):
         ftp.voidresp()
     assert site.server.wait_log("TLS session not resumed")  # type: ignore[union-attr]
 
@@ -294,7 +312,7 @@ def test_data_connection_without_session_reuse_is_refused(site: Site) -> None:
 def test_user_before_auth_is_refused(site: Site) -> None:
     ftp = ftplib.FTP()
     ftp.connect("127.0.0.1", site.ports["explicit"], timeout=10)
-    with pytest.raises(ftplib.error_perm, match="^530 TLS is required"):
+    with pytest.raises(ftplib.error_perm, match=r"^530 TLS is required"):
         ftp.login("alice", PASSWORD)
     ftp.close()
 
@@ -334,14 +352,12 @@ def _break(site: Site, case: str) -> None:
     elif case == "group_readable_key":
         cert.key.chmod(0o640)
     elif case == "expired":
-        new = site.pki.server("two-expired", "127.0.0.2", days=-2,
-                              not_before=None)
+        new = site.pki.server("two-expired", "127.0.0.2", days=-2, not_before=None)
         shutil.copy(new.cert, cert.cert)
         shutil.copy(new.key, cert.key)
 
 
-@pytest.mark.parametrize("case", ["missing_key", "mismatched_key", "group_readable_key",
-                                  "expired"])
+@pytest.mark.parametrize("case", ["missing_key", "mismatched_key", "group_readable_key", "expired"])
 def test_bad_certificate_disables_only_its_listener(
     pki: support.Pki, tmp_path: Path, start_server: object, case: str
 ) -> None:
@@ -391,13 +407,18 @@ def test_bad_certificate_disables_only_its_listener(
         ("[server]\naddresses = 300.1.1.1\n", "[server] addresses"),
     ],
 )
-def test_check_config_errors_name_file_section_and_key(tmp_path: Path, text: str,
-                                                       expected: str) -> None:
+def test_check_config_errors_name_file_section_and_key(
+    tmp_path: Path, text: str, expected: str
+) -> None:
     path = tmp_path / "bad.ini"
     path.write_text(text)
-    r = subprocess.run([sys.executable, "-m", "ftps_server", "check-config", str(path)],
-                       capture_output=True, text=True, timeout=30,
-                       env=dict(os.environ, PYTHONPATH=str(support.ROOT)))
+    r = subprocess.run(
+        [sys.executable, "-m", "ftps_server", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, PYTHONPATH=str(support.ROOT)),
+    )
     assert r.returncode == 78
     assert str(path) in r.stderr
     assert expected in r.stderr

@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""TLS throughput of ftps-server against vsftpd, measured in the same run (run by hand, as root).
+
+Both servers run on loopback with the same RSA-2048 certificate, PROT P and session reuse
+required (vsftpd: require_ssl_reuse=YES). curl is the client for both. Runs alternate
+(A B A B ...) so drift on a noisy machine hits both; the table shows medians and ratios.
+
+    sudo python3 bench/tls_throughput.py [--size-mib 1024] [--runs 5]
+
+It installs vsftpd from Debian if missing (never started as a system service), creates a
+system user `ftpbench` for it, and removes nothing it did not create in its temp directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ftps_server.passwords import hash_password  # noqa: E402
+
+HOST = "127.0.0.1"
+BENCH_USER = "ftpbench"
+
+
+def _cert(directory: Path) -> tuple[Path, Path]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=7))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address(HOST))]),
+            False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "bench.pem", directory / "bench.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` plus its reaped children (vsftpd forks a process per session)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class Server:
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        password: str,
+        proc: subprocess.Popen[bytes],
+        pid_of: str | None = None,
+    ) -> None:
+        self.name, self.port, self.password, self.proc = name, port, password, proc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_ftps_server(work: Path, cert: Path, key: Path, home: Path, port: int) -> Server:
+    password = secrets.token_urlsafe(12)
+    config = work / "ftps-server.ini"
+    config.write_text(f"""[server]
+addresses = {HOST}
+state_dir = {work}/state
+root = {home.parent}
+passive_ports = 41000-41099
+[ports]
+explicit = {port}
+implicit = 0
+[certificate:bench]
+cert = {cert}
+key = {key}
+default = yes
+[user:{BENCH_USER}]
+home = {home}
+permissions = elradfmw
+password = {hash_password(password)}
+""")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftps_server", "serve", "--config", str(config)],
+        cwd=work,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.DEVNULL,
+        stderr=(work / "ftps.log").open("wb"),
+    )
+    _wait_port(port)
+    return Server("ftps-server", port, password, proc)
+
+
+def start_vsftpd(work: Path, cert: Path, key: Path, home: Path, port: int) -> Server:
+    if not shutil.which("vsftpd"):
+        policy = Path("/usr/sbin/policy-rc.d")
+        if not policy.exists():
+            policy.write_text("#!/bin/sh\nexit 101\n")
+            policy.chmod(0o755)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "vsftpd"],
+            check=True,
+            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+        )
+    password = secrets.token_urlsafe(12)
+    if subprocess.run(["id", BENCH_USER], capture_output=True).returncode != 0:
+        subprocess.run(
+            ["useradd", "--system", "--home-dir", str(home), "--shell", "/bin/sh", BENCH_USER],
+            check=True,
+        )
+    subprocess.run(["usermod", "--home", str(home), BENCH_USER], check=True)
+    subprocess.run(["chpasswd"], input=f"{BENCH_USER}:{password}".encode(), check=True)
+    shutil.chown(home, BENCH_USER)
+    Path("/var/run/vsftpd/empty").mkdir(parents=True, exist_ok=True)
+    conf = work / "vsftpd.conf"
+    conf.write_text(f"""listen=YES
+listen_ipv6=NO
+listen_address={HOST}
+listen_port={port}
+anonymous_enable=NO
+local_enable=YES
+write_enable=YES
+local_root={home}
+pasv_min_port=42000
+pasv_max_port=42099
+ssl_enable=YES
+force_local_logins_ssl=YES
+force_local_data_ssl=YES
+require_ssl_reuse=YES
+ssl_ciphers=HIGH
+rsa_cert_file={cert}
+rsa_private_key_file={key}
+seccomp_sandbox=NO
+secure_chroot_dir=/var/run/vsftpd/empty
+pam_service_name=vsftpd
+xferlog_enable=NO
+""")
+    proc = subprocess.Popen(
+        ["vsftpd", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _wait_port(port)
+    return Server("vsftpd", port, password, proc)
+
+
+def _wait_port(port: int, timeout: float = 15) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {HOST}:{port}")
+
+
+def _curl(server: Server, cert: Path, *args: str) -> None:
+    # the password goes through stdin (-K -), never onto a command line or into output
+    cmd = [
+        "curl",
+        "-sS",
+        "--ssl-reqd",
+        "--cacert",
+        str(cert),
+        "-K",
+        "-",
+        "--max-time",
+        "600",
+        *args,
+    ]
+    config = f'user = "{BENCH_USER}:{server.password}"\n'
+    r = subprocess.run(cmd, input=config.encode(), capture_output=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{server.name}: curl {args[-1]} failed: {r.stderr.decode().strip()}")
+
+
+def measure(
+    server: Server, cert: Path, direction: str, size: int, src: Path
+) -> tuple[float, float]:
+    """(MB/s, server CPU seconds per GiB) for one transfer."""
+    url = f"ftp://{HOST}:{server.port}/"
+    cpu0, t0 = _cpu_seconds(server.pid), time.perf_counter()
+    if direction == "download":
+        _curl(server, cert, "-o", "/dev/null", url + src.name)
+    else:
+        _curl(server, cert, "-T", str(src), url + "upload.bin")
+    elapsed = time.perf_counter() - t0
+    time.sleep(1.0)  # let vsftpd's per-session processes exit and be reaped into cutime
+    cpu = _cpu_seconds(server.pid) - cpu0
+    if direction == "upload":
+        uploaded = src.parent / "upload.bin"
+        assert uploaded.stat().st_size == size, f"{server.name}: upload incomplete"
+        uploaded.unlink()
+    return size / elapsed / 1e6, cpu / (size / 2**30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (it installs vsftpd and a system user for it)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="ftps-bench-"))
+    work.chmod(0o755)
+    servers: list[Server] = []
+    try:
+        cert, key = _cert(work)
+        home = work / "home" / BENCH_USER
+        home.mkdir(parents=True)
+        size = args.size_mib * 2**20
+        src = home / "file.bin"
+        with src.open("wb") as f:
+            block = os.urandom(2**20)
+            for _ in range(args.size_mib):
+                f.write(block)
+        servers = [
+            start_ftps_server(work, cert, key, home, 41990),
+            start_vsftpd(work, cert, key, home, 41991),
+        ]
+        shutil.chown(home, BENCH_USER)
+        src.chmod(0o666)
+        home.chmod(0o777)
+        results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for run in range(args.runs):
+            for direction in ("download", "upload"):
+                for server in servers:
+                    results.setdefault((server.name, direction), []).append(
+                        measure(server, cert, direction, size, src)
+                    )
+            print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
+        _table(results, args)
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _table(
+    results: dict[tuple[str, str], list[tuple[float, float]]], args: argparse.Namespace
+) -> None:
+    def med(name: str, direction: str, i: int) -> float:
+        return statistics.median(r[i] for r in results[(name, direction)])
+
+    print(f"\nTLS, {args.size_mib} MiB file, curl client, medians of {args.runs} alternating runs")
+    print("| metric | ftps-server | vsftpd | ratio |\n|---|---|---|---|")
+    for direction in ("download", "upload"):
+        a, b = med("ftps-server", direction, 0), med("vsftpd", direction, 0)
+        print(f"| TLS {direction} MB/s | {a:.0f} | {b:.0f} | {a / b:.2f}x |")
+        a, b = med("ftps-server", direction, 1), med("vsftpd", direction, 1)
+        print(f"| server CPU s/GiB, {direction} | {a:.2f} | {b:.2f} | {a / b:.2f}x |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
