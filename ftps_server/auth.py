@@ -191,9 +191,10 @@ class Authenticator:
             "REMOTE_ADDR": handler.remote_ip,
             "LISTENER": handler.listener_name,
             "AUTH_METHOD": method,
-            "CERT_FINGERPRINT": fp or "",
             **extra,
         }
+        if fp:  # only when a certificate was presented: an empty field says nothing
+            fields["CERT_FINGERPRINT"] = fp
         if message_id:
             fields["MESSAGE_ID"] = message_id
         log.log(level, text, extra={"fields": fields})
