@@ -26,12 +26,14 @@ sys.modules.setdefault("ansible_support", ansible_support)
 _spec.loader.exec_module(ansible_support)
 
 ROLE = ansible_support.ANSIBLE_DIR / "roles" / "ftps_server"
+#: (venv bin dir, environment, work dir)
+Ansible = tuple[Path, dict[str, str], Path]
 
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def ansible(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], Path]:
+def ansible(tmp_path_factory: pytest.TempPathFactory) -> Ansible:
     """(venv bin dir, environment, work dir) for running ansible locally."""
     try:
         bin_dir = ansible_support.ensure_venv()
@@ -43,7 +45,7 @@ def ansible(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
 
 
 def _local_run(
-    ansible: tuple[Path, dict[str, str], Path],
+    ansible: Ansible,
     name: str,
     play: list[dict[str, Any]],
     args: tuple[str, ...] = (),
@@ -57,9 +59,9 @@ def _local_run(
 
 
 def _render(
-    ansible: tuple[Path, dict[str, str], Path], name: str, variables: dict[str, Any]
+    ansible: Ansible, name: str, variables: dict[str, Any], template: str = "ftps-server.ini.j2"
 ) -> str:
-    """The role's config template rendered with its defaults, its vars and `variables`."""
+    """A role template rendered with the role's defaults, its vars and `variables`."""
     _, _, work = ansible
     var_file = work / f"{name}.vars.json"
     var_file.write_text(json.dumps(variables))
@@ -76,7 +78,7 @@ def _render(
                 {"ansible.builtin.include_vars": str(var_file)},
                 {
                     "ansible.builtin.template": {
-                        "src": str(ROLE / "templates" / "ftps-server.ini.j2"),
+                        "src": str(ROLE / "templates" / template),
                         "dest": str(out),
                         "mode": "0600",
                     }
@@ -205,7 +207,7 @@ def _full_vars(tls_dir: str) -> dict[str, Any]:
     }
 
 
-def test_ansible_lint_production_profile(ansible: tuple[Path, dict[str, str], Path]) -> None:
+def test_ansible_lint_production_profile(ansible: Ansible) -> None:
     bin_dir, env, _ = ansible
     proc = subprocess.run(
         [str(bin_dir / "ansible-lint"), "--offline", "--profile", "production", "--nocolor"],
@@ -219,7 +221,7 @@ def test_ansible_lint_production_profile(ansible: tuple[Path, dict[str, str], Pa
     assert "Profile 'production' was required, and it passed" in proc.stdout + proc.stderr
 
 
-def test_example_playbook_syntax(ansible: tuple[Path, dict[str, str], Path]) -> None:
+def test_example_playbook_syntax(ansible: Ansible) -> None:
     bin_dir, env, _ = ansible
     proc = subprocess.run(
         [
@@ -238,7 +240,7 @@ def test_example_playbook_syntax(ansible: tuple[Path, dict[str, str], Path]) -> 
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_full_config_follows_the_contract(ansible: tuple[Path, dict[str, str], Path]) -> None:
+def test_full_config_follows_the_contract(ansible: Ansible) -> None:
     text = _render(ansible, "full", _full_vars("/etc/ftps-server/tls"))
     assert "not-in-the-ini" not in text
     tls = "/etc/ftps-server/tls"
@@ -308,7 +310,7 @@ def test_full_config_follows_the_contract(ansible: tuple[Path, dict[str, str], P
     }
 
 
-def test_minimal_config_omits_empty_keys(ansible: tuple[Path, dict[str, str], Path]) -> None:
+def test_minimal_config_omits_empty_keys(ansible: Ansible) -> None:
     text = _render(ansible, "minimal", {})
     assert _sections(text) == {
         "server": {
@@ -343,9 +345,7 @@ def test_minimal_config_omits_empty_keys(ansible: tuple[Path, dict[str, str], Pa
     assert text.startswith("; Ansible managed\n")
 
 
-def test_rendered_config_passes_the_servers_loader(
-    ansible: tuple[Path, dict[str, str], Path], pki: dict[str, Any]
-) -> None:
+def test_rendered_config_passes_the_servers_loader(ansible: Ansible, pki: dict[str, Any]) -> None:
     """The server's own `config.load` and `ftps-server check-config` accept the output."""
     text = _render(ansible, "loadable", _full_vars(pki["dir"]))
     path = Path(pki["dir"]) / "ftps-server.ini"
@@ -388,7 +388,7 @@ _ARGSPEC = (
 
 
 def _validate(
-    ansible: tuple[Path, dict[str, str], Path], name: str, variables: dict[str, Any]
+    ansible: Ansible, name: str, variables: dict[str, Any]
 ) -> ansible_support.PlaybookRun:
     play = [
         {
@@ -402,13 +402,13 @@ def _validate(
     return _local_run(ansible, f"validate-{name}", play)
 
 
-def test_argument_spec_accepts_the_full_example(ansible: tuple[Path, dict[str, str], Path]) -> None:
+def test_argument_spec_accepts_the_full_example(ansible: Ansible) -> None:
     run = _validate(ansible, "full", _full_vars("/etc/ftps-server/tls"))
     assert run.returncode == 0, run.tail()
 
 
 def test_certificate_without_key_fails_validation(
-    ansible: tuple[Path, dict[str, str], Path],
+    ansible: Ansible,
 ) -> None:
     run = _validate(
         ansible,
@@ -423,7 +423,7 @@ def test_certificate_without_key_fails_validation(
     assert "one of the following is required: key_content, key_src" in run.output
 
 
-def test_wrong_type_fails_validation(ansible: tuple[Path, dict[str, str], Path]) -> None:
+def test_wrong_type_fails_validation(ansible: Ansible) -> None:
     run = _validate(ansible, "type", {"ftps_server_port_implicit": "nine-ninety"})
     assert run.returncode != 0
     assert "ftps_server_port_implicit" in run.output
@@ -431,7 +431,7 @@ def test_wrong_type_fails_validation(ansible: tuple[Path, dict[str, str], Path])
 
 
 def test_cross_variable_checks_fail_on_the_controller(
-    ansible: tuple[Path, dict[str, str], Path],
+    ansible: Ansible,
 ) -> None:
     """validate.yml (the role's first tasks) rejects two default certificates."""
     play = [
@@ -459,3 +459,71 @@ def test_cross_variable_checks_fail_on_the_controller(
     run = _local_run(ansible, "cross", play)
     assert run.returncode != 0
     assert "At most one entry of ftps_server_certificates may have default true" in run.output
+
+
+def test_address_unit_and_dropin(ansible: Ansible) -> None:
+    """The address unit adds only missing addresses; the drop-in lists only extra paths."""
+    variables = {
+        "ftps_server_addresses": ["192.0.2.10", "*"],
+        "ftps_server_certificates": [
+            {"name": "v6", "cert_content": "x", "key_content": "y", "addresses": ["2001:db8::1"]},
+            {"name": "main", "cert_content": "x", "key_content": "y", "addresses": ["192.0.2.10"]},
+        ],
+        "ftps_server_manage_addresses": True,
+        "ftps_server_interface": "eth0",
+        "ftps_server_interface_prefix": 24,
+        "ftps_server_users": [
+            {"name": "alice", "password": _HASH},
+            {"name": "bob", "home": "/data/ftp/bob", "password": _HASH},
+            {"name": "carol", "home": "/srv/ftp/carol", "password": _HASH},
+        ],
+    }
+    unit = _render(ansible, "unit", variables, "ftps-server-addresses.service.j2")
+    starts = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert starts == [
+        "ExecStart=/bin/sh -c 'ip -o address show dev eth0 to 192.0.2.10 | grep -q . "
+        "|| exec ip address add 192.0.2.10/24 dev eth0'",
+        "ExecStart=/bin/sh -c 'ip -o address show dev eth0 to 2001:db8::1 | grep -q . "
+        "|| exec ip address add 2001:db8::1/128 dev eth0'",
+    ]
+    assert "Before=ftps-server.service" in unit
+    dropin = _render(ansible, "dropin", variables, "ftps-server-dropin.conf.j2")
+    assert [line for line in dropin.splitlines() if not line.startswith("#")] == [
+        "[Service]",
+        "ReadWritePaths=-/data/ftp/bob",
+    ]
+    moved = _render(
+        ansible,
+        "dropin-moved",
+        {**variables, "ftps_server_root": "/data/ftp", "ftps_server_state_dir": "/data/state"},
+        "ftps-server-dropin.conf.j2",
+    )
+    assert [line for line in moved.splitlines() if line.startswith("ReadWritePaths")] == [
+        "ReadWritePaths=-/data/ftp",
+        "ReadWritePaths=-/data/state",
+    ]  # /srv/ftp/carol: already writable by the package's unit
+
+
+def test_probe_certificate_without_key_is_refused(ansible: Ansible) -> None:
+    play = [
+        {
+            "name": "Run the role's own variable checks",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars": {
+                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                "ftps_server_check_client_cert_content": "PEM",
+            },
+            "tasks": [
+                {
+                    "ansible.builtin.include_role": {
+                        "name": "ftps_server.ftps.ftps_server",
+                        "tasks_from": "validate.yml",
+                    }
+                }
+            ],
+        }
+    ]
+    run = _local_run(ansible, "probe", play)
+    assert run.returncode != 0
+    assert "Set both the probe certificate" in run.output
