@@ -15,7 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reminder_support import AT, JournalCapture, SmtpServer, free_port, write_cert, write_config
+import trustme
+from reminder_support import (
+    AT,
+    SMTP_PASSWORD,
+    SMTP_USER,
+    JournalCapture,
+    SmtpServer,
+    free_port,
+    write_cert,
+    write_config,
+)
 
 from ftps_server import message_ids, remind, reminders
 from ftps_server.config import Config
@@ -407,3 +417,24 @@ def test_listeners_of_wildcard_default_and_sni_only_sections(tmp_path: Path) -> 
         "dflt": ["*:2121", "*:9990"],
         "sni": ["*:2121", "*:9990"],
     }
+
+
+def test_end_to_end_starttls_and_password_file_from_config(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca_file = tmp_path / "smtp-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    password = tmp_path / "smtp-password"
+    password.write_text(SMTP_PASSWORD + "\n")
+    with SmtpServer(security="starttls", ca=ca) as server:
+        config = _config(
+            tmp_path,
+            server.port,
+            13,
+            security="starttls",
+            alerts=f"smtp_user = {SMTP_USER}\n"
+            f"smtp_password_file = {password}\nsmtp_ca_file = {ca_file}\n",
+        )
+        report = reminders.run_reminders(config, AT)
+        assert report.delivered and not report.errors
+        assert len(server.sink.messages) == 1
+        assert server.sink.envelopes[0][1] == ["ops@example.com", "pki@example.com"]
