@@ -129,7 +129,10 @@ class StderrHandler(logging.Handler):
         """Write one record; failures go to logging's error path, never raise."""
         try:
             stream = self._stream if self._stream is not None else sys.stderr
-            stream.write(self.format(record) + "\n")
+            text = self.format(record)
+            if _is_terminal(stream):  # a human at a terminal reads no "<6>" prefixes
+                text = re.sub(r"(?m)^<\d>", "", text)
+            stream.write(text + "\n")
             stream.flush()
         except Exception:
             self.handleError(record)
@@ -145,6 +148,13 @@ class StderrHandler(logging.Handler):
             lines[0] = f"{lines[0]} {fields}"
         prefix = f"<{priority(record.levelno)}>{record.levelname} {record.name}: "
         return "\n".join(prefix + line for line in lines)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 Sender = Callable[..., Any]
