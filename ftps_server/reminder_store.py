@@ -128,11 +128,14 @@ class Store:
             )
         except FileNotFoundError:
             return State()
+        except PermissionError:
+            raise  # an unusable state directory, not a broken file: the caller names the key
         except (OSError, ValueError, AttributeError, TypeError) as exc:
             # Better one duplicate reminder than none at all: keep the broken file for a human.
             aside = self.state_path.with_suffix(".json.broken")
-            log.error("state file %s is unreadable (%s); moved to %s", self.state_path, exc, aside)
+            log.error("state file %s is unreadable (%s)", self.state_path, exc)
             if set_aside:
+                log.error("moved %s to %s; reminders start afresh", self.state_path, aside)
                 with contextlib.suppress(OSError):
                     self.state_path.replace(aside)
             return State()

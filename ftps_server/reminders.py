@@ -376,12 +376,16 @@ def _locked_run(config: Config, report: Report) -> None:
             store.spool_dir,
         )
     except OSError as exc:
-        raise ConfigError(
-            f"cannot use the state directory {store.state_dir}: {exc.strerror or exc}",
-            file=str(config.path),
-            section="server",
-            key="state_dir",
-        ) from None
+        raise _state_dir_error(config, exc) from None
+
+
+def _state_dir_error(config: Config, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"cannot use the state directory {config.server.state_dir}: {exc.strerror or exc}",
+        file=str(config.path),
+        section="server",
+        key="state_dir",
+    )
 
 
 def run_reminders(
@@ -397,7 +401,10 @@ def run_reminders(
     report = Report(at=at, findings=evaluate(config, at), dry_run=dry_run)
     if dry_run:
         store = _store(config)
-        state = store.load(set_aside=False)
+        try:
+            state = store.load(set_aside=False)
+        except OSError as exc:
+            raise _state_dir_error(config, exc) from None
         due, report.actions = _due(report.findings, state, at.date().isoformat())
         report.actions.update({d.finding.subject: "would send" for d in due})
         report.spooled = store.count_pending()
