@@ -288,3 +288,12 @@ def test_unknown_user_costs_what_a_wrong_password_costs(tmp_path: Path, pki: Any
     finally:
         authenticator.close()
         loop.close()
+
+
+def test_home_gone_after_start_refuses_clearly(state: State, ioloop: IOLoop, caplog: Any) -> None:
+    bob = next(u for u in state.config.users if u.name == "bob")
+    bob.home.rmdir()
+    handler = login(state, ioloop, "bob", PASSWORD)
+    assert handler.replies[-1] == "530 Not logged in: home directory is not available."
+    assert not handler.authenticated
+    assert f"home {bob.home} is missing" in caplog.text
