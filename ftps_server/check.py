@@ -50,19 +50,32 @@ def _wildcard_addresses(config: Config) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _sni_names(config: Config, address: str) -> list[str]:
+    # one name per section other than the address's own: a client naming it gets that section
+    own = config.certificate_for(address)
+    return [e.server_names[0] for e in config.certificates if e.server_names and e is not own]
+
+
 def targets(config: Config, only: str | None = None) -> list[Target]:
-    """Every (address, kind, port) to probe; `only` restricts to one address."""
+    """Every (address, kind, port) to probe, then its SNI probes; `only` keeps one address."""
     out: list[Target] = []
     for bind, kind, port in config.listeners():
         addresses = _wildcard_addresses(config) if bind == "*" else [bind]
         if only is not None and bind == "*" and only not in addresses:
             addresses.append(only)
-        out += [Target(a, bind, kind, port) for a in addresses if only in (None, a)]
+        for address in addresses:
+            if only in (None, address):
+                out.append(Target(address, bind, kind, port))
+                names = _sni_names(config, address)
+                out += [Target(address, bind, kind, port, name) for name in names]
     return list(dict.fromkeys(out))
 
 
-def _configured(config: Config, address: str) -> Configured:
-    entry = config.certificate_for(address)
+def _configured(config: Config, target: Target) -> Configured:
+    if target.server_name:
+        entry = config.certificate_for_name(target.server_name)
+    else:
+        entry = config.certificate_for(target.address)
     if entry is None:
         return Configured(None)
     try:
@@ -136,12 +149,12 @@ def observe(target: Target, kit: _Contexts, configured: Configured, deadline: fl
 def _probe_all(
     config: Config, kit: _Contexts, wanted: list[Target], deadline: float
 ) -> list[Observation]:
-    configured = {t.address: _configured(config, t.address) for t in wanted}
+    configured = {t: _configured(config, t) for t in wanted}
     results: list[Observation | None] = [None] * len(wanted)
     gate = threading.BoundedSemaphore(_PARALLEL)
 
     def work(index: int, target: Target) -> None:
-        conf = configured[target.address]
+        conf = configured[target]
         with gate:
             try:
                 results[index] = observe(target, kit, conf, deadline)
@@ -160,7 +173,7 @@ def _probe_all(
         thread.join(max(0.0, deadline + _JOIN_GRACE - time.monotonic()))
     snapshot = list(results)
     return [
-        obs or _abandoned(target, configured[target.address])
+        obs or _abandoned(target, configured[target])
         for obs, target in zip(snapshot, wanted, strict=True)
     ]
 

@@ -35,12 +35,17 @@ _WAITING = {  # what a timed-out attempt was waiting for, by the stage it had re
 
 @dataclass(frozen=True)
 class Target:
-    """One listener as the check reaches it: `bind` is the configured address (maybe `*`)."""
+    """One listener as the check reaches it: `bind` is the configured address (maybe `*`).
+
+    server_name: sent as SNI, to check a certificate section chosen by name rather than by the
+    address; None (no SNI) for the certificate the address itself serves.
+    """
 
     address: str
     bind: str
     kind: str
     port: int
+    server_name: str | None = None
 
     @property
     def implicit(self) -> bool:
@@ -56,7 +61,8 @@ class Target:
     def label(self) -> str:
         """`address:port kind`, the name operators see."""
         host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port} {self.kind}"
+        sni = f" SNI {self.server_name}" if self.server_name else ""
+        return f"{host}:{self.port} {self.kind}{sni}"
 
 
 @dataclass
@@ -155,9 +161,11 @@ class _Replies:
         return int(code), text
 
 
-def _context_sock(ctx: ssl.SSLContext, sock: socket.socket) -> ssl.SSLSocket:
-    # no SNI: the certificate is chosen by the local address, which is what the check judges
-    return ctx.wrap_socket(sock, server_hostname=None, do_handshake_on_connect=False)
+def _context_sock(ctx: ssl.SSLContext, sock: socket.socket, target: Target) -> ssl.SSLSocket:
+    # SNI only when a name is being checked: without it the server picks the certificate by the
+    # local address, which is what the plain probes judge
+    name = target.server_name
+    return ctx.wrap_socket(sock, server_hostname=name, do_handshake_on_connect=False)
 
 
 def served_chain(tls: ssl.SSLSocket) -> tuple[bytes, ...]:
@@ -265,7 +273,7 @@ def run_attempt(target: Target, ctx: ssl.SSLContext, deadline_at: float, *, cert
             raise _Stop from None
         if not target.implicit:
             _explicit_prelude(sock, deadline, attempt)
-        sock = _context_sock(ctx, sock)
+        sock = _context_sock(ctx, sock, target)
         _handshake(sock, deadline, attempt)
         _session(sock, deadline, attempt, target.implicit)
     except _Stop:

@@ -14,7 +14,8 @@ JSON output (`--json`) is one object, schema in docs/check.schema.json (`format_
     config, checked_at (ISO 8601 UTC), warn_days, timeout, ca_source
     nearest_expiry_days   int or null
     error             why the run is UNKNOWN before probing (null otherwise)
-    listeners[]       address, bind (the configured address, maybe "*"), kind, port, status,
+    listeners[]       address, bind (the configured address, maybe "*"), kind, port,
+                      server_name (SNI sent, or null), status,
                       findings[] {status, text}, reachable (TCP accepted),
                       tls {version, cipher, bits} | null,
                       certificate {subject, issuer, common_name, sans[], fingerprint_sha256,
@@ -58,7 +59,11 @@ def summary_line(report: RunReport) -> str:
     head = f"FTPS {report.status.name} - "
     if report.error:
         return head + report.error.replace("|", "/")
-    parts = [_plural(len(report.listeners), "listener")]
+    listeners = {(r.target.address, r.target.kind, r.target.port) for r in report.listeners}
+    parts = [_plural(len(listeners), "listener")]
+    sni = sum(1 for r in report.listeners if r.target.server_name)
+    if sni:
+        parts[0] += f" ({_plural(sni, 'SNI probe')})"
     for status in ("CRITICAL", "WARNING", "UNKNOWN"):
         count = sum(1 for r in report.listeners if r.status.name == status)
         if count:
@@ -234,6 +239,7 @@ def _listener_json(r: ListenerReport, ca_source: str) -> dict[str, Any]:
         "bind": r.target.bind,
         "kind": r.target.kind,
         "port": r.target.port,
+        "server_name": r.target.server_name,
         "status": r.status.name,
         "findings": [{"status": f.status.name, "text": f.text} for f in r.findings],
         "reachable": main.stage != "tcp",

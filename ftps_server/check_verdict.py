@@ -170,13 +170,15 @@ def _name_matches(pattern: str, name: str) -> bool:
 
 def _names(obs: Observation, info: CertInfo) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(names that should be in the SANs, those that are)."""
-    entry = obs.configured.entry
+    entry, target = obs.configured.entry, obs.target
     checked: list[str] = []
     # the loopback stand-in of a `*` bind is no name a client uses unless a section assigns it
-    stand_in = obs.target.bind == "*" and not (entry and obs.target.address in entry.addresses)
-    if not stand_in:
-        checked.append(obs.target.address)
-    checked += list(entry.server_names) if entry else []
+    stand_in = target.bind == "*" and not (entry and target.address in entry.addresses)
+    if target.server_name:
+        checked.append(target.server_name)  # a client naming the server checks that name only
+    else:
+        checked += [] if stand_in else [target.address]
+        checked += list(entry.server_names) if entry else []
     ips = {s[3:] for s in info.sans if s.startswith("IP:")}
     dns = [s[4:] for s in info.sans if s.startswith("DNS:")]
     matched = []
@@ -222,7 +224,8 @@ def _session_findings(obs: Observation) -> list[Finding]:
 def _configured_findings(obs: Observation, info: CertInfo | None) -> list[Finding]:
     conf, crit = obs.configured, Status.CRITICAL
     if conf.entry is None:
-        return [Finding(crit, f"no certificate is configured for {obs.target.address}")]
+        what = obs.target.server_name or obs.target.address
+        return [Finding(crit, f"no certificate is configured for {what}")]
     where = f"[certificate:{conf.entry.name}] {conf.entry.cert}"
     if conf.error:
         return [Finding(crit, f"configured certificate {where} cannot be read: {conf.error}")]
@@ -279,9 +282,9 @@ def judge(obs: Observation, now: dt.datetime, warn_days: int, ca_source: str) ->
     findings = _session_findings(obs) + _configured_findings(obs, info)
     checked: tuple[str, ...] = ()
     matched: tuple[str, ...] = ()
-    if info is None:
+    if info is None or info.fingerprint != obs.configured.fingerprint:
         findings += _unserved_findings(obs.configured, now, warn_days)
-    else:
+    if info is not None:
         findings += _date_findings(info, now, warn_days)
         if obs.chain_error:
             text = f"chain does not verify against {ca_source}: {obs.chain_error}"

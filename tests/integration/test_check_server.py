@@ -243,6 +243,43 @@ def test_each_address_is_judged_against_its_own_certificate(tmp_path: Path, serv
     assert {x["configured"]["section"] for x in doc["listeners"]} == {"main", "other"}
 
 
+def test_sni_sections_are_probed_by_name(tmp_path: Path, serve: Any) -> None:
+    site = make_site(tmp_path, "127.0.0.2", ("explicit", "implicit"), 60)
+    sni = site.pki.server("sni", "sni.example.com", days=50)
+    text = site.config.read_text()
+    text += (
+        f"[certificate:sni]\ncert = {sni.cert}\nkey = {sni.key}\nserver_names = sni.example.com\n"
+    )
+    site.config.write_text(text)
+    serve(site)
+    result = run_check(site.config)
+    assert result.status == 0, result.out
+    assert result.first_line.startswith("FTPS OK - 2 listeners (2 SNI probes), nearest expiry")
+    doc = run_check(site.config, "--json").json()
+    by_name = {(x["kind"], x["server_name"]): x for x in doc["listeners"]}
+    for kind in ("explicit", "implicit"):
+        assert by_name[kind, None]["certificate"]["fingerprint_sha256"] == site.cert.fingerprint
+        named = by_name[kind, "sni.example.com"]
+        assert named["certificate"]["fingerprint_sha256"] == sni.fingerprint
+        assert named["configured"]["section"] == "sni" and named["configured"]["matches"]
+        assert named["names"]["matched"] == ["sni.example.com"]
+    # an expired certificate is not served: the server falls back to the address's own one
+    site.pki.server(
+        "sni", "sni.example.com", days=-1, not_before=dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    )
+    assert site.server is not None
+    site.server.reload()
+    result = run_check(site.config)
+    assert result.status == 2, result.out
+    assert (
+        result.out.count("CRITICAL: served certificate differs from configured [certificate:sni]")
+        == 2
+    )
+    assert (
+        "configured certificate [certificate:sni] (not served): certificate expired" in result.out
+    )
+
+
 # --- dates ----------------------------------------------------------------------------------
 
 

@@ -73,13 +73,15 @@ def observe(
     *,
     kind: str = "explicit",
     bind: str = "127.0.0.2",
+    port: int = 2121,
+    server_name: str | None = None,
     configured: Configured | None = None,
     **kw: object,
 ) -> Observation:
     """An observation of one listener; configured defaults to `cert` being the configured one."""
     if configured is None:
         configured = Configured(ENTRY, fingerprint(cert) if cert else None)
-    target = Target("127.0.0.2", bind, kind, 2121)
+    target = Target("127.0.0.2", bind, kind, port, server_name)
     main = kw.pop("main", None) or attempt(cert)
     fields = {"chain_checked": main.handshake_done, **kw}
     return Observation(target, main, configured, **fields)  # type: ignore[arg-type]
@@ -297,6 +299,55 @@ def test_targets_expand_wildcard_bind_to_certificate_addresses_and_loopback(
     assert [t.bind for t in check.targets(config, "127.0.0.3")] == ["*", "127.0.0.3"]
 
 
+def test_targets_add_one_sni_probe_per_section_chosen_by_name(tmp_path: Path) -> None:
+    config = load(
+        write_ini(
+            tmp_path,
+            """
+            [server]
+            addresses = 127.0.0.2
+            [ports]
+            explicit = 2121
+            implicit = 0
+            [certificate:a]
+            cert = /a.pem
+            key = /a.key
+            addresses = 127.0.0.2
+            server_names = a.example.com
+            [certificate:b]
+            cert = /b.pem
+            key = /b.key
+            server_names = b.example.com, b2.example.com
+            """,
+        )
+    )
+    got = [t.label for t in check.targets(config)]
+    assert got == ["127.0.0.2:2121 explicit", "127.0.0.2:2121 explicit SNI b.example.com"]
+
+
+def test_sni_probe_checks_its_name_and_its_section() -> None:
+    cert = make_cert("b.example.com")
+    entry = CertificateEntry("b", Path("/b.pem"), Path("/b.key"), server_names=("b.example.com",))
+    obs = observe(cert, server_name="b.example.com", configured=Configured(entry, "AA:BB"))
+    report = verdict(obs)
+    assert report.names_checked == ("b.example.com",) == report.names_matched
+    assert report.status is Status.CRITICAL
+    assert "served certificate differs from configured [certificate:b]" in texts(report)
+    line = check_report.summary_line(run_report([verdict(observe(make_cert())), report]))
+    assert line.startswith("FTPS CRITICAL - 1 listener (1 SNI probe), 1 critical, ")
+
+
+def test_other_certificate_served_because_configured_one_expired_says_why() -> None:
+    served, on_disk = make_cert(), cert_info(make_cert(days=-1))
+    report = verdict(
+        observe(served, configured=Configured(ENTRY, on_disk.fingerprint, info=on_disk))
+    )
+    assert "served certificate differs from configured" in texts(report)
+    assert "configured certificate [certificate:main] (not served): certificate expired" in (
+        texts(report)
+    )
+
+
 # --- output ---------------------------------------------------------------------------------
 
 
@@ -313,14 +364,14 @@ def run_report(reports: list[ListenerReport], warn_days: int = 14) -> RunReport:
 
 
 def test_summary_line_is_monitoring_plugin_form() -> None:
-    reports = [verdict(observe(make_cert(days=41 + i))) for i in range(4)]
+    reports = [verdict(observe(make_cert(days=41 + i), port=21 + i)) for i in range(4)]
     line = check_report.summary_line(run_report(reports))
     assert line == "FTPS OK - 4 listeners, nearest expiry 41 days | days_left=41;14;0"
 
 
 def test_summary_line_names_counts_and_first_critical_reason() -> None:
     bad = verdict(observe(make_cert(days=-2)))
-    warn = verdict(observe(make_cert(days=5)))
+    warn = verdict(observe(make_cert(days=5), port=990))
     line = check_report.summary_line(run_report([warn, bad]))
     assert line.startswith("FTPS CRITICAL - 2 listeners, 1 critical, 1 warning, ")
     assert "nearest expiry 2 days ago: 127.0.0.2:2121 explicit: certificate expired" in line
@@ -338,7 +389,7 @@ def test_summary_line_without_any_certificate_has_no_perfdata() -> None:
 
 
 def test_text_report_has_table_and_a_block_per_listener() -> None:
-    reports = [verdict(observe(make_cert())), verdict(observe(make_cert(days=3)))]
+    reports = [verdict(observe(make_cert())), verdict(observe(make_cert(days=3), port=990))]
     text = check_report.render_text(run_report(reports))
     lines = text.splitlines()
     assert lines[0].startswith("FTPS WARNING - 2 listeners, 1 warning")
@@ -352,7 +403,7 @@ def test_text_report_has_table_and_a_block_per_listener() -> None:
         "(SHA-256)",
     ]
     assert lines[3].split()[:5] == ["127.0.0.2:2121", "explicit", "127.0.0.2", "OK", "41"]
-    assert "127.0.0.2:2121 explicit (bind 127.0.0.2): WARNING" in lines
+    assert "127.0.0.2:990 explicit (bind 127.0.0.2): WARNING" in lines
     assert "  WARNING: certificate expires in 3 days" in text
     assert reports[0].cert is not None and reports[0].cert.fingerprint in text
 
