@@ -232,13 +232,17 @@ def test_each_address_is_judged_against_its_own_certificate(tmp_path: Path, serv
     assert doc["status"] == "OK", doc
     assert doc["nearest_expiry_days"] in (29, 30)
     served = {
-        (x["address"], x["kind"]): x["certificate"]["fingerprint_sha256"] for x in doc["listeners"]
+        (x["address"], x["kind"], x["server_name"]): x["certificate"]["fingerprint_sha256"]
+        for x in doc["listeners"]
     }
     assert served == {
-        ("127.0.0.2", "explicit"): site.cert.fingerprint,
-        ("127.0.0.2", "implicit"): site.cert.fingerprint,
-        ("127.0.0.3", "explicit"): other.fingerprint,
-        ("127.0.0.3", "implicit"): other.fingerprint,
+        ("127.0.0.2", "explicit", None): site.cert.fingerprint,
+        ("127.0.0.2", "implicit", None): site.cert.fingerprint,
+        ("127.0.0.3", "explicit", None): other.fingerprint,
+        ("127.0.0.3", "implicit", None): other.fingerprint,
+        # [certificate:main] also has server_names: a client naming it on .3 gets main's
+        ("127.0.0.3", "explicit", "ftp.example.com"): site.cert.fingerprint,
+        ("127.0.0.3", "implicit", "ftp.example.com"): site.cert.fingerprint,
     }
     assert {x["configured"]["section"] for x in doc["listeners"]} == {"main", "other"}
 
