@@ -13,6 +13,7 @@ and never says a word costs at most that. Nothing here judges what it saw; `chec
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import ssl
@@ -255,35 +256,42 @@ def _session(tls: ssl.SSLSocket, deadline: _Deadline, attempt: Attempt, implicit
     attempt.admitted = True
 
 
-def run_attempt(target: Target, ctx: ssl.SSLContext, deadline_at: float, *, cert: bool) -> Attempt:
-    """Connect to `target` with `ctx` and record everything seen; never raises for I/O."""
-    attempt = Attempt(with_certificate=cert)
-    deadline = _Deadline(deadline_at)
-    started = time.monotonic()
-    sock: socket.socket | None = None
+def _connect(target: Target, deadline: _Deadline, attempt: Attempt) -> socket.socket:
+    timeout = deadline.left(attempt, "connecting")
     try:
-        timeout = deadline.left(attempt, "connecting")
-        try:
-            sock = socket.create_connection((target.address, target.port), timeout=timeout)
-        except TimeoutError:
-            attempt.error = "timed out waiting for the TCP connection"
-            raise _Stop from None
-        except OSError as exc:
-            attempt.error = f"cannot connect: {_describe(exc)}"
-            raise _Stop from None
+        return socket.create_connection((target.address, target.port), timeout=timeout)
+    except TimeoutError:
+        attempt.error = "timed out waiting for the TCP connection"
+    except OSError as exc:
+        attempt.error = f"cannot connect: {_describe(exc)}"
+    raise _Stop
+
+
+def _converse(
+    sock: socket.socket, target: Target, ctx: ssl.SSLContext, deadline: _Deadline, attempt: Attempt
+) -> None:
+    """Everything after TCP connect; closes what it opened."""
+    try:
         if not target.implicit:
             _explicit_prelude(sock, deadline, attempt)
         sock = _context_sock(ctx, sock, target)
         _handshake(sock, deadline, attempt)
         _session(sock, deadline, attempt, target.implicit)
-    except _Stop:
-        pass  # the reason is recorded on the attempt
     except TimeoutError:
         attempt.error = f"timed out waiting for {_WAITING[attempt.stage]}"
     except (OSError, ValueError) as exc:
         attempt.error = f"{attempt.stage}: {_describe(exc)}"
     finally:
-        attempt.elapsed = time.monotonic() - started
-        if sock is not None:
-            sock.close()
+        sock.close()  # the TLS socket when wrapped: wrapping detaches the plain one
+
+
+def run_attempt(target: Target, ctx: ssl.SSLContext, deadline_at: float, *, cert: bool) -> Attempt:
+    """Connect to `target` with `ctx` and record everything seen; never raises for I/O."""
+    attempt = Attempt(with_certificate=cert)
+    deadline = _Deadline(deadline_at)
+    started = time.monotonic()
+    # _Stop ends the attempt early once its reason is recorded on `attempt`
+    with contextlib.suppress(_Stop):
+        _converse(_connect(target, deadline, attempt), target, ctx, deadline, attempt)
+    attempt.elapsed = time.monotonic() - started
     return attempt
