@@ -244,7 +244,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root (it installs vsftpd and a system user for it)", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="ftps-bench-"))
+    # tmpfs when there is one: the disk is not what is being compared
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    work = Path(tempfile.mkdtemp(prefix="ftps-bench-", dir=shm))
     work.chmod(0o755)
     servers: list[Server] = []
     try:

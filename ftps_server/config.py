@@ -606,10 +606,11 @@ def _cross_checks(config: Config, sections: dict[str, _Section]) -> None:
                     "certificates", f"fingerprint {fp} is already pinned by [user:{pinned[fp]}]"
                 )
             pinned[fp] = user.name
-        cn_only = user.certificate_cn and not user.certificates and "certificate" in user.auth
-        if cn_only and not config.tls.client_ca:
+        if "certificate" in user.auth and not config.tls.client_ca:
+            # clients are asked for certificates only where there is a CA to verify them
+            key = "certificates" if user.certificates else "certificate_cn"
             raise sections[f"user:{user.name}"].error(
-                "certificate_cn", "needs [tls] client_ca to verify certificates against"
+                key, f"auth = {user.auth} needs [tls] client_ca to verify certificates against"
             )
     if (config.ports.client_cert_explicit or config.ports.client_cert_implicit) and not (
         config.tls.client_ca

@@ -160,6 +160,8 @@ class Daemon:
         notify("STOPPING=1")
         log.info("stopping")
         self.listeners.close()
+        if self.state is not None:
+            self.state.auth.close()
         if self._signals is not None:
             self._signals.close()
             self._signals = None

@@ -68,11 +68,15 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             self.cmd_channel.remote_ip,
             reason,
         )
-        self.tls_state = TlsState.PLAIN
+        if self.cmd is None and not self._initialized:
+            # no transfer was asked on it yet (a client dropping a spare connection): a
+            # 522 now would be read as the reply to the client's next command
+            self._abort("")
+            return
         self._abort(f"522 TLS negotiation on the data connection failed: {reason}.")
 
     def _abort(self, reply: str) -> None:
-        self._resp = (reply, log.warning)
+        self._resp = (reply, log.warning) if reply else ()
         self.tls_state = TlsState.PLAIN  # no close_notify on a connection we refuse
         DTPHandler.close(self)
 
@@ -218,6 +222,7 @@ class FtpsHandler(TlsChannel, FTPHandler):
         self.peer_certificate: x509.Certificate | None = None
         self.login_pending = False
         self._tls_after_flush: ssl.SSLContext | None = None
+        self._cleared_by_ccc = False
         self._pbsz = False
         self._prot = False
         settings = self.state.config.server
@@ -336,7 +341,8 @@ class FtpsHandler(TlsChannel, FTPHandler):
         if self.login_pending and cmd != "QUIT":
             self.respond("503 Login in progress; wait for the reply to PASS.")
             return
-        if not self.tls_active and cmd not in _PRE_TLS_COMMANDS and not self._plain_allowed:
+        clear_ok = self._plain_allowed or self._cleared_by_ccc
+        if not self.tls_active and cmd not in _PRE_TLS_COMMANDS and not clear_ok:
             if self.tls_context is None:
                 why = "TLS is unavailable on this address (no valid certificate)"
                 self.respond(f"530 {why}; plain FTP is not allowed.")
@@ -413,6 +419,10 @@ class FtpsHandler(TlsChannel, FTPHandler):
         else:
             self.respond("200 Command channel cleared; data protection level unchanged.")
             self.clear_command_channel()
+
+    def tls_cleared(self) -> None:
+        self._cleared_by_ccc = True
+        log.info("control channel of %s cleared by CCC", self.remote_ip)
 
     def ftp_REIN(self, line: str) -> None:
         self.respond("502 REIN is not supported over TLS.")

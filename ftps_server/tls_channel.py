@@ -14,8 +14,12 @@ import logging
 import ssl
 from typing import Any
 
-from pyftpdlib.exceptions import _RetryError
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
+
+try:  # pyftpdlib >= 2.1
+    from pyftpdlib.ioloop import _RetryError
+except ImportError:  # pyftpdlib 2.0 (Debian 13)
+    from pyftpdlib.ioloop import RetryError as _RetryError
 
 __all__ = ["TlsChannel", "TlsState"]
 

@@ -15,7 +15,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,8 +121,8 @@ class Pki:
 
 
 def write_config(path: Path, text: str) -> Path:
-    """Write a dedented INI file."""
-    path.write_text(textwrap.dedent(text).lstrip())
+    """Write an INI file; leading whitespace is stripped from every line (no continuations)."""
+    path.write_text("\n".join(line.strip() for line in text.strip().splitlines()) + "\n")
     return path
 
 
@@ -229,11 +228,13 @@ class ReusingFTP_TLS(ftplib.FTP_TLS):
     """ftplib's FTP_TLS, but data connections resume the control session (as curl does)."""
 
     reuse_session = True
+    saved_session: ssl.SSLSession | None = None  # e.g. kept from before CCC
 
     def ntransfercmd(self, cmd: str, rest: Any = None) -> tuple[socket.socket, int | None]:
         conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
         if self._prot_p:  # type: ignore[attr-defined]
-            session = self.sock.session if self.reuse_session else None  # type: ignore[union-attr]
+            current = self.saved_session or self.sock.session  # type: ignore[union-attr]
+            session = current if self.reuse_session else None
             conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
         return conn, size
 

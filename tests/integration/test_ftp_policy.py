@@ -1,0 +1,128 @@
+"""Listener options beyond the three modes: CCC, plain FTP, NAT for PASV, limits, IPv6."""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import socket
+from pathlib import Path
+
+import pytest
+import support
+from test_ftps import FAST_HASH, PASSWORD
+
+
+def _config(pki: support.Pki, tmp_path: Path, server_extra: str = "", tls_extra: str = "",
+            addresses: str = "127.0.0.1") -> tuple[Path, dict[str, int]]:
+    cert = pki.server("policy", "127.0.0.1", "::1")
+    home = tmp_path / "home" / "alice"
+    home.mkdir(parents=True, exist_ok=True)
+    ports = {"explicit": support.free_port(), "implicit": support.free_port()}
+    path = support.write_config(
+        tmp_path / "policy.ini",
+        f"""
+        [server]
+        addresses = {addresses}
+        state_dir = {tmp_path}/state
+        root = {tmp_path}/home
+        {server_extra}
+        [ports]
+        explicit = {ports["explicit"]}
+        implicit = {ports["implicit"]}
+        [tls]
+        {tls_extra}
+        [certificate:main]
+        cert = {cert.cert}
+        key = {cert.key}
+        default = yes
+        [user:alice]
+        home = {home}
+        permissions = elradfmw
+        password = {FAST_HASH}
+        """,
+    )
+    return path, ports
+
+
+def test_ccc_clears_the_control_channel_when_allowed(pki: support.Pki, tmp_path: Path,
+                                                     start_server: object) -> None:
+    config, ports = _config(pki, tmp_path, tls_extra="allow_ccc = yes")
+    start_server(config)  # type: ignore[operator]
+    ftp = support.explicit_client(pki, "127.0.0.1", ports["explicit"])
+    ftp.login("alice", PASSWORD)
+    assert "CCC" in ftp.sendcmd("FEAT")
+    ftp.saved_session = ftp.sock.session  # type: ignore[union-attr]
+    assert ftp.ccc().startswith("200")
+    assert ftp.sock.cipher() is None  # type: ignore[union-attr]
+    assert ftp.voidcmd("NOOP").startswith("200")  # now in clear text
+    data = b"x" * 100_000
+    ftp.storbinary("STOR ccc.bin", io.BytesIO(data))  # data channel still PROT P
+    assert (tmp_path / "home" / "alice" / "ccc.bin").read_bytes() == data
+    ftp.quit()
+
+
+def test_ccc_refused_by_default(pki: support.Pki, tmp_path: Path,
+                                start_server: object) -> None:
+    config, ports = _config(pki, tmp_path)
+    start_server(config)  # type: ignore[operator]
+    ftp = support.explicit_client(pki, "127.0.0.1", ports["explicit"])
+    ftp.login("alice", PASSWORD)
+    assert "CCC" not in ftp.sendcmd("FEAT")
+    with pytest.raises(ftplib.error_perm, match=r"^534"):
+        ftp.voidcmd("CCC")
+    ftp.quit()
+
+
+def test_plain_ftp_only_when_allowed_and_only_on_explicit(pki: support.Pki, tmp_path: Path,
+                                                          start_server: object) -> None:
+    config, ports = _config(pki, tmp_path, server_extra="allow_plain_ftp = yes",
+                            tls_extra="require_data_protection = no")
+    start_server(config)  # type: ignore[operator]
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", ports["explicit"], timeout=10)
+    assert ftp.login("alice", PASSWORD).startswith("230")
+    assert ftp.nlst() == []
+    ftp.quit()
+
+
+def test_nat_rule_sets_the_pasv_address(pki: support.Pki, tmp_path: Path,
+                                        start_server: object) -> None:
+    nat = "nat = 10.0.0.0/8 -> 10.0.0.5, 127.0.0.0/8 -> 192.0.2.7, 0.0.0.0/0 -> 203.0.113.5"
+    config, ports = _config(pki, tmp_path, server_extra=f"{nat}\npassive_ports = 50100-50110")
+    start_server(config)  # type: ignore[operator]
+    ftp = support.explicit_client(pki, "127.0.0.1", ports["explicit"])
+    ftp.login("alice", PASSWORD)
+    reply = ftp.sendcmd("PASV")
+    assert "(192,0,2,7," in reply
+    port = ftplib.parse227(reply)[1]
+    assert 50100 <= port <= 50110
+    ftp.quit()
+
+
+def test_connections_per_ip_limit(pki: support.Pki, tmp_path: Path,
+                                  start_server: object) -> None:
+    config, ports = _config(pki, tmp_path, server_extra="max_connections_per_ip = 2")
+    start_server(config)  # type: ignore[operator]
+    held = [socket.create_connection(("127.0.0.1", ports["explicit"]), 5) for _ in range(2)]
+    for s in held:
+        assert s.makefile("rb").readline().startswith(b"220")
+    third = socket.create_connection(("127.0.0.1", ports["explicit"]), 5)
+    assert third.makefile("rb").readline().startswith(b"421")
+    for s in [*held, third]:
+        s.close()
+
+
+def test_ipv6_loopback(pki: support.Pki, tmp_path: Path, start_server: object) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("::1 not configured")
+    config, ports = _config(pki, tmp_path, addresses="::1")
+    start_server(config)  # type: ignore[operator]
+    ftp = support.implicit_client(pki, "::1", ports["implicit"])
+    ftp.login("alice", PASSWORD)
+    ftp.storbinary("STOR v6.bin", io.BytesIO(b"six" * 1000))
+    assert ftp.nlst() == ["v6.bin"]
+    ftp.quit()
