@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from container import HOST_ADDR, Container
+from container import CT_ADDR, EXTRA_ADDRS, HOST_ADDR, Container
 
 __all__ = [
     "CONFIG",
@@ -91,6 +91,7 @@ class Site:
     certs: dict[str, Cert] = field(default_factory=dict)
     extra_certs: list[Cert] = field(default_factory=list)
     smtp: bool = False
+    addresses: str = ", ".join((CT_ADDR, *EXTRA_ADDRS))
 
     def config(self) -> str:
         """The full INI text for the current certificates (the first one is the default)."""
@@ -98,10 +99,10 @@ class Site:
 
 
 def render_config(site: Site, certs: Sequence[Cert], smtp: bool) -> str:
-    """INI for the system tests: every address, passive ports, one user, the given certs."""
+    """INI for the system tests: the container's addresses, passive ports, one user, the certs."""
     parts = [
         "[server]\n"
-        "addresses = *\n"
+        f"addresses = {site.addresses}\n"
         "passive_ports = 60000-60049\n"
         "idle_timeout = 120\n"
         "root = /srv/ftp\n",
