@@ -13,6 +13,7 @@ Served certificates are read with ``openssl s_client`` from the machine side.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -398,3 +399,30 @@ def test_certificate_without_key_fails_before_any_change(
     assert "TASK [ftps_server.ftps.ftps_server : Install" not in run.output
     assert _ct_digest(ct, *watched) == before
     assert ct.systemctl_show("ftps-server", "MainPID") == pid
+
+
+def test_critical_check_fails_the_play_unless_switched_off(
+    deployment: Deployment, container: Container
+) -> None:
+    """An expired certificate: the play fails at the check with its summary line; with
+    ftps_server_check_fail_on_critical: false the same state passes (and shows the line)."""
+    dep = deployment
+    now = datetime.datetime.now(datetime.UTC)
+    expired = dep.server_ca.issue_cert(
+        ADDR_B,
+        not_before=now - datetime.timedelta(days=30),
+        not_after=now - datetime.timedelta(days=1),
+    )
+    Path(dep.cert("site-b")["key_src"]).write_bytes(expired.private_key_pem.bytes())
+    dep.cert("site-b")["cert_content"] = _pem_chain(expired)
+    run = dep.play("critical")
+    assert run.returncode != 0
+    assert "Reload ftps-server" in run.output  # the new state was applied, then judged
+    assert "ftps-server check reported CRITICAL: FTPS CRITICAL" in run.output, run.tail()
+    _assert_no_secrets(dep, run)
+
+    dep.variables["ftps_server_check_fail_on_critical"] = False
+    run = dep.play("critical-allowed")
+    assert run.returncode == 0, run.tail()
+    assert run.recap(HOST)["changed"] == 0
+    assert "ftps-server check (exit 2): FTPS CRITICAL" in run.output, run.tail()
