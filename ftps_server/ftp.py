@@ -17,7 +17,7 @@ from pyftpdlib.handlers import DTPHandler, FTPHandler
 
 from . import auth
 from .config import normalize_address
-from .tls_channel import TlsChannel, TlsState
+from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState
 
 if TYPE_CHECKING:
     from .listeners import ListenerServer, ServerState
@@ -38,17 +38,17 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
     cmd_channel: FtpsHandler
 
     def __init__(self, sock: Any, cmd_channel: FtpsHandler) -> None:
-        self._out: bytes | None = None
-        self._rbuf = bytearray(_BULK)
+        self._rbuf: bytearray | None = None
         super().__init__(sock, cmd_channel)
-        if self.connected and cmd_channel.data_protected:
-            state = cmd_channel.state
-            # resume against the context the control connection ended up with (after SNI)
-            self.start_tls(cmd_channel.socket.context, state.config.server.handshake_timeout)
+        context = cmd_channel.session_context
+        if self.connected and cmd_channel.data_protected and context is not None:
+            timeout = cmd_channel.state.config.server.handshake_timeout
+            self.start_tls(context, timeout)
 
     def tls_established(self) -> None:
         channel = self.cmd_channel
-        if channel.state.config.tls.require_session_reuse and not self.socket.session_reused:
+        reused = self.tls is not None and self.tls.session_reused
+        if channel.state.config.tls.require_session_reuse and not reused:
             log.warning(
                 "refused data connection from %s on %s: TLS session not resumed",
                 channel.remote_ip,
@@ -60,7 +60,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
                 "connection (session reuse required)."
             )
             return
-        self.modify_ioloop_events(self._wanted_io_events)
+        self._tls_update_events()
 
     def tls_failed(self, reason: str) -> None:
         log.info(
@@ -77,11 +77,8 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
 
     def _abort(self, reply: str) -> None:
         self._resp = (reply, log.warning) if reply else ()
-        self.tls_state = TlsState.PLAIN  # no close_notify on a connection we refuse
+        self._tls_drop()  # no close_notify on a connection we refuse
         DTPHandler.close(self)
-
-    def writable(self) -> bool:
-        return self._out is not None or super().writable()
 
     def use_sendfile(self) -> bool:
         return self.tls_state is TlsState.PLAIN and bool(super().use_sendfile())
@@ -113,68 +110,78 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         if self.tls_state is TlsState.PLAIN:
             super().initiate_send()
             return
-        if self.tls_state is not TlsState.ESTABLISHED:
+        if self.tls_state is not TlsState.ESTABLISHED or self.tls is None:
             return  # the handshake's own events drive the channel until it is done
         moved = 0
-        while moved < _EVENT_BUDGET and self.connected:
-            if self._out is None:
-                self._out = self._next_chunk()
-                if self._out is None:
+        try:
+            while moved < _EVENT_BUDGET and self.connected:
+                if self.tls_backlog >= HIGH_WATER and not self._tls_flush():
+                    break  # the socket is full: wait for it to drain
+                chunk = self._next_chunk()
+                if chunk is None:
                     if self.producer_fifo and self.producer_fifo[0] is None:
                         self.producer_fifo.popleft()
-                        self.handle_close()
-                    return
-            try:
-                self.socket.send(self._out)
-            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                return  # retry later with the very same buffer
-            except (ssl.SSLError, OSError):
-                self.handle_close()
-                return
-            moved += len(self._out)
-            self.tot_bytes_sent += len(self._out)
-            self._out = None
-
-    def handle_read(self) -> None:
-        if self.tls_state is not TlsState.ESTABLISHED:
-            super().handle_read()
+                        self.handle_close()  # close() flushes, then sends close_notify
+                        return
+                    break
+                self.tls.write(chunk)
+                moved += len(chunk)
+                self.tot_bytes_sent += len(chunk)
+            self._tls_flush()
+        except (ssl.SSLError, OSError, TlsPeerGone):
+            self.handle_close()
             return
-        view, filled, eof = memoryview(self._rbuf), 0, False
-        while filled < len(self._rbuf):
-            try:
-                n = self.socket.recv_into(view[filled:])
-            except ssl.SSLWantReadError:
+        if self.connected:
+            self._tls_update_events()
+
+    def handle_read_event(self) -> None:
+        if self.tls_state is TlsState.ESTABLISHED:
+            self._bulk_read()
+        else:
+            TlsChannel.handle_read_event(self)
+
+    def _bulk_read(self) -> None:
+        """Decrypt everything available, write it to the file in large pieces."""
+        if self._rbuf is None:
+            self._rbuf = bytearray(_BULK)
+        view, moved, eof = memoryview(self._rbuf), 0, False
+        while moved < _EVENT_BUDGET and not eof:
+            filled = 0
+            while filled < len(view):
+                try:
+                    n = self.tls_read_into(view[filled:])
+                except (ssl.SSLError, OSError):
+                    n = 0  # a broken stream ends the upload like an EOF; the log says how much
+                if n is None:
+                    break
+                if n == 0:
+                    eof = True
+                    break
+                filled += n
+            if not filled:
                 break
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionError):
-                n = 0
-            except (ssl.SSLError, OSError):
-                self.handle_error()
-                return
-            if n == 0:
-                eof = True
-                break
-            filled += n
-        if filled:
-            self.tot_bytes_received += filled
-            chunk: Any = view[:filled]
-            if self._data_wrapper is not None:
-                chunk = self._data_wrapper(bytes(chunk))
-            try:
-                self.file_obj.write(chunk)
-            except OSError as err:
-                self._resp = (
-                    f"452 Cannot write file: {err.strerror}; transfer aborted.",
-                    log.warning,
-                )
-                self.close()
+            moved += filled
+            if not self._store(view[:filled]):
                 return
         if eof:
             self.transfer_finished = True
             self.handle_close()
+        elif moved >= _EVENT_BUDGET:
+            # records may wait in memory with the socket drained: come back without an event
+            self.call_later(0, self.handle_read_event)
 
-    def handle_read_event(self) -> None:
-        if not self._tls_step():
-            self.handle_read()
+    def _store(self, data: memoryview) -> bool:
+        self.tot_bytes_received += len(data)
+        chunk: Any = data
+        if self._data_wrapper is not None:
+            chunk = self._data_wrapper(bytes(data))
+        try:
+            self.file_obj.write(chunk)
+        except OSError as err:
+            self._resp = (f"452 Cannot write file: {err.strerror}; transfer aborted.", log.warning)
+            self.close()
+            return False
+        return True
 
 
 class FtpsHandler(TlsChannel, FTPHandler):
@@ -223,6 +230,7 @@ class FtpsHandler(TlsChannel, FTPHandler):
         self.login_pending = False
         self._tls_after_flush: ssl.SSLContext | None = None
         self._cleared_by_ccc = False
+        self.session_context: ssl.SSLContext | None = None
         self._pbsz = False
         self._prot = False
         settings = self.state.config.server
@@ -302,12 +310,16 @@ class FtpsHandler(TlsChannel, FTPHandler):
         self.start_tls(self.tls_context, self.state.config.server.handshake_timeout)
 
     def tls_established(self) -> None:
-        der = self.socket.getpeercert(binary_form=True)
+        assert self.tls is not None
+        # data connections resume against the context the control connection ended up
+        # with (after SNI), and still may after CCC
+        self.session_context = self.tls.context
+        der = self.tls.getpeercert(binary_form=True)
         self.peer_certificate = x509.load_der_x509_certificate(der) if der else None
         log.debug(
             "TLS %s %s with %s on %s",
-            self.socket.version(),
-            (self.socket.cipher() or ("?",))[0],
+            self.tls.version(),
+            (self.tls.cipher() or ("?",))[0],
             self.remote_ip,
             self.listener_name,
         )
