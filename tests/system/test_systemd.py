@@ -285,3 +285,24 @@ def test_units_verify_and_security_score(container: Container, installed: str) -
     score = float(match[1])
     print(f"[system] systemd-analyze security ftps-server.service: {score}")
     assert score <= 2.0, security.stdout
+
+
+def test_broken_config_at_start_fails_without_restart_loop(
+    container: Container, site: helpers.Site
+) -> None:
+    """A config error at start fails the unit (status 78) instead of restarting for ever."""
+    ct = container
+    good = ct.path(helpers.CONFIG).read_text()
+    helpers.write_config(ct, good + "\n[server-typo]\nno_such_key = 1\n")
+    try:
+        start = ct.run(["systemctl", "restart", UNIT], check=False)
+        assert start.returncode != 0, "start with a broken config succeeded"
+        _wait(lambda: ct.systemctl_show(UNIT, "ActiveState") == "failed", 40,
+              "the unit to give up restarting")
+        log = ct.run(["journalctl", "--no-pager", "-u", UNIT, "-n", "50"]).stdout
+        assert "status=78/CONFIG" in log, log[-2000:]
+    finally:
+        helpers.write_config(ct, good)
+        ct.run(["systemctl", "reset-failed", UNIT], check=False)
+        ct.run(["systemctl", "start", UNIT], check=False)
+    wait_active(ct)
