@@ -527,3 +527,38 @@ def test_probe_certificate_without_key_is_refused(ansible: Ansible) -> None:
     run = _local_run(ansible, "probe", play)
     assert run.returncode != 0
     assert "Set both the probe certificate" in run.output
+
+
+_SPEC_VS_DEFAULTS = """
+import json, sys, yaml
+role = sys.argv[1]
+spec = yaml.safe_load(open(role + "/meta/argument_specs.yml"))["argument_specs"]["main"]["options"]
+defaults = yaml.safe_load(open(role + "/defaults/main.yml"))
+problems = []
+for name, option in spec.items():
+    for key in ("type", "description", "default"):
+        if key not in option:
+            problems.append(f"{name}: no {key}")
+    if name not in defaults:
+        problems.append(f"{name}: not in defaults/main.yml")
+    elif option.get("default") != defaults[name]:
+        problems.append(f"{name}: spec default {option.get('default')!r} != {defaults[name]!r}")
+    for sub, suboption in (option.get("options") or {}).items():
+        for key in ("type", "description"):
+            if key not in suboption:
+                problems.append(f"{name}.{sub}: no {key}")
+problems += [f"{name}: in defaults but not in the spec" for name in defaults if name not in spec]
+print(json.dumps(problems))
+"""
+
+
+def test_argument_spec_and_defaults_agree(ansible: Ansible) -> None:
+    """Every variable is typed, described and defaulted, with the same default in both files."""
+    bin_dir, _, _ = ansible
+    proc = subprocess.run(
+        [str(bin_dir / "python"), "-c", _SPEC_VS_DEFAULTS, str(ROLE)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(proc.stdout) == []
