@@ -13,6 +13,7 @@ Served certificates are read with ``openssl s_client`` from the machine side.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -40,6 +41,7 @@ ADDR_A = CT_ADDR  # 10.77.0.2, already on host0
 # add a missing one here: the container runs without CAP_NET_ADMIN.)
 ADDR_B = EXTRA_ADDRS[0]
 CLIENT_CERT_PORT = 991
+ALICE_PASSWORD = "ansible-test-pw"
 CONFIG = "/etc/ftps-server/ftps-server.ini"
 PLAYBOOK = ansible_support.ANSIBLE_DIR / "playbooks" / "site.yml"
 
@@ -135,6 +137,47 @@ def _implicit_banner(
         return data.decode(errors="replace")
 
 
+class _ControlSession:
+    """An implicit-TLS FTP control connection, logged in; for 'sessions survive a reload'."""
+
+    def __init__(self, address: str, ca_file: Path, user: str, password: str) -> None:
+        ctx = ssl.create_default_context(cafile=str(ca_file))
+        raw = socket.create_connection((address, 990), timeout=15)
+        self.tls = ctx.wrap_socket(raw, server_hostname=address)
+        self.buffer = b""
+        assert self.reply().startswith("220")
+        assert self.command(f"USER {user}").startswith("331")
+        assert self.command(f"PASS {password}").startswith("230")
+
+    def reply(self) -> str:
+        """One (possibly multi-line) reply."""
+        lines: list[str] = []
+        while True:
+            while b"\r\n" not in self.buffer:
+                chunk = self.tls.recv(4096)
+                if not chunk:
+                    raise ConnectionError(f"control connection closed after {lines!r}")
+                self.buffer += chunk
+            line, self.buffer = self.buffer.split(b"\r\n", 1)
+            text = line.decode(errors="replace")
+            lines.append(text)
+            if (
+                len(text) >= 4
+                and text[:3].isdigit()
+                and text[3] == " "
+                and (len(lines) == 1 or text[:3] == lines[0][:3])
+            ):
+                return "\n".join(lines)
+
+    def command(self, line: str) -> str:
+        self.tls.sendall(line.encode() + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.tls.close()
+
+
 def _ct_digest(ct: Container, *paths: str) -> str:
     out = ct.run(["sha256sum", *paths]).stdout
     return out
@@ -213,7 +256,7 @@ def deployment(
                 "name": "alice",
                 "permissions": "elradfmw",
                 "auth": "password",
-                "password": hash_password("ansible-test-pw"),
+                "password": hash_password(ALICE_PASSWORD),
             },
             {"name": "probe", "auth": "certificate", "certificate_cn": "ftps-server-check"},
         ],
@@ -347,6 +390,9 @@ def test_rotating_one_certificate_only_reloads(
     pid = ct.systemctl_show("ftps-server", "MainPID")
     start = ct.systemctl_show("ftps-server", "ExecMainStartTimestampMonotonic")
 
+    # A logged-in session on the address whose certificate changes.
+    session = _ControlSession(ADDR_B, ca, "alice", ALICE_PASSWORD)
+
     new_b = dep.server_ca.issue_cert(ADDR_B, "b.ftps-test.example")
     key_file = Path(dep.cert("site-b")["key_src"])
     key_file.write_bytes(new_b.private_key_pem.bytes())
@@ -370,6 +416,12 @@ def test_rotating_one_certificate_only_reloads(
     assert _served_fingerprint(ADDR_B, 990, ca) == new_fp
     assert _served_fingerprint(ADDR_B, 21, ca, starttls=True) == new_fp
     assert _served_fingerprint(ADDR_A, 990, ca) == fp_a
+    # The session opened before the reload goes on.
+    try:
+        assert session.command("NOOP").startswith("200")
+        assert session.command("PWD").startswith("257")
+    finally:
+        session.close()
 
 
 def test_certificate_without_key_fails_before_any_change(
