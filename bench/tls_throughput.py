@@ -275,6 +275,11 @@ def main() -> int:
                     )
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
         _table(results, args)
+    except RuntimeError:
+        log = work / "ftps.log"
+        if log.exists():
+            print(log.read_text()[-4000:], file=sys.stderr)
+        raise
     finally:
         for server in servers:
             server.stop()

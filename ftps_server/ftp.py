@@ -39,6 +39,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
 
     def __init__(self, sock: Any, cmd_channel: FtpsHandler) -> None:
         self._rbuf: bytearray | None = None
+        self._read_scheduled = False
         super().__init__(sock, cmd_channel)
         context = cmd_channel.session_context
         if self.connected and cmd_channel.data_protected and context is not None:
@@ -135,10 +136,22 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             self._tls_update_events()
 
     def handle_read_event(self) -> None:
-        if self.tls_state is TlsState.ESTABLISHED:
+        if self.tls_state is not TlsState.ESTABLISHED:
+            TlsChannel.handle_read_event(self)
+        elif self.receive:
             self._bulk_read()
         else:
-            TlsChannel.handle_read_event(self)
+            self._tls_fill()  # data before STOR: keep it for enable_receiving, notice EOF
+            if self._tls_raw_eof:
+                if self._initialized:
+                    self.handle_close()  # the client went away in the middle of a download
+                else:
+                    self._abort("")  # a spare connection closed by the client
+
+    def enable_receiving(self, type: str, cmd: str) -> None:
+        super().enable_receiving(type, cmd)
+        if self.tls_state is TlsState.ESTABLISHED and self._tls_in and self._tls_in.pending:
+            self._schedule_read()
 
     def _bulk_read(self) -> None:
         """Decrypt everything available, write it to the file in large pieces."""
@@ -167,8 +180,19 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             self.transfer_finished = True
             self.handle_close()
         elif moved >= _EVENT_BUDGET:
-            # records may wait in memory with the socket drained: come back without an event
-            self.call_later(0, self.handle_read_event)
+            self._schedule_read()
+
+    def _schedule_read(self) -> None:
+        """Come back without a socket event: records may wait in memory, the socket drained."""
+        if not self._read_scheduled:
+            # not self.call_later: those accumulate on the channel until it closes
+            self._read_scheduled = True
+            self.ioloop.call_later(0, self._resume_read, _errback=self.handle_error)
+
+    def _resume_read(self) -> None:
+        self._read_scheduled = False
+        if self.connected and not self._closed and self.tls_state is TlsState.ESTABLISHED:
+            self._bulk_read()
 
     def _store(self, data: memoryview) -> bool:
         self.tot_bytes_received += len(data)

@@ -222,6 +222,11 @@ class TlsChannel:
         self._tls_try_flush()
         self._tls_update_events()
         self.tls_established()
+        if self.tls_state is TlsState.ESTABLISHED and self._tls_in is not None and (
+            self._tls_in.pending
+        ):
+            # the client's first command may have come in the same read as its Finished
+            self.handle_read_event()
 
     def _tls_try_flush(self) -> None:
         try:
