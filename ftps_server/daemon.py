@@ -28,6 +28,8 @@ __all__ = ["Daemon", "notify", "register"]
 
 log = logging.getLogger(__name__)
 
+_POLL_SECONDS = 0.2
+
 
 def notify(*lines: str) -> bool:
     """Send sd_notify lines to $NOTIFY_SOCKET; False when not run by systemd."""
@@ -175,7 +177,9 @@ class Daemon:
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT."""
-        self.ioloop.loop()
+        # a bounded poll: with none, an idle loop would sleep through its own scheduled
+        # calls (the watchdog ping) until some socket woke it
+        self.ioloop.loop(timeout=_POLL_SECONDS)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -208,10 +208,24 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         return True
 
 
+# PassiveDTP's module differs between pyftpdlib 2.0 and 2.2; the handler names it in both
+class FtpsPassiveDTP(FTPHandler.passive_dtp):
+    """Passive data listener comparing addresses in one form.
+
+    On a dual-stack `*` listener the data connection comes from ::ffff:a.b.c.d while the
+    session knows its client as a.b.c.d; pyftpdlib would refuse it as a foreign address.
+    """
+
+    def handle_accepted(self, sock: Any, addr: Any) -> Any:
+        addr = (normalize_address(addr[0]), *addr[1:])
+        return super().handle_accepted(sock, addr)
+
+
 class FtpsHandler(TlsChannel, FTPHandler):
     """Control connection of one FTPS session on one listener."""
 
     dtp_handler = FtpsDataHandler
+    passive_dtp = FtpsPassiveDTP
     proto_cmds: ClassVar[dict[str, Any]] = dict(FTPHandler.proto_cmds)
     proto_cmds.update(
         {
