@@ -7,7 +7,6 @@ checked before a server or a reminder ever runs.
 
 from __future__ import annotations
 
-import configparser
 import glob
 import ipaddress
 import re
@@ -16,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from . import ini
 from .errors import ConfigError
+from .ini import normalize_address
 from .passwords import PasswordError, parse_hash
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "normalize_address",
 ]
 
+T = TypeVar("T")
 DEFAULT_CONFIG_PATH = Path("/etc/ftps-server/ftps-server.ini")
 PORT_KINDS = ("explicit", "implicit", "client_cert_explicit", "client_cert_implicit")
 AUTH_POLICIES = ("password", "certificate", "certificate+password")
@@ -169,134 +171,9 @@ class Config:
         return next((e for e in self.certificates if wanted in e.server_names), None)
 
 
-def normalize_address(text: str) -> str:
-    """Canonical text form of an IP address (IPv4-mapped IPv6 becomes IPv4)."""
-    ip = ipaddress.ip_address(text.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        return str(ip.ipv4_mapped)
-    return str(ip)
-
-
-# --- typed readers -------------------------------------------------------------------------
-
-T = TypeVar("T")
-D = TypeVar("D")
-
-
-class _Section:
-    """One INI section being read: every read key is ticked off, leftovers are errors."""
-
-    def __init__(self, file: str, name: str, items: dict[str, str]) -> None:
-        self.file, self.name, self.items = file, name, items
-        self.seen: set[str] = set()
-
-    def error(self, key: str | None, message: str) -> ConfigError:
-        return ConfigError(message, file=self.file, section=self.name, key=key)
-
-    def raw(self, key: str) -> str | None:
-        self.seen.add(key)
-        value = self.items.get(key)
-        return None if value is None else value.strip()
-
-    def get(self, key: str, parse: Callable[[str], T], default: D) -> T | D:
-        value = self.raw(key)
-        if value is None or value == "":
-            return default
-        return self._parse(key, value, parse)
-
-    def require(self, key: str, parse: Callable[[str], T]) -> T:
-        value = self.raw(key)
-        if not value:
-            raise self.error(key, "is required")
-        return self._parse(key, value, parse)
-
-    def _parse(self, key: str, value: str, parse: Callable[[str], T]) -> T:
-        try:
-            return parse(value)
-        except ValueError as exc:
-            raise self.error(key, f"{exc} (got {value!r})") from None
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.items) - self.seen)
-        if unknown:
-            allowed = ", ".join(sorted(self.seen))
-            raise self.error(unknown[0], f"unknown key (allowed here: {allowed})")
-
-
-def _int_range(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"must be a whole number from {low} to {high}") from None
-        if not low <= value <= high:
-            raise ValueError(f"must be from {low} to {high}")
-        return value
-
-    return parse
-
-
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("yes", "true", "on", "1"):
-        return True
-    if lowered in ("no", "false", "off", "0"):
-        return False
-    raise ValueError("must be yes or no")
-
-
-def _list(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
-def _abs_path(text: str) -> Path:
-    path = Path(text)
-    if not path.is_absolute():
-        raise ValueError("must be an absolute path")
-    return path
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        for option in options:
-            if text.lower() == option.lower():
-                return option
-        raise ValueError(f"must be one of: {', '.join(options)}")
-
-    return parse
-
-
-def _addresses(text: str) -> tuple[str, ...]:
-    items = _list(text)
-    if not items:
-        raise ValueError("needs at least one address")
-    out = []
-    for item in items:
-        if item == "*":
-            out.append("*")
-            continue
-        try:
-            out.append(normalize_address(item))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IP address or *") from None
-    if len(set(out)) != len(out):
-        raise ValueError("lists an address twice")
-    return tuple(out)
-
-
-def _port_range(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
-    if not match:
-        raise ValueError("must be FIRST-LAST, e.g. 60000-60099")
-    low, high = int(match[1]), int(match[2])
-    if not 1024 <= low <= high <= 65535:
-        raise ValueError("must be within 1024-65535 with FIRST <= LAST")
-    return low, high
-
-
 def _nat(text: str) -> tuple[NatRule, ...]:
     rules = []
-    for item in _list(text):
+    for item in ini.comma_list(text):
         network, sep, address = item.partition("->")
         if not sep:
             raise ValueError(f"rule {item!r} must be NETWORK -> ADDRESS")
@@ -311,7 +188,7 @@ def _nat(text: str) -> tuple[NatRule, ...]:
 
 
 def _warn_days(text: str) -> tuple[int, ...]:
-    days = sorted({_int_range(0, 3650)(item) for item in _list(text)}, reverse=True)
+    days = sorted({ini.int_range(0, 3650)(item) for item in ini.comma_list(text)}, reverse=True)
     if not days:
         raise ValueError("needs at least one number of days")
     return tuple(days)
@@ -319,7 +196,7 @@ def _warn_days(text: str) -> tuple[int, ...]:
 
 def _fingerprints(text: str) -> tuple[str, ...]:
     out = []
-    for item in _list(text):
+    for item in ini.comma_list(text):
         match = _FINGERPRINT_RE.match(item)
         if not match:
             raise ValueError(f"{item!r} is not a SHA-256 fingerprint (sha256:AB:CD:... 32 bytes)")
@@ -347,37 +224,39 @@ def _permissions(text: str) -> str:
 
 
 def _min_version(text: str) -> str:
-    return _choice(TLS_VERSIONS)(text)
+    return ini.choice(TLS_VERSIONS)(text)
 
 
 # --- sections ------------------------------------------------------------------------------
 
 
-def _server(s: _Section) -> ServerConfig:
+def _server(s: ini.Section) -> ServerConfig:
     d = ServerConfig()
     return ServerConfig(
-        addresses=s.get("addresses", _addresses, d.addresses),
-        passive_ports=s.get("passive_ports", _port_range, None),
+        addresses=s.get("addresses", ini.addresses, d.addresses),
+        passive_ports=s.get("passive_ports", ini.port_range, None),
         nat=s.get("nat", _nat, ()),
-        max_connections=s.get("max_connections", _int_range(1, 1_000_000), d.max_connections),
+        max_connections=s.get("max_connections", ini.int_range(1, 1_000_000), d.max_connections),
         max_connections_per_ip=s.get(
-            "max_connections_per_ip", _int_range(1, 1_000_000), d.max_connections_per_ip
+            "max_connections_per_ip", ini.int_range(1, 1_000_000), d.max_connections_per_ip
         ),
-        idle_timeout=s.get("idle_timeout", _int_range(1, 86400), d.idle_timeout),
-        handshake_timeout=s.get("handshake_timeout", _int_range(1, 3600), d.handshake_timeout),
-        allow_plain_ftp=s.get("allow_plain_ftp", _bool, False),
-        state_dir=s.get("state_dir", _abs_path, d.state_dir),
-        root=s.get("root", _abs_path, d.root),
+        idle_timeout=s.get("idle_timeout", ini.int_range(1, 86400), d.idle_timeout),
+        handshake_timeout=s.get("handshake_timeout", ini.int_range(1, 3600), d.handshake_timeout),
+        allow_plain_ftp=s.get("allow_plain_ftp", ini.boolean, False),
+        state_dir=s.get("state_dir", ini.abs_path, d.state_dir),
+        root=s.get("root", ini.abs_path, d.root),
         key_group=s.get("key_group", str, d.key_group),
-        max_login_failures=s.get("max_login_failures", _int_range(1, 1000), d.max_login_failures),
-        failure_window=s.get("failure_window", _int_range(1, 86400 * 7), d.failure_window),
-        ban_time=s.get("ban_time", _int_range(0, 86400 * 30), d.ban_time),
-        include=s.get("include", _list, ()),
+        max_login_failures=s.get(
+            "max_login_failures", ini.int_range(1, 1000), d.max_login_failures
+        ),
+        failure_window=s.get("failure_window", ini.int_range(1, 86400 * 7), d.failure_window),
+        ban_time=s.get("ban_time", ini.int_range(0, 86400 * 30), d.ban_time),
+        include=s.get("include", ini.comma_list, ()),
     )
 
 
-def _ports(s: _Section) -> PortsConfig:
-    port = _int_range(0, 65535)
+def _ports(s: ini.Section) -> PortsConfig:
+    port = ini.int_range(0, 65535)
     d = PortsConfig()
     ports = PortsConfig(**{k: s.get(k, port, getattr(d, k)) for k in PORT_KINDS})
     used: dict[int, str] = {}
@@ -388,35 +267,35 @@ def _ports(s: _Section) -> PortsConfig:
     return ports
 
 
-def _tls(s: _Section) -> TlsConfig:
+def _tls(s: ini.Section) -> TlsConfig:
     return TlsConfig(
         min_version=s.get("min_version", _min_version, "TLSv1.2"),
         ciphers=s.get("ciphers", str, ""),
-        client_ca=s.get("client_ca", _abs_path, None),
-        crl=s.get("crl", _abs_path, None),
-        require_data_protection=s.get("require_data_protection", _bool, True),
-        require_session_reuse=s.get("require_session_reuse", _bool, True),
-        allow_ccc=s.get("allow_ccc", _bool, False),
+        client_ca=s.get("client_ca", ini.abs_path, None),
+        crl=s.get("crl", ini.abs_path, None),
+        require_data_protection=s.get("require_data_protection", ini.boolean, True),
+        require_session_reuse=s.get("require_session_reuse", ini.boolean, True),
+        allow_ccc=s.get("allow_ccc", ini.boolean, False),
     )
 
 
-def _certificate(s: _Section, name: str) -> CertificateEntry:
+def _certificate(s: ini.Section, name: str) -> CertificateEntry:
     return CertificateEntry(
         name=name,
-        cert=s.require("cert", _abs_path),
-        key=s.require("key", _abs_path),
-        addresses=s.get("addresses", _addresses, ()),
-        default=s.get("default", _bool, False),
-        server_names=tuple(n.lower() for n in s.get("server_names", _list, ())),
+        cert=s.require("cert", ini.abs_path),
+        key=s.require("key", ini.abs_path),
+        addresses=s.get("addresses", ini.addresses, ()),
+        default=s.get("default", ini.boolean, False),
+        server_names=tuple(n.lower() for n in s.get("server_names", ini.comma_list, ())),
     )
 
 
-def _user(s: _Section, name: str, root: Path) -> UserConfig:
+def _user(s: ini.Section, name: str, root: Path) -> UserConfig:
     user = UserConfig(
         name=name,
-        home=s.get("home", _abs_path, root / name),
+        home=s.get("home", ini.abs_path, root / name),
         permissions=s.get("permissions", _permissions, "elr"),
-        auth=s.get("auth", _choice(AUTH_POLICIES), "password"),
+        auth=s.get("auth", ini.choice(AUTH_POLICIES), "password"),
         password=s.get("password", _password_hash, None),
         certificates=s.get("certificates", _fingerprints, ()),
         certificate_cn=s.get("certificate_cn", str, None),
@@ -430,75 +309,32 @@ def _user(s: _Section, name: str, root: Path) -> UserConfig:
     return user
 
 
-def _alerts(s: _Section) -> AlertsConfig:
+def _alerts(s: ini.Section) -> AlertsConfig:
     d = AlertsConfig()
     return AlertsConfig(
-        email_to=s.get("email_to", _list, ()),
+        email_to=s.get("email_to", ini.comma_list, ()),
         email_from=s.get("email_from", str, d.email_from),
         smtp_host=s.get("smtp_host", str, d.smtp_host),
-        smtp_port=s.get("smtp_port", _int_range(1, 65535), d.smtp_port),
-        smtp_security=s.get("smtp_security", _choice(SMTP_SECURITY), d.smtp_security),
+        smtp_port=s.get("smtp_port", ini.int_range(1, 65535), d.smtp_port),
+        smtp_security=s.get("smtp_security", ini.choice(SMTP_SECURITY), d.smtp_security),
         smtp_user=s.get("smtp_user", str, None),
-        smtp_password_file=s.get("smtp_password_file", _abs_path, None),
-        smtp_ca_file=s.get("smtp_ca_file", _abs_path, None),
-        smtp_timeout=s.get("smtp_timeout", _int_range(1, 600), d.smtp_timeout),
+        smtp_password_file=s.get("smtp_password_file", ini.abs_path, None),
+        smtp_ca_file=s.get("smtp_ca_file", ini.abs_path, None),
+        smtp_timeout=s.get("smtp_timeout", ini.int_range(1, 600), d.smtp_timeout),
         warn_days=s.get("warn_days", _warn_days, d.warn_days),
-        template_dir=s.get("template_dir", _abs_path, None),
+        template_dir=s.get("template_dir", ini.abs_path, None),
     )
 
 
-def _check(s: _Section) -> CheckConfig:
+def _check(s: ini.Section) -> CheckConfig:
     check = CheckConfig(
-        client_cert=s.get("client_cert", _abs_path, None),
-        client_key=s.get("client_key", _abs_path, None),
-        ca_file=s.get("ca_file", _abs_path, None),
+        client_cert=s.get("client_cert", ini.abs_path, None),
+        client_key=s.get("client_key", ini.abs_path, None),
+        ca_file=s.get("ca_file", ini.abs_path, None),
     )
     if bool(check.client_cert) != bool(check.client_key):
         raise s.error("client_key", "client_cert and client_key must be set together")
     return check
-
-
-# --- file level ----------------------------------------------------------------------------
-
-
-def _read(path: Path) -> configparser.RawConfigParser:
-    parser = configparser.RawConfigParser(
-        inline_comment_prefixes=(";", "#"), strict=True, interpolation=None
-    )
-    try:
-        with path.open(encoding="utf-8") as handle:
-            parser.read_file(handle, source=str(path))
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"is not UTF-8 text: {exc.reason}", file=str(path)) from None
-    except configparser.DuplicateSectionError as exc:
-        raise ConfigError(
-            "section appears twice", file=str(path), section=exc.section, line=exc.lineno
-        ) from None
-    except configparser.DuplicateOptionError as exc:
-        raise ConfigError(
-            "key appears twice",
-            file=str(path),
-            section=exc.section,
-            key=exc.option,
-            line=exc.lineno,
-        ) from None
-    except configparser.MissingSectionHeaderError as exc:
-        raise ConfigError(
-            "text before the first [section] header", file=str(path), line=exc.lineno
-        ) from None
-    except configparser.ParsingError as exc:
-        line = exc.errors[0][0] if exc.errors else None
-        raise ConfigError(
-            "cannot parse this line (expected key = value)", file=str(path), line=line
-        ) from None
-    return parser
-
-
-def _sections(path: Path) -> list[_Section]:
-    parser = _read(path)
-    return [_Section(str(path), name, dict(parser.items(name))) for name in parser.sections()]
 
 
 _SINGLE = {"server", "ports", "tls", "alerts", "check"}
@@ -507,7 +343,7 @@ _SINGLE = {"server", "ports", "tls", "alerts", "check"}
 def load(path: str | Path) -> Config:
     """Read and validate the INI file at `path`; raise ConfigError naming what is wrong."""
     path = Path(path)
-    sections = _sections(path)
+    sections = ini.read_sections(path)
     by_name = {s.name: s for s in sections}
     for s in sections:
         kind = s.name.split(":", 1)[0]
@@ -520,8 +356,8 @@ def load(path: str | Path) -> Config:
         if kind in ("certificate", "user") and not s.name.partition(":")[2].strip():
             raise s.error(None, f"needs a name, e.g. [{kind}:main]")
 
-    def single(name: str, build: Callable[[_Section], T]) -> T:
-        section = by_name.get(name) or _Section(str(path), name, {})
+    def single(name: str, build: Callable[[ini.Section], T]) -> T:
+        section = by_name.get(name) or ini.Section(str(path), name, {})
         value = build(section)
         section.finish()
         return value
@@ -552,23 +388,23 @@ def load(path: str | Path) -> Config:
     return config
 
 
-def _included(main: Path, patterns: tuple[str, ...]) -> list[_Section]:
+def _included(main: Path, patterns: tuple[str, ...]) -> list[ini.Section]:
     """Sections from `[server] include` files: only [user:NAME] sections are allowed there."""
-    out: list[_Section] = []
+    out: list[ini.Section] = []
     for pattern in patterns:
         if not Path(pattern).is_absolute():
             raise ConfigError(
                 "must be absolute paths or globs", file=str(main), section="server", key="include"
             )
         for name in sorted(glob.glob(pattern)):
-            for s in _sections(Path(name)):
+            for s in ini.read_sections(Path(name)):
                 if not s.name.startswith("user:"):
                     raise s.error(None, "included files may hold only [user:NAME] sections")
                 out.append(s)
     return out
 
 
-def _cross_checks(config: Config, sections: dict[str, _Section]) -> None:
+def _cross_checks(config: Config, sections: dict[str, ini.Section]) -> None:
     claimed: dict[str, str] = {}
     defaults = []
     for entry in config.certificates:
