@@ -253,6 +253,8 @@ def test_watchdog_restarts_stopped_server(container: Container, site: helpers.Si
     # A short watchdog for the test; the shipped 30 s would only make it slower.
     _dropin(ct, "ftps-server.service", "[Service]\nWatchdogSec=3s\nTimeoutAbortSec=5s\n")
     try:
+        # Starts count against StartLimitBurst; earlier tests restarted the unit too.
+        ct.run(["systemctl", "reset-failed", UNIT], check=False)
         ct.run(["systemctl", "restart", UNIT])
         wait_active(ct)
         time.sleep(4)  # pings keep it alive across more than one watchdog period
@@ -267,6 +269,7 @@ def test_watchdog_restarts_stopped_server(container: Container, site: helpers.Si
         assert "Watchdog timeout" in log, log[-2000:]
     finally:
         _dropin(ct, "ftps-server.service", None)
+        ct.run(["systemctl", "reset-failed", UNIT], check=False)
         ct.run(["systemctl", "restart", UNIT], check=False)
     wait_active(ct)
 
@@ -295,12 +298,24 @@ def test_broken_config_at_start_fails_without_restart_loop(
     good = ct.path(helpers.CONFIG).read_text()
     helpers.write_config(ct, good + "\n[server-typo]\nno_such_key = 1\n")
     try:
+        ct.run(["systemctl", "reset-failed", UNIT], check=False)
+        cursor = ct.run(["journalctl", "-n", "0", "--show-cursor", "--no-pager"]).stdout
+        cursor = cursor.strip().rpartition("cursor: ")[2]
         start = ct.run(["systemctl", "restart", UNIT], check=False)
         assert start.returncode != 0, "start with a broken config succeeded"
-        _wait(lambda: ct.systemctl_show(UNIT, "ActiveState") == "failed", 40,
-              "the unit to give up restarting")
-        log = ct.run(["journalctl", "--no-pager", "-u", UNIT, "-n", "50"]).stdout
+
+        def settled_failed() -> bool:
+            # failed, and no further try for longer than RestartSec (2 s)
+            before = (ct.systemctl_show(UNIT, "SubState"), ct.systemctl_show(UNIT, "NRestarts"))
+            time.sleep(3)
+            after = (ct.systemctl_show(UNIT, "SubState"), ct.systemctl_show(UNIT, "NRestarts"))
+            return before == after and after[0] == "failed"
+
+        _wait(settled_failed, 90, "the unit to give up restarting", interval=0)
+        assert ct.systemctl_show(UNIT, "ActiveState") == "failed"
+        log = ct.run(["journalctl", "--no-pager", "-u", UNIT, f"--after-cursor={cursor}"]).stdout
         assert "status=78/CONFIG" in log, log[-2000:]
+        assert "Start request repeated too quickly" in log, log[-2000:]
     finally:
         helpers.write_config(ct, good)
         ct.run(["systemctl", "reset-failed", UNIT], check=False)
