@@ -26,7 +26,7 @@ __all__ = ["FtpsDataHandler", "FtpsHandler"]
 
 log = logging.getLogger(__name__)
 
-_BULK = 256 * 1024  # bytes per TLS write/read call on data connections
+_BULK = 256 * 1024  # bytes per file read, TLS write and decrypt batch on data connections
 _EVENT_BUDGET = 8 * 1024 * 1024  # bytes moved per IOLoop event before yielding to others
 _DATA_COMMANDS = {"PASV", "EPSV", "PORT", "EPRT"}
 _PRE_TLS_COMMANDS = {"AUTH", "FEAT", "QUIT", "NOOP", "SYST", "HELP", "OPTS"}
