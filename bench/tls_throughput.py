@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -102,14 +103,25 @@ class Server:
                 self.proc.kill()
 
 
-def start_ftps_server(work: Path, cert: Path, key: Path, home: Path, port: int) -> Server:
+def start_ftps_server(
+    work: Path,
+    cert: Path,
+    key: Path,
+    home: Path,
+    port: int,
+    server_options: dict[str, str] | None = None,
+    password_hash: Callable[[str], str] = hash_password,
+) -> Server:
+    """ftps-server on HOST:port; `server_options` add to or replace [server] keys."""
     password = secrets.token_urlsafe(12)
     config = work / "ftps-server.ini"
+    options = {"passive_ports": "41000-41099", **(server_options or {})}
+    server_lines = "\n".join(f"{k} = {v}" for k, v in options.items())
     config.write_text(f"""[server]
 addresses = {HOST}
 state_dir = {work}/state
 root = {home.parent}
-passive_ports = 41000-41099
+{server_lines}
 [ports]
 explicit = {port}
 implicit = 0
@@ -120,7 +132,7 @@ default = yes
 [user:{BENCH_USER}]
 home = {home}
 permissions = elradfmw
-password = {hash_password(password)}
+password = {password_hash(password)}
 """)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ftps_server", "serve", "--config", str(config)],
@@ -133,7 +145,10 @@ password = {hash_password(password)}
     return Server("ftps-server", port, password, proc)
 
 
-def start_vsftpd(work: Path, cert: Path, key: Path, home: Path, port: int) -> Server:
+def start_vsftpd(
+    work: Path, cert: Path, key: Path, home: Path, port: int, options: dict[str, str] | None = None
+) -> Server:
+    """vsftpd on HOST:port as configured below; `options` add to or replace its settings."""
     if not shutil.which("vsftpd"):
         policy = Path("/usr/sbin/policy-rc.d")
         if not policy.exists():
@@ -177,6 +192,10 @@ secure_chroot_dir=/var/run/vsftpd/empty
 pam_service_name=vsftpd
 xferlog_enable=NO
 """)
+    if options:
+        lines = dict(line.split("=", 1) for line in conf.read_text().splitlines() if line)
+        lines.update(options)
+        conf.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
     proc = subprocess.Popen(
         ["vsftpd", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
