@@ -65,12 +65,6 @@ def test_start_status_and_transfers(container: Container, site: helpers.Site, ho
         assert inside == hashlib.sha256(payload.read_bytes()).hexdigest()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="server bug seen 02:00 UTC: with [server] addresses = * (one dual-stack socket) "
-    "pyftpdlib rejects the data connection from ::ffff:10.77.0.1 as a foreign address; "
-    "remove this mark when fixed",
-)
 def test_wildcard_address_transfers(container: Container, site: helpers.Site, host_dir: Path) -> None:
     """addresses = * (the package default): per-address certificates and data connections work."""
     ct = container
@@ -240,13 +234,6 @@ def test_broken_config_reload_keeps_old_config(container: Container, site: helpe
     wait_active(ct)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="server bug seen 02:00 UTC: daemon runs ioloop.loop() without a timeout, so the "
-    "first poll(None) blocks until socket I/O and the WATCHDOG=1 call_every never fires on an "
-    "idle server (systemd kills it WatchdogSec after start); loop(timeout=...) fixes it; remove "
-    "this mark when fixed",
-)
 def test_watchdog_restarts_stopped_server(container: Container, site: helpers.Site) -> None:
     """kill -STOP of the main process: systemd's watchdog kills and restarts it."""
     ct = container
