@@ -56,6 +56,24 @@ def _pem_chain(leaf: Any) -> str:
     return "".join(p.bytes().decode() for p in leaf.cert_chain_pems)
 
 
+def _empty_crl(ca: Any) -> str:
+    """A current CRL from trustme CA `ca` that revokes nothing (PEM)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    ca_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), password=None)
+    now = datetime.datetime.now(datetime.UTC)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - datetime.timedelta(hours=1))
+        .next_update(now + datetime.timedelta(days=30))
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return crl.public_bytes(serialization.Encoding.PEM).decode()
+
+
 def _fingerprint(pem: str) -> str:
     der = ssl.PEM_cert_to_DER_cert(pem)
     digest = hashlib.sha256(der).hexdigest().upper()
@@ -235,6 +253,7 @@ def deployment(
         "ftps_server_passive_ports": "60100-60119",
         "ftps_server_port_client_cert_implicit": CLIENT_CERT_PORT,
         "ftps_server_client_ca_content": client_ca.cert_pem.bytes().decode(),
+        "ftps_server_crl_content": _empty_crl(client_ca),
         "ftps_server_certificates": [
             {
                 "name": "site-a",
@@ -328,6 +347,11 @@ def test_first_run_deploys_two_certificates(deployment: Deployment, container: C
         "/etc/ftps-server/tls/site-b.key root:ftps-server 640",
         "/etc/ftps-server/tls/site-a.pem root:ftps-server 644",
     ]
+    config = ct.path(CONFIG).read_text()
+    assert "client_ca = /etc/ftps-server/tls/client-ca.pem" in config
+    assert "crl = /etc/ftps-server/tls/crl.pem" in config
+    crl = ct.path("/etc/ftps-server/tls/crl.pem").read_text()
+    assert crl == dep.variables["ftps_server_crl_content"]
     assert (
         ct.run(["stat", "-c", "%U:%G %a", "/srv/ftp/alice"]).stdout.strip()
         == "ftps-server:ftps-server 750"
