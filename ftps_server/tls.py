@@ -31,6 +31,8 @@ MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
     ]
 )
 
+ECDH_CURVE = "prime256v1"
+
 # client-certificate policy of a context: None = not asked, OPTIONAL = asked (certificate
 # logins), REQUIRED = client-cert ports
 _CLIENT_CERT_KINDS = ("client_cert_explicit", "client_cert_implicit")
@@ -88,6 +90,11 @@ def _new_context(config: Config, entry: CertificateEntry, mode: ssl.VerifyMode) 
     )
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     ctx.set_ciphers(tls.ciphers or MOZILLA_INTERMEDIATE_CIPHERS)
+    # OpenSSL's default groups include secp521r1 and X448, which the Mozilla profile rejects.
+    # Python before 3.15 can set one group only; P-256 is the one every ECDHE client has
+    # (X25519 is missing in older Java and embedded stacks). TLS 1.3 clients that sent an
+    # X25519 key share get a HelloRetryRequest: one more round trip, no failure.
+    ctx.set_ecdh_curve(ECDH_CURVE)
     ctx.load_cert_chain(str(entry.cert), str(entry.key))
     if mode != ssl.CERT_NONE and tls.client_ca:
         ctx.load_verify_locations(cafile=str(tls.client_ca))

@@ -9,6 +9,7 @@ logging in and transferring.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import selectors
@@ -41,10 +42,8 @@ class Slow:
 def _client_hello(ctx: ssl.SSLContext) -> bytes:
     inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(inc, out, server_hostname=HOST)
-    try:
+    with contextlib.suppress(ssl.SSLWantReadError):
         obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
     return out.read()
 
 
