@@ -562,3 +562,42 @@ def test_argument_spec_and_defaults_agree(ansible: Ansible) -> None:
         check=True,
     )
     assert json.loads(proc.stdout) == []
+
+
+def test_tls_purge_removes_only_unnamed_files(ansible: Ansible) -> None:
+    """tasks/purge.yml (ftps_server_tls_purge) on a local directory, run twice."""
+    _, _, work = ansible
+    tls = work / "purge-tls"
+    tls.mkdir()
+    for name in ("a.pem", "a.key", "old.pem", "old.key", "client-ca.pem", "notes.txt"):
+        (tls / name).write_text(name)
+    play = [
+        {
+            "name": "Purge the TLS directory",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars": {
+                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                "ftps_server_certificates": [
+                    {"name": "a", "cert_content": "x", "key_content": "y"}
+                ],
+                "ftps_server_client_ca_content": "x",
+            },
+            "tasks": [
+                {
+                    "ansible.builtin.include_role": {
+                        "name": "ftps_server.ftps.ftps_server",
+                        "tasks_from": "purge.yml",
+                    }
+                }
+            ],
+        }
+    ]
+    # Role vars (the TLS directory) yield only to extra vars.
+    extra = ("-e", json.dumps({"ftps_server_tls_dir": str(tls)}))
+    first = _local_run(ansible, "purge", play, args=extra)
+    assert first.returncode == 0, first.tail()
+    assert sorted(p.name for p in tls.iterdir()) == ["a.key", "a.pem", "client-ca.pem", "notes.txt"]
+    assert first.recap("localhost")["changed"] == 1
+    second = _local_run(ansible, "purge", play, args=extra)
+    assert second.returncode == 0 and second.recap("localhost")["changed"] == 0

@@ -254,6 +254,7 @@ def deployment(
         "ftps_server_port_client_cert_implicit": CLIENT_CERT_PORT,
         "ftps_server_client_ca_content": client_ca.cert_pem.bytes().decode(),
         "ftps_server_crl_content": _empty_crl(client_ca),
+        "ftps_server_tls_purge": True,
         "ftps_server_certificates": [
             {
                 "name": "site-a",
