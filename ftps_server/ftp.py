@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import ssl
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -30,6 +31,11 @@ _BULK = 256 * 1024  # bytes per file read, TLS write and decrypt batch on data c
 _EVENT_BUDGET = 8 * 1024 * 1024  # bytes moved per IOLoop event before yielding to others
 _DATA_COMMANDS = {"PASV", "EPSV", "PORT", "EPRT"}
 _PRE_TLS_COMMANDS = {"AUTH", "FEAT", "QUIT", "NOOP", "SYST", "HELP", "OPTS"}
+
+
+def _has_control(text: str) -> bool:
+    """True when `text` holds a C0 control character or DEL."""
+    return any(ch < " " or ch == "\x7f" for ch in text)
 
 
 class FtpsDataHandler(TlsChannel, DTPHandler):
@@ -403,6 +409,22 @@ class FtpsHandler(TlsChannel, FTPHandler):
             self.respond("521 Data connections must be protected: send PBSZ 0 and PROT P first.")
             return
         super().process_command(cmd, *args, **kwargs)
+
+    def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+        if "\x00" in line:
+            # no name or path holds a NUL, and os.path would raise ValueError on one deep
+            # in pyftpdlib (seen by the fuzzer: an unhandled exception and a dropped session)
+            self.respond("501 Syntax error: NUL byte in command.")
+            return
+        super().pre_process_command(line, cmd, arg)
+
+    def log_cmd(self, cmd: str, arg: str, respcode: int, respstr: str) -> None:
+        if _has_control(cmd) or _has_control(arg):
+            # a bare CR or LF would start a forged line in a text log, and what follows one
+            # may be anything the client pipelined (a PASS line): log only the size
+            cmd = re.sub(r"[\x00-\x1f\x7f].*", "", cmd, flags=re.S)[:16]
+            arg = f"<{len(arg)} characters withheld: control characters in the command line>"
+        super().log_cmd(cmd, arg, respcode, respstr)
 
     def ftp_USER(self, line: str) -> None:
         auth.user_command(self, line)

@@ -140,3 +140,50 @@ def test_path_traversal_refused_in_every_path_command(
     assert (home / "mine.txt").exists()
     assert ftp.pwd() == "/"
     ftp.quit()
+
+
+# --- hostile bytes in command lines (found by the fuzzer) -----------------------------------
+
+
+def test_nul_byte_in_a_path_is_a_syntax_error_not_a_dropped_session(
+    pki: support.Pki, tmp_path: Path, start_server: Any
+) -> None:
+    config, ports = policy_config(pki, tmp_path)
+    server = start_server(config)
+    ftp = support.explicit_client(pki, HOST, ports["explicit"])
+    ftp.login("alice", PASSWORD)
+    for command in ("CWD a\x00b", "SIZE x\x00", "MKD \x00", "DELE ../\x00/etc", "STAT a\x00"):
+        with pytest.raises(ftplib.error_perm, match=r"^501"):
+            ftp.sendcmd(command)
+    assert ftp.voidcmd("NOOP").startswith("200")
+    ftp.quit()
+    assert "Traceback" not in server.log()
+
+
+def test_control_characters_cannot_forge_log_lines_or_leak_a_pipelined_password(
+    pki: support.Pki, tmp_path: Path, start_server: Any
+) -> None:
+    config, ports = policy_config(pki, tmp_path)
+    server = start_server(config)
+    raw = socket.create_connection((HOST, ports["explicit"]), 5)
+    tls = support.client_context(pki).wrap_socket(
+        _after_auth(raw), server_hostname=HOST
+    )
+    # a client with bare-LF line ends: the LF and everything behind it land in one argument
+    tls.sendall(f"CWD x\n<3>ERROR forged line\nPASS {PASSWORD}\r\nQUIT\r\n".encode())
+    f = tls.makefile("rb")
+    assert f.readline().startswith(b"530")
+    assert f.readline().startswith(b"221")
+    tls.close()
+    assert server.wait_log("characters withheld"), server.log()
+    log = server.log()
+    assert PASSWORD not in log
+    assert "forged line" not in log
+
+
+def _after_auth(sock: socket.socket) -> socket.socket:
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"220")
+    sock.sendall(b"AUTH TLS\r\n")
+    assert f.readline().startswith(b"234")
+    return sock
