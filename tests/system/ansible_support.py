@@ -136,7 +136,7 @@ def ansible_env(
         ANSIBLE_SSH_CONTROL_PATH_DIR=str(collections.parent / "cp"),
         # Keep the ssh master short-lived so nothing lingers after the container stops.
         ANSIBLE_SSH_ARGS="-o ControlMaster=auto -o ControlPersist=15s",
-        ANSIBLE_DEPRECATION_WARNINGS="0",
+        ANSIBLE_DEPRECATION_WARNINGS="1",
         # Timestamped log of every run, for finding slow tasks.
         ANSIBLE_LOG_PATH=str(collections.parent / "ansible.log"),
         ANSIBLE_COLLECTIONS_ON_ANSIBLE_VERSION_MISMATCH="ignore",
