@@ -165,6 +165,7 @@ def site(container: Container, installed: str, host_dir: Path) -> helpers.Site:
     ct.run(f"install -d -m 0755 /srv/ftp && install -d -m 0750 -o ftps-server -g ftps-server {site.home}")
     site.certs["site-a"] = helpers.make_cert(ct, "site-a", CT_ADDR, 365, host_dir)
     site.certs["site-b"] = helpers.make_cert(ct, "site-b", EXTRA_ADDRS[0], 365, host_dir)
+    site.check_ca = helpers.write_check_ca(ct, list(site.certs.values()))
     helpers.write_config(ct, site.config())
     ct.run(["ftps-server", "check-config", helpers.CONFIG])
     wait_active(ct)

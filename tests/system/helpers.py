@@ -27,6 +27,7 @@ __all__ = [
     "hash_password",
     "make_cert",
     "render_config",
+    "write_check_ca",
     "write_config",
 ]
 
@@ -91,7 +92,10 @@ class Site:
     certs: dict[str, Cert] = field(default_factory=dict)
     extra_certs: list[Cert] = field(default_factory=list)
     smtp: bool = False
-    addresses: str = ", ".join((CT_ADDR, *EXTRA_ADDRS))
+    # Addresses with a certificate of their own; 10.77.0.4 joins with the expiring one.
+    addresses: str = ", ".join((CT_ADDR, EXTRA_ADDRS[0]))
+    # CA bundle (every test certificate) for `ftps-server check`, so that it can say OK.
+    check_ca: str | None = None
 
     def config(self) -> str:
         """The full INI text for the current certificates (the first one is the default)."""
@@ -119,6 +123,8 @@ def render_config(site: Site, certs: Sequence[Cert], smtp: bool) -> str:
             "smtp_security = none\n"
             "warn_days = 14\n"
         )
+    if site.check_ca:
+        parts.append(f"[check]\nca_file = {site.check_ca}\n")
     for i, cert in enumerate(certs):
         parts.append(cert.section(default=i == 0))
     parts.append(
@@ -129,6 +135,14 @@ def render_config(site: Site, certs: Sequence[Cert], smtp: bool) -> str:
         f"password = {site.password_hash}\n"
     )
     return "\n".join(parts)
+
+
+def write_check_ca(ct: Container, certs: Sequence[Cert]) -> str:
+    """Bundle the (self-signed) test certificates as the CA file `ftps-server check` trusts."""
+    path = f"{TLS_DIR}/check-ca.pem"
+    bundle = b"".join(ct.path(cert.cert).read_bytes() for cert in certs)
+    ct.write_file(path, bundle, mode=0o644)
+    return path
 
 
 def hash_password(ct: Container, password: str) -> str:

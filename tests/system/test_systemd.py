@@ -179,6 +179,8 @@ def test_timer_sends_expiring_certificate_email(
     ct = container
     expiring = helpers.make_cert(ct, "site-c", EXTRA_ADDRS[1], 5, host_dir)
     site.extra_certs.append(expiring)
+    site.addresses += f", {EXTRA_ADDRS[1]}"
+    site.check_ca = helpers.write_check_ca(ct, [*site.certs.values(), expiring])
     site.smtp = True
     helpers.write_config(ct, site.config())
     ct.run(["ftps-server", "check-config", helpers.CONFIG])
