@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 # The tests import ftps_server (message ids) from this tree, installed or not.
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
-import helpers  # noqa: E402
-from container import CT_ADDR, EXTRA_ADDRS, Container, ContainerError, missing_prerequisites  # noqa: E402
+import helpers
+from container import CT_ADDR, EXTRA_ADDRS, Container, ContainerError, missing_prerequisites
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_TOOLS = ("dpkg-buildpackage", "dh", "dh_python3")
@@ -58,7 +58,9 @@ def _skip_reason() -> str | None:
         _SKIP_REASON = missing_prerequisites() or ""
         if _SKIP_REASON:
             # Printed even without -s, so CI logs say why the system tests did not run.
-            print(f"\n[system] SKIPPING system tests: {_SKIP_REASON}", file=sys.__stderr__, flush=True)
+            print(
+                f"\n[system] SKIPPING system tests: {_SKIP_REASON}", file=sys.__stderr__, flush=True
+            )
     return _SKIP_REASON or None
 
 
@@ -89,7 +91,11 @@ def build_deb(out_dir: Path, version: str | None = None) -> Path:
         env["DEB_VERSION"] = version
     started = time.monotonic()
     proc = subprocess.run(
-        [str(REPO / "packaging" / "build-deb")], env=env, capture_output=True, text=True, timeout=600
+        [str(REPO / "packaging" / "build-deb")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if proc.returncode != 0:
         pytest.fail(f"packaging/build-deb failed:\n{proc.stdout}\n{proc.stderr[-5000:]}")
@@ -121,8 +127,15 @@ def installed(container: Container, deb_path: Path) -> str:
     # --reinstall so that postinst (and its check) runs even if an earlier suite installed it.
     inside = container.copy_in(deb_path, f"/root/debs/{deb_path.name}")
     proc = container.run(
-        ["apt-get", "install", "-y", "--reinstall",
-         "-o", "Dpkg::Options::=--force-confold", inside],
+        [
+            "apt-get",
+            "install",
+            "-y",
+            "--reinstall",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            inside,
+        ],
         check=False,
         timeout=300,
     )
@@ -162,7 +175,10 @@ def site(container: Container, installed: str, host_dir: Path) -> helpers.Site:
         password_hash=helpers.hash_password(ct, password),
         home="/srv/ftp/alice",
     )
-    ct.run(f"install -d -m 0755 /srv/ftp && install -d -m 0750 -o ftps-server -g ftps-server {site.home}")
+    ct.run(
+        "install -d -m 0755 /srv/ftp && "
+        f"install -d -m 0750 -o ftps-server -g ftps-server {site.home}"
+    )
     site.certs["site-a"] = helpers.make_cert(ct, "site-a", CT_ADDR, 365, host_dir)
     site.certs["site-b"] = helpers.make_cert(ct, "site-b", EXTRA_ADDRS[0], 365, host_dir)
     site.check_ca = helpers.write_check_ca(ct, list(site.certs.values()))

@@ -119,10 +119,10 @@ def _log(msg: str) -> None:
     print(f"[system] {msg}", file=sys.stderr, flush=True)
 
 
-def _host(cmd: Sequence[str], check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(cmd), check=check, text=True, capture_output=True, timeout=timeout
-    )
+def _host(
+    cmd: Sequence[str], check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), check=check, text=True, capture_output=True, timeout=timeout)
 
 
 def ensure_ssh_key() -> Path:
@@ -130,7 +130,20 @@ def ensure_ssh_key() -> Path:
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     key = CACHE_DIR / "id_ed25519"
     if not key.exists():
-        _host(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ftps-server-tests", "-f", str(key)])
+        _host(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "ftps-server-tests",
+                "-f",
+                str(key),
+            ]
+        )
     key.chmod(0o600)
     return key
 
@@ -155,7 +168,8 @@ def ensure_rootfs() -> Path:
         'echo ftps-test > "$1/etc/hostname"',
         ': > "$1/etc/machine-id"',
         'mkdir -p "$1/var/log/journal"',
-        f'install -d -m 0700 "$1/root/.ssh" && echo {shlex.quote(pubkey)} > "$1/root/.ssh/authorized_keys"'
+        'install -d -m 0700 "$1/root/.ssh" && '
+        f'echo {shlex.quote(pubkey)} > "$1/root/.ssh/authorized_keys"'
         ' && chmod 0600 "$1/root/.ssh/authorized_keys"',
         # No getty on a pipe console; nothing else in the container needs the console.
         'ln -sf /dev/null "$1/etc/systemd/system/console-getty.service"',
@@ -233,7 +247,9 @@ class Container:
             self._cleanup_stale()
             started = time.monotonic()
             self.rootfs.mkdir()
-            _host(["tar", "--zstd", "-xpf", str(tarball), "-C", str(self.rootfs), "--numeric-owner"])
+            _host(
+                ["tar", "--zstd", "-xpf", str(tarball), "-C", str(self.rootfs), "--numeric-owner"]
+            )
             self._setup_network()
             self._boot()
             _log(f"container booted in {time.monotonic() - started:.1f} s (PID 1 = {self.pid1})")
@@ -339,7 +355,10 @@ class Container:
             top = Path(f"/sys/fs/cgroup/{hierarchy}/ct-{NAME}")
             if top.is_dir():
                 # Deepest first; cgroup directories are removed with rmdir only.
-                _host(["find", str(top), "-depth", "-type", "d", "-exec", "rmdir", "{}", ";"], check=False)
+                _host(
+                    ["find", str(top), "-depth", "-type", "d", "-exec", "rmdir", "{}", ";"],
+                    check=False,
+                )
 
     # -- driving -----------------------------------------------------------------------
     def run(
@@ -354,10 +373,21 @@ class Container:
             raise ContainerError("container is not running")
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         proc = subprocess.run(
-            ["nsenter", "-t", str(self.pid1), "-a", "--", "env", "-i",
-             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-             "LANG=C.UTF-8", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0", "DEBIAN_FRONTEND=noninteractive",
-             *argv],
+            [
+                "nsenter",
+                "-t",
+                str(self.pid1),
+                "-a",
+                "--",
+                "env",
+                "-i",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "LANG=C.UTF-8",
+                "SYSTEMD_PAGER=",
+                "SYSTEMD_COLORS=0",
+                "DEBIAN_FRONTEND=noninteractive",
+                *argv,
+            ],
             text=True,
             capture_output=True,
             input=input,
@@ -374,7 +404,9 @@ class Container:
         """The host path of a path inside the container."""
         return self.rootfs / inside.lstrip("/")
 
-    def copy_in(self, src: str | os.PathLike[str], dest: str | None = None, mode: int | None = None) -> str:
+    def copy_in(
+        self, src: str | os.PathLike[str], dest: str | None = None, mode: int | None = None
+    ) -> str:
         """Copy a host file into the container (default: /root/<name>); return the inside path."""
         src = Path(src)
         inside = dest or f"/root/{src.name}"
@@ -385,7 +417,9 @@ class Container:
             target.chmod(mode)
         return inside
 
-    def write_file(self, inside: str, text: str | bytes, mode: int = 0o644, owner: str = "root:root") -> None:
+    def write_file(
+        self, inside: str, text: str | bytes, mode: int = 0o644, owner: str = "root:root"
+    ) -> None:
         """Write a file inside the container with the given mode and owner (names as inside)."""
         data = text.encode() if isinstance(text, str) else text
         target = self.path(inside)
@@ -401,13 +435,13 @@ class Container:
         """``apt install ./x.deb`` inside (dependencies come from the rootfs; no network)."""
         inside = self.copy_in(deb, f"/root/debs/{Path(deb).name}")
         return self.run(
-            ["apt-get", "install", "-y", "-o", "Dpkg::Options::=--force-confold",
-             inside],
+            ["apt-get", "install", "-y", "-o", "Dpkg::Options::=--force-confold", inside],
             timeout=300,
         )
 
-    def journal_json(self, message_id: str | None = None, unit: str | None = None,
-                     extra: Sequence[str] = ()) -> list[dict[str, object]]:
+    def journal_json(
+        self, message_id: str | None = None, unit: str | None = None, extra: Sequence[str] = ()
+    ) -> list[dict[str, object]]:
         """Journal entries (``journalctl -o json``), filtered by MESSAGE_ID and/or unit."""
         args = ["journalctl", "--no-pager", "-o", "json"]
         if message_id:
@@ -430,6 +464,7 @@ class Container:
             f"ftps-test ansible_host={CT_ADDR} ansible_user=root "
             "ansible_python_interpreter=/usr/bin/python3 "
             f"ansible_ssh_private_key_file={self.ssh_key_path} "
-            "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'\n"
+            "ansible_ssh_common_args='-o StrictHostKeyChecking=no "
+            "-o UserKnownHostsFile=/dev/null'\n"
         )
         return path

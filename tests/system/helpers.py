@@ -59,7 +59,7 @@ class Cert:
 
 
 def make_cert(ct: Container, name: str, address: str, days: int, host_dir: Path) -> Cert:
-    """Make a self-signed EC certificate for `address` valid `days` days; key 0640 root:ftps-server."""
+    """A self-signed EC certificate for `address`, valid `days` days; key 0640 root:ftps-server."""
     cert, key = f"{TLS_DIR}/{name}.pem", f"{TLS_DIR}/{name}.key"
     ct.run(
         f"install -d -m 0755 {TLS_DIR} && umask 077 && "
@@ -185,7 +185,9 @@ def ftps_args(cert: Cert, site: Site) -> list[str]:
     """curl options: TLS required, verified against `cert` itself, login, PROT P."""
     return [
         "--ssl-reqd",
-        "--cacert", str(cert.host_pem),
-        "--user", f"{site.user}:{site.password}",
+        "--cacert",
+        str(cert.host_pem),
+        "--user",
+        f"{site.user}:{site.password}",
         "--ftp-pasv",
     ]

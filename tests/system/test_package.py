@@ -21,7 +21,9 @@ def test_lintian_clean(deb_path: Path) -> None:
         pytest.skip("lintian is not installed")
     proc = subprocess.run(
         ["lintian", "--fail-on", "error,warning", "--no-tag-display-limit", str(deb_path)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     tags = [line for line in proc.stdout.splitlines() if re.match(r"^[EW]: ", line)]
     assert proc.returncode == 0 and not tags, proc.stdout + proc.stderr
@@ -35,7 +37,9 @@ def test_install_gives_running_service(container: Container, installed: str) -> 
     # The check's first line follows the monitoring-plugin convention.
     assert re.search(r"^FTPS (OK|WARNING|CRITICAL|UNKNOWN)\b", installed, re.M), installed[-3000:]
     assert ct.run(["systemctl", "is-enabled", "ftps-server"]).stdout.strip() == "enabled"
-    assert ct.run(["systemctl", "is-enabled", "ftps-server-remind.timer"]).stdout.strip() == "enabled"
+    assert (
+        ct.run(["systemctl", "is-enabled", "ftps-server-remind.timer"]).stdout.strip() == "enabled"
+    )
     assert ct.run(["systemctl", "is-active", "ftps-server-remind.timer"]).stdout.strip() == "active"
     remind = ct.run(["systemctl", "is-enabled", "ftps-server-remind.service"], check=False)
     assert remind.stdout.strip() == "static"
@@ -64,14 +68,14 @@ def test_default_config_reports_missing_certificate(container: Container, instal
     assert "certificate" in status, status
     entries = ct.journal_json(message_id=message_ids.LISTENER_NO_CERT)
     assert entries, "no listener-without-certificate entry in the journal"
-    dry = ct.run(
-        ["ftps-server", "remind", "--config", helpers.CONFIG, "--dry-run"], check=False
-    )
+    dry = ct.run(["ftps-server", "remind", "--config", helpers.CONFIG, "--dry-run"], check=False)
     text = dry.stdout + dry.stderr
     assert "[certificate:" in text or "cert =" in text, text
 
 
-def test_two_certificates_after_reload(container: Container, site: helpers.Site, host_dir: Path) -> None:
+def test_two_certificates_after_reload(
+    container: Container, site: helpers.Site, host_dir: Path
+) -> None:
     """Two certificates on two addresses: each address serves its own over FTPS."""
     for name, address in (("site-a", CT_ADDR), ("site-b", EXTRA_ADDRS[0])):
         cert = site.certs[name]
@@ -104,7 +108,10 @@ def test_upgrade_keeps_config_and_restarts(
     new_deb = build_deb(deb_dir / "upgrade", version=f"{old_version}+systest1")
     proc = ct.install_deb(new_deb)
     output = proc.stdout + proc.stderr
-    assert ct.run(["dpkg-query", "-W", "-f=${Version}", "ftps-server"]).stdout == f"{old_version}+systest1"
+    assert (
+        ct.run(["dpkg-query", "-W", "-f=${Version}", "ftps-server"]).stdout
+        == f"{old_version}+systest1"
+    )
     assert "running 'ftps-server check" in output, output[-3000:]
     # Two listeners per address, each serving its own certificate: the check is all OK.
     assert re.search(r"^FTPS OK\b", output, re.M), output[-3000:]
@@ -114,7 +121,9 @@ def test_upgrade_keeps_config_and_restarts(
     wait_active(ct)
     assert ct.systemctl_show("ftps-server", "MainPID") != before_pid, "service was not restarted"
     cert = site.certs["site-a"]
-    helpers.curl([*helpers.ftps_args(cert, site), "--list-only", helpers.ftps_url("explicit", CT_ADDR)])
+    helpers.curl(
+        [*helpers.ftps_args(cert, site), "--list-only", helpers.ftps_url("explicit", CT_ADDR)]
+    )
 
 
 @pytest.mark.system_last
@@ -123,17 +132,20 @@ def test_purge_leaves_nothing(container: Container, installed: str) -> None:
     ct = container
     files = ct.run(["dpkg-query", "-L", "ftps-server"]).stdout.split()
     ct.run(["apt-get", "purge", "-y", "ftps-server"], timeout=300)
-    assert ct.run(["dpkg-query", "-W", "ftps-server"], check=False).returncode != 0 or \
-        "not-installed" in ct.run(["dpkg-query", "-W", "-f=${db:Status-Status}", "ftps-server"],
-                                  check=False).stdout
-    leftovers = [
-        f for f in files
-        if ct.path(f).exists() and not ct.path(f).is_dir()
-    ]
+    assert (
+        ct.run(["dpkg-query", "-W", "ftps-server"], check=False).returncode != 0
+        or "not-installed"
+        in ct.run(["dpkg-query", "-W", "-f=${db:Status-Status}", "ftps-server"], check=False).stdout
+    )
+    leftovers = [f for f in files if ct.path(f).exists() and not ct.path(f).is_dir()]
     assert not leftovers, leftovers
-    for gone in ("/var/lib/ftps-server", "/var/log/ftps-server", helpers.CONFIG,
-                 "/etc/systemd/system/multi-user.target.wants/ftps-server.service",
-                 "/etc/systemd/system/timers.target.wants/ftps-server-remind.timer"):
+    for gone in (
+        "/var/lib/ftps-server",
+        "/var/log/ftps-server",
+        helpers.CONFIG,
+        "/etc/systemd/system/multi-user.target.wants/ftps-server.service",
+        "/etc/systemd/system/timers.target.wants/ftps-server-remind.timer",
+    ):
         assert not ct.path(gone).exists(), gone
     # Whatever is left in /etc/ftps-server is the tests' own key material, not the package's.
     etc = ct.path("/etc/ftps-server")

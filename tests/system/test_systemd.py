@@ -44,7 +44,9 @@ def _dropin(ct: Container, unit: str, text: str | None) -> None:
     ct.run(["systemctl", "daemon-reload"])
 
 
-def test_start_status_and_transfers(container: Container, site: helpers.Site, host_dir: Path) -> None:
+def test_start_status_and_transfers(
+    container: Container, site: helpers.Site, host_dir: Path
+) -> None:
     """active; StatusText has the summary; upload+download on two addresses, each its own cert."""
     ct = container
     wait_active(ct)
@@ -52,20 +54,37 @@ def test_start_status_and_transfers(container: Container, site: helpers.Site, ho
     assert re.search(r"\d+ listeners?", status), f"StatusText lacks a summary: {status!r}"
     payload = host_dir / "upload.bin"
     payload.write_bytes(hashlib.sha256(b"ftps").digest() * 4096)
-    for name, address, kind in (("site-a", CT_ADDR, "explicit"), ("site-b", EXTRA_ADDRS[0], "implicit")):
+    for name, address, kind in (
+        ("site-a", CT_ADDR, "explicit"),
+        ("site-b", EXTRA_ADDRS[0], "implicit"),
+    ):
         cert = site.certs[name]
         remote = f"up-{name}-{kind}.bin"
-        helpers.curl([*helpers.ftps_args(cert, site), "-T", str(payload),
-                      helpers.ftps_url(kind, address, remote)])
+        helpers.curl(
+            [
+                *helpers.ftps_args(cert, site),
+                "-T",
+                str(payload),
+                helpers.ftps_url(kind, address, remote),
+            ]
+        )
         back = host_dir / f"back-{remote}"
-        helpers.curl([*helpers.ftps_args(cert, site), "-o", str(back),
-                      helpers.ftps_url(kind, address, remote)])
+        helpers.curl(
+            [
+                *helpers.ftps_args(cert, site),
+                "-o",
+                str(back),
+                helpers.ftps_url(kind, address, remote),
+            ]
+        )
         assert back.read_bytes() == payload.read_bytes()
         inside = ct.run(["sha256sum", f"{site.home}/{remote}"]).stdout.split()[0]
         assert inside == hashlib.sha256(payload.read_bytes()).hexdigest()
 
 
-def test_wildcard_address_transfers(container: Container, site: helpers.Site, host_dir: Path) -> None:
+def test_wildcard_address_transfers(
+    container: Container, site: helpers.Site, host_dir: Path
+) -> None:
     """addresses = * (the package default): per-address certificates and data connections work."""
     ct = container
     site.addresses = "*"
@@ -76,8 +95,9 @@ def test_wildcard_address_transfers(container: Container, site: helpers.Site, ho
         for name, address in (("site-a", CT_ADDR), ("site-b", EXTRA_ADDRS[0])):
             cert = site.certs[name]
             for kind in ("explicit", "implicit"):
-                helpers.curl([*helpers.ftps_args(cert, site), "--list-only",
-                              helpers.ftps_url(kind, address)])
+                helpers.curl(
+                    [*helpers.ftps_args(cert, site), "--list-only", helpers.ftps_url(kind, address)]
+                )
     finally:
         site.addresses = helpers.Site.addresses
         helpers.write_config(ct, site.config())
@@ -96,22 +116,40 @@ def test_reload_new_certificate_keeps_running_download(
     old = site.certs["site-a"]
     pid = ct.systemctl_show(UNIT, "MainPID")
     target = host_dir / "big.bin"
-    cmd = ["curl", "-sS", "--noproxy", "*", *helpers.ftps_args(old, site), "--limit-rate", "25M",
-           "-o", str(target), helpers.ftps_url("explicit", CT_ADDR, "big.bin")]
+    cmd = [
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        *helpers.ftps_args(old, site),
+        "--limit-rate",
+        "25M",
+        "-o",
+        str(target),
+        helpers.ftps_url("explicit", CT_ADDR, "big.bin"),
+    ]
     download = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     new: helpers.Cert | None = None
     try:
-        _wait(lambda: target.exists() and target.stat().st_size > 8 << 20, 60, "the download to start")
+        _wait(
+            lambda: target.exists() and target.stat().st_size > 8 << 20, 60, "the download to start"
+        )
         new = helpers.make_cert(ct, "site-a", CT_ADDR, 365, host_dir / "renewed")
         assert new.fingerprint != old.fingerprint
         ct.run(["systemctl", "reload", UNIT])
         wait_active(ct)
         assert target.stat().st_size < 200 << 20, "download finished before the reload; too fast"
         # New connections get the new certificate; the old one no longer verifies.
-        helpers.curl([*helpers.ftps_args(new, site), "--list-only", helpers.ftps_url("explicit", CT_ADDR)])
-        helpers.curl([*helpers.ftps_args(new, site), "--list-only", helpers.ftps_url("implicit", CT_ADDR)])
-        stale = helpers.curl([*helpers.ftps_args(old, site), "--list-only",
-                              helpers.ftps_url("implicit", CT_ADDR)], check=False)
+        helpers.curl(
+            [*helpers.ftps_args(new, site), "--list-only", helpers.ftps_url("explicit", CT_ADDR)]
+        )
+        helpers.curl(
+            [*helpers.ftps_args(new, site), "--list-only", helpers.ftps_url("implicit", CT_ADDR)]
+        )
+        stale = helpers.curl(
+            [*helpers.ftps_args(old, site), "--list-only", helpers.ftps_url("implicit", CT_ADDR)],
+            check=False,
+        )
         assert stale.returncode != 0, "old certificate still served after reload"
         _, err = download.communicate(timeout=120)
         assert download.returncode == 0, f"download broke across the reload: {err}"
@@ -136,20 +174,37 @@ def test_journal_login_records_and_catalog(container: Container, site: helpers.S
     """journalctl -o json: login records with MESSAGE_ID and fields; -x shows the catalog."""
     ct = container
     cert = site.certs["site-a"]
-    helpers.curl([*helpers.ftps_args(cert, site), "--list-only", helpers.ftps_url("explicit", CT_ADDR)])
-    bad = [a if not a.startswith(f"{site.user}:") else f"{site.user}:wrong-password"
-           for a in helpers.ftps_args(cert, site)]
+    helpers.curl(
+        [*helpers.ftps_args(cert, site), "--list-only", helpers.ftps_url("explicit", CT_ADDR)]
+    )
+    bad = [
+        a if not a.startswith(f"{site.user}:") else f"{site.user}:wrong-password"
+        for a in helpers.ftps_args(cert, site)
+    ]
     failed = helpers.curl([*bad, "--list-only", helpers.ftps_url("explicit", CT_ADDR)], check=False)
     assert failed.returncode != 0
 
     def has_user(entries: list[dict[str, object]]) -> list[dict[str, object]]:
-        return [e for e in entries if any(v == site.user for k, v in e.items() if not k.startswith("_"))]
+        return [
+            e for e in entries if any(v == site.user for k, v in e.items() if not k.startswith("_"))
+        ]
 
-    ok = _wait(lambda: has_user(ct.journal_json(message_id=message_ids.LOGIN_OK)), 10, "login entry")
-    assert ok[-1]["SYSLOG_IDENTIFIER"] == "ftps-server" or ok[-1].get("_SYSTEMD_UNIT") == "ftps-server.service"
+    ok = _wait(
+        lambda: has_user(ct.journal_json(message_id=message_ids.LOGIN_OK)), 10, "login entry"
+    )
+    assert (
+        ok[-1]["SYSLOG_IDENTIFIER"] == "ftps-server"
+        or ok[-1].get("_SYSTEMD_UNIT") == "ftps-server.service"
+    )
     assert any(v == HOST_ADDR for v in ok[-1].values()), f"no client address field: {ok[-1]}"
-    _wait(lambda: has_user(ct.journal_json(message_id=message_ids.LOGIN_FAILED)), 10, "failed-login entry")
-    ready = ct.run(["journalctl", "-x", "--no-pager", f"MESSAGE_ID={message_ids.SERVICE_READY}"]).stdout
+    _wait(
+        lambda: has_user(ct.journal_json(message_id=message_ids.LOGIN_FAILED)),
+        10,
+        "failed-login entry",
+    )
+    ready = ct.run(
+        ["journalctl", "-x", "--no-pager", f"MESSAGE_ID={message_ids.SERVICE_READY}"]
+    ).stdout
     assert "ftps-server has started and listens" in ready, ready[-2000:]
 
 
@@ -175,7 +230,7 @@ def _smtp_server() -> Iterator[list[bytes]]:
 def test_timer_sends_expiring_certificate_email(
     container: Container, site: helpers.Site, host_dir: Path
 ) -> None:
-    """A drop-in makes the timer fire now: ftps-server-remind.service emails about an expiring cert."""
+    """Timer fired by a drop-in: ftps-server-remind.service mails about an expiring cert."""
     ct = container
     expiring = helpers.make_cert(ct, "site-c", EXTRA_ADDRS[1], 5, host_dir)
     site.extra_certs.append(expiring)
@@ -185,31 +240,53 @@ def test_timer_sends_expiring_certificate_email(
     helpers.write_config(ct, site.config())
     ct.run(["ftps-server", "check-config", helpers.CONFIG])
     with _smtp_server() as received:
-        _dropin(ct, "ftps-server-remind.timer",
-                "[Timer]\nOnCalendar=\nOnActiveSec=1s\nRandomizedDelaySec=0\nAccuracySec=1s\n")
+        _dropin(
+            ct,
+            "ftps-server-remind.timer",
+            "[Timer]\nOnCalendar=\nOnActiveSec=1s\nRandomizedDelaySec=0\nAccuracySec=1s\n",
+        )
         try:
-            before = int(ct.systemctl_show("ftps-server-remind.service", "ExecMainExitTimestampMonotonic") or 0)
+            before = int(
+                ct.systemctl_show("ftps-server-remind.service", "ExecMainExitTimestampMonotonic")
+                or 0
+            )
             ct.run(["systemctl", "restart", "ftps-server-remind.timer"])
-            _wait(lambda: int(ct.systemctl_show("ftps-server-remind.service",
-                                                "ExecMainExitTimestampMonotonic") or 0) > before,
-                  60, "ftps-server-remind.service to run from the timer")
+            _wait(
+                lambda: (
+                    int(
+                        ct.systemctl_show(
+                            "ftps-server-remind.service", "ExecMainExitTimestampMonotonic"
+                        )
+                        or 0
+                    )
+                    > before
+                ),
+                60,
+                "ftps-server-remind.service to run from the timer",
+            )
             result = ct.systemctl_show("ftps-server-remind.service", "Result")
             assert result == "success", ct.run(
-                ["journalctl", "--no-pager", "-n", "40", "-u", "ftps-server-remind.service"]).stdout
+                ["journalctl", "--no-pager", "-n", "40", "-u", "ftps-server-remind.service"]
+            ).stdout
             _wait(lambda: received, 30, "the reminder email")
         finally:
             _dropin(ct, "ftps-server-remind.timer", None)
             ct.run(["systemctl", "restart", "ftps-server-remind.timer"])
     mails = b"\n".join(received).decode("utf-8", "replace")
     assert "site-c" in mails or expiring.cert in mails, mails[:3000]
-    entries = [e for e in ct.journal_json(message_id=message_ids.CERT_EXPIRING)
-               if e.get("CERT_PATH") == expiring.cert]
+    entries = [
+        e
+        for e in ct.journal_json(message_id=message_ids.CERT_EXPIRING)
+        if e.get("CERT_PATH") == expiring.cert
+    ]
     assert entries, "no CERT_EXPIRING journal entry for the expiring certificate"
     entry = entries[-1]
     for fieldname in ("CERT_FINGERPRINT", "CERT_NOT_AFTER", "DAYS_LEFT"):
         assert fieldname in entry, f"{fieldname} missing: {entry}"
     assert int(str(entry["DAYS_LEFT"])) in (4, 5)
-    catalog = ct.run(["journalctl", "-x", "--no-pager", f"MESSAGE_ID={message_ids.CERT_EXPIRING}"]).stdout
+    catalog = ct.run(
+        ["journalctl", "-x", "--no-pager", f"MESSAGE_ID={message_ids.CERT_EXPIRING}"]
+    ).stdout
     assert "Assign a renewed certificate" in catalog
     # Bring the running server in line with the file again.
     ct.run(["systemctl", "reload", UNIT])
@@ -228,8 +305,13 @@ def test_broken_config_reload_keeps_old_config(container: Container, site: helpe
         assert ct.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() == "active"
         assert ct.systemctl_show(UNIT, "MainPID") == pid
         cert = site.certs["site-b"]
-        helpers.curl([*helpers.ftps_args(cert, site), "--list-only",
-                      helpers.ftps_url("implicit", EXTRA_ADDRS[0])])
+        helpers.curl(
+            [
+                *helpers.ftps_args(cert, site),
+                "--list-only",
+                helpers.ftps_url("implicit", EXTRA_ADDRS[0]),
+            ]
+        )
     finally:
         helpers.write_config(ct, good)
     ct.run(["systemctl", "reload", UNIT])
@@ -251,7 +333,9 @@ def test_watchdog_restarts_stopped_server(container: Container, site: helpers.Si
         pid = ct.systemctl_show(UNIT, "MainPID")
         restarts = int(ct.systemctl_show(UNIT, "NRestarts"))
         ct.run(["kill", "-STOP", pid])
-        _wait(lambda: int(ct.systemctl_show(UNIT, "NRestarts")) > restarts, 40, "a watchdog restart")
+        _wait(
+            lambda: int(ct.systemctl_show(UNIT, "NRestarts")) > restarts, 40, "a watchdog restart"
+        )
         wait_active(ct)
         assert ct.systemctl_show(UNIT, "MainPID") != pid
         log = ct.run(["journalctl", "--no-pager", "-u", UNIT, "-n", "200"]).stdout
@@ -266,13 +350,19 @@ def test_watchdog_restarts_stopped_server(container: Container, site: helpers.Si
 def test_units_verify_and_security_score(container: Container, installed: str) -> None:
     """systemd-analyze verify is clean; systemd-analyze security rates the service <= 2.0."""
     ct = container
-    units = [f"/usr/lib/systemd/system/{u}" for u in
-             ("ftps-server.service", "ftps-server-remind.service", "ftps-server-remind.timer")]
+    units = [
+        f"/usr/lib/systemd/system/{u}"
+        for u in ("ftps-server.service", "ftps-server-remind.service", "ftps-server-remind.timer")
+    ]
     verify = ct.run(["systemd-analyze", "verify", *units], check=False)
     noise = [line for line in (verify.stdout + verify.stderr).splitlines() if "ftps-server" in line]
     assert verify.returncode == 0 and not noise, verify.stdout + verify.stderr
-    security = ct.run(["systemd-analyze", "security", "--no-pager", "ftps-server.service"], check=False)
-    match = re.search(r"Overall exposure level for ftps-server\.service: (\d+\.\d+)", security.stdout)
+    security = ct.run(
+        ["systemd-analyze", "security", "--no-pager", "ftps-server.service"], check=False
+    )
+    match = re.search(
+        r"Overall exposure level for ftps-server\.service: (\d+\.\d+)", security.stdout
+    )
     assert match, security.stdout[-2000:] + security.stderr
     score = float(match[1])
     print(f"[system] systemd-analyze security ftps-server.service: {score}")
