@@ -30,6 +30,7 @@ __all__ = [
     "REQUIREMENTS",
     "PlaybookRun",
     "ansible_env",
+    "close_ssh_masters",
     "collections_dir",
     "ensure_venv",
     "run_playbook",
@@ -144,6 +145,20 @@ def ansible_env(
     if extra:
         env.update(extra)
     return env
+
+
+def close_ssh_masters(env: Mapping[str, str]) -> None:
+    """Stop the ssh ControlMaster processes our runs left (they would linger ControlPersist)."""
+    control_dir = Path(env["ANSIBLE_SSH_CONTROL_PATH_DIR"])
+    if not control_dir.is_dir():
+        return
+    for sock in control_dir.iterdir():
+        subprocess.run(
+            ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "ftps-test"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
 
 
 @dataclass(frozen=True)

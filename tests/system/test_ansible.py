@@ -294,6 +294,7 @@ def deployment(
         yield dep
     finally:
         _log("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in dep.timings.items()))
+        ansible_support.close_ssh_masters(dep.env)
         _purge(ct)
 
 
