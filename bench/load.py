@@ -69,11 +69,18 @@ def _context(cafile: str) -> ssl.SSLContext:
     return ctx
 
 
-def _login(ctx: ssl.SSLContext, port: int, password: str) -> ReusingFTP_TLS:
+def _login(
+    ctx: ssl.SSLContext, port: int, password: str, step: list[str] | None = None
+) -> ReusingFTP_TLS:
+    step = step if step is not None else []
     ftp = ReusingFTP_TLS(context=ctx, timeout=SESSION_TIMEOUT)
+    step.append("connect")
     ftp.connect(HOST, port)
+    step.append("AUTH TLS")
     ftp.auth()
+    step.append("login")
     ftp.login(BENCH_USER, password)
+    step.append("PROT P")
     ftp.prot_p()
     return ftp
 
@@ -81,22 +88,26 @@ def _login(ctx: ssl.SSLContext, port: int, password: str) -> ReusingFTP_TLS:
 def _download(ctx: ssl.SSLContext, port: int, password: str) -> Result:
     t0 = time.perf_counter()
     got = 0
+    step: list[str] = []
     try:
-        ftp = _login(ctx, port, password)
+        ftp = _login(ctx, port, password, step)
         try:
 
             def count(block: bytes) -> None:
                 nonlocal got
                 got += len(block)
 
+            step.append("RETR")
             ftp.retrbinary(f"RETR {FILE}", count, blocksize=256 * 1024)
+            step.append("QUIT")
             ftp.quit()
         finally:
             ftp.close()
         ok = got == SIZE
         return ok, time.perf_counter() - t0, got, "" if ok else f"short download: {got}"
     except (OSError, EOFError, ssl.SSLError, ftplib.Error) as exc:
-        return False, time.perf_counter() - t0, got, f"{type(exc).__name__}: {exc}"[:200]
+        where = step[-1] if step else "start"
+        return False, time.perf_counter() - t0, got, f"{where}: {type(exc).__name__}: {exc}"[:200]
 
 
 def _client_process(args: tuple[int, str, str, int, float]) -> list[Result]:
@@ -138,7 +149,7 @@ def concurrent_downloads(
     cpu = _cpu_seconds(server.pid) - cpu0
     failures = [r[3] for r in results if not r[0]]
     for reason in sorted(set(failures))[:5]:
-        print(f"  {server.name} failure: {reason}", file=sys.stderr)
+        print(f"  {server.name} failure x{failures.count(reason)}: {reason}", file=sys.stderr)
     latencies = sorted(r[1] for r in results if r[0]) or [float("nan")]
     return {
         "failures": len(failures),

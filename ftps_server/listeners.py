@@ -24,6 +24,12 @@ __all__ = ["ListenerServer", "Listeners", "ServerState", "build_state"]
 
 log = logging.getLogger(__name__)
 
+# Accept queue length (the kernel caps it at net.core.somaxconn). A burst of connections
+# beyond it drops the clients' handshake ACKs; FTP speaks first, so such a client waits for
+# a banner until the SYN-ACK retries run out (~31 s) or for ever (syncookies). Sized for
+# max_connections, not pyftpdlib's default of 100.
+LISTEN_BACKLOG = 1024
+
 
 @dataclass(frozen=True)
 class ServerState:
@@ -58,7 +64,8 @@ class ListenerServer(FTPServer):
         ip_map: list[str],
     ) -> None:
         self.kind, self.name, self.state = kind, name, state
-        super().__init__(sock, FtpsHandler, ioloop=ioloop)
+        # pyftpdlib calls listen() again with its own backlog: pass ours
+        super().__init__(sock, FtpsHandler, ioloop=ioloop, backlog=LISTEN_BACKLOG)
         self.ip_map = ip_map  # shared: max_connections_per_ip spans every listener
         self.apply_limits(state.config)
 
@@ -75,14 +82,17 @@ def _bind(address: str, port: int) -> socket.socket:
         if socket.has_dualstack_ipv6():
             try:
                 return socket.create_server(
-                    ("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=128
+                    ("::", port),
+                    family=socket.AF_INET6,
+                    dualstack_ipv6=True,
+                    backlog=LISTEN_BACKLOG,
                 )
             except OSError as exc:
                 if exc.errno != errno.EAFNOSUPPORT:
                     raise
-        return socket.create_server(("0.0.0.0", port), backlog=128)
+        return socket.create_server(("0.0.0.0", port), backlog=LISTEN_BACKLOG)
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    return socket.create_server((address, port), family=family, backlog=128)
+    return socket.create_server((address, port), family=family, backlog=LISTEN_BACKLOG)
 
 
 def listener_name(address: str, port: int, kind: str) -> str:

@@ -13,17 +13,22 @@ import contextlib
 import io
 import os
 import selectors
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import support
 from test_ftp_policy import _config as policy_config
 from test_ftps import PASSWORD
+
+from ftps_server.listeners import LISTEN_BACKLOG
 
 HOST = "127.0.0.1"
 COUNT = int(os.environ.get("FTPS_SLOW_CLIENTS", "100"))
@@ -156,3 +161,18 @@ def test_slow_and_idle_clients_are_dropped_while_others_are_served(
     assert server.proc.poll() is None
     for s in slow:
         s.sock.close()
+
+
+def test_listen_backlog_takes_a_burst_of_connections(
+    pki: support.Pki, tmp_path: Path, start_server: Any
+) -> None:
+    """pyftpdlib re-listens with a backlog of 100 unless told; a burst then loses handshakes."""
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("ss (iproute2) is not installed")
+    config, ports = policy_config(pki, tmp_path)
+    start_server(config)
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    out = subprocess.run([ss, "-Hltn", f"sport = :{ports['explicit']}"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert int(out[2]) == min(LISTEN_BACKLOG, somaxconn), out  # Send-Q of a listener = backlog
