@@ -165,10 +165,11 @@ def test_curl_upload_download_list(site: Site, tmp_path: Path, scheme: str) -> N
     extra = ["--ssl-reqd"] if scheme == "explicit" else []
     src = tmp_path / "up.bin"
     src.write_bytes(os.urandom(2_500_000))
-    assert _curl(site, base + "up.bin", *extra, "-T", str(src)).returncode == 0
+    r = _curl(site, base + "up.bin", *extra, "-T", str(src))
+    assert r.returncode == 0, (r.stderr, site.server.log()[-3000:])  # type: ignore[union-attr]
     out = tmp_path / "down.bin"
     r = _curl(site, base + "up.bin", *extra, "-o", str(out))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, (r.stderr, site.server.log()[-3000:])  # type: ignore[union-attr]
     assert out.read_bytes() == src.read_bytes()
     listing = _curl(site, base, *extra, "--list-only")
     assert b"up.bin" in listing.stdout
