@@ -2,7 +2,8 @@
 Debian container (the harness's one container, see conftest.py).
 
 The tests run in file order and build on each other: a first run on the fresh container,
-an identical second run, ``--check --diff``, a certificate rotation, and a variable error.
+an identical second run, ``--check --diff``, a certificate rotation, a variable error, a
+CRITICAL check (and its switch), and a package upgrade.
 The module starts and ends by purging the package and what the role added, so that the
 suites after it (test_package, test_systemd) find the container as they expect it.
 
@@ -29,6 +30,7 @@ from typing import Any
 
 import ansible_support
 import pytest
+from conftest import build_deb
 from container import CT_ADDR, EXTRA_ADDRS, Container
 
 trustme = pytest.importorskip("trustme")
@@ -508,3 +510,24 @@ def test_critical_check_fails_the_play_unless_switched_off(
     assert run.returncode == 0, run.tail()
     assert run.recap(HOST)["changed"] == 0
     assert "ftps-server check (exit 2): FTPS CRITICAL" in run.output, run.tail()
+
+
+def test_package_upgrade_restarts(
+    deployment: Deployment, container: Container, tmp_path: Path
+) -> None:
+    """A new .deb: the package is upgraded and the service restarted (new PID), not reloaded."""
+    dep, ct = deployment, container
+    old_version = ct.run(["dpkg-query", "-W", "-f=${Version}", "ftps-server"]).stdout
+    new_version = f"{old_version}+ansible1"
+    deb = build_deb(tmp_path, new_version)
+    pid = ct.systemctl_show("ftps-server", "MainPID")
+    dep.variables["ftps_server_deb_path"] = str(deb)
+    run = dep.play("upgrade")
+    assert run.returncode == 0, run.tail()
+    assert ct.run(["dpkg-query", "-W", "-f=${Version}", "ftps-server"]).stdout == new_version
+    changed = run.changed_tasks()
+    assert "ftps_server.ftps.ftps_server : Install the copied package" in changed
+    assert "ftps_server.ftps.ftps_server : Restart ftps-server" in changed
+    assert "Reload ftps-server]" not in run.output
+    assert ct.systemctl_show("ftps-server", "MainPID") != pid
+    assert ct.systemctl_show("ftps-server", "ActiveState") == "active"
