@@ -94,6 +94,9 @@ ROOTFS_PACKAGES = (
 _ROOTFS_RECIPE = "4"
 
 _SYSTEMD_EXE = "/usr/lib/systemd/systemd"
+# "<nspawn PID> <work dir>" of the running container, so that a run killed hard can be
+# cleaned up by the next one (by that PID only).
+_PIDFILE = CACHE_DIR / "container.pid"
 _CGROUP_HIERARCHIES = ("unified", "systemd")
 _REQUIRED_TOOLS = ("systemd-nspawn", "mmdebstrap", "nsenter", "ip", "ssh-keygen", "zstd", "tar")
 
@@ -260,6 +263,7 @@ class Container:
 
     def _cleanup_stale(self) -> None:
         # Left over by a run that was killed hard; ours by name, and we hold the lock.
+        self._stop_stale_nspawn()
         _host(["ip", "link", "del", VETH], check=False)
         _host(["ip", "netns", "del", NAME], check=False)
         self._remove_cgroups()
@@ -274,6 +278,36 @@ class Container:
         _host(["ip", "-n", NAME, "link", "set", "lo", "up"])
         _host(["ip", "-n", NAME, "link", "set", "host0", "up"])
 
+    def _stop_stale_nspawn(self) -> None:
+        """Stop the nspawn a killed run left (by the PID it recorded), remove its tree."""
+        try:
+            pid_text, workdir = _PIDFILE.read_text().split(maxsplit=1)
+        except (OSError, ValueError):
+            return
+        pid, workdir = int(pid_text), workdir.strip()
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            cmdline = []
+        # Only that very process: systemd-nspawn booting the recorded work directory.
+        if (
+            cmdline
+            and cmdline[0].endswith(b"systemd-nspawn")
+            and workdir.encode() in b" ".join(cmdline)
+        ):
+            _log(f"stopping systemd-nspawn PID {pid} left by an earlier run")
+            for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                    time.sleep(0.2)
+                if not Path(f"/proc/{pid}").exists():
+                    break
+        if workdir.startswith("/var/tmp/ftps-ct-"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        _PIDFILE.unlink(missing_ok=True)
+
     def _boot(self) -> None:
         cgroups = " ".join(f"/sys/fs/cgroup/{h}/ct-{NAME}" for h in _CGROUP_HIERARCHIES)
         script = (
@@ -286,6 +320,7 @@ class Container:
             self.nspawn = subprocess.Popen(
                 ["bash", "-c", script], stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
+        _PIDFILE.write_text(f"{self.nspawn.pid} {self.workdir}\n")
         self.pid1 = self._wait_pid1()
         deadline = time.monotonic() + 60
         state = ""
@@ -336,6 +371,7 @@ class Container:
                     except subprocess.TimeoutExpired:
                         continue
             self.nspawn = None
+            _PIDFILE.unlink(missing_ok=True)
             self.pid1 = None
             _host(["ip", "link", "del", VETH], check=False)
             _host(["ip", "netns", "del", NAME], check=False)
