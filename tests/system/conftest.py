@@ -35,6 +35,7 @@ from container import CT_ADDR, EXTRA_ADDRS, Container, ContainerError, missing_p
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_TOOLS = ("dpkg-buildpackage", "dh", "dh_python3")
+SYSTEM_TEST_TIMEOUT = 900
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,9 +45,14 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Stable sort: tests that destroy the shared container state (purge) go last.
     items.sort(key=lambda item: item.get_closest_marker("system_last") is not None)
+    has_timeout = config.pluginmanager.hasplugin("timeout")
     for item in items:
         if Path(str(item.fspath)).parent == Path(__file__).parent:
             item.add_marker(pytest.mark.system)
+            if has_timeout and item.get_closest_marker("timeout") is None:
+                # The first test's setup may build the root file system (network, ~1 min)
+                # and the .deb, and wait for another session's container.
+                item.add_marker(pytest.mark.timeout(SYSTEM_TEST_TIMEOUT))
 
 
 _SKIP_REASON: str | None = None
