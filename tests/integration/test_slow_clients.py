@@ -176,3 +176,36 @@ def test_listen_backlog_takes_a_burst_of_connections(
     out = subprocess.run([ss, "-Hltn", f"sport = :{ports['explicit']}"], capture_output=True,
                          text=True, check=True).stdout.split()
     assert int(out[2]) == min(LISTEN_BACKLOG, somaxconn), out  # Send-Q of a listener = backlog
+
+
+def _rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+
+
+def test_memory_per_idle_tls_session_stays_under_64_kib(
+    pki: support.Pki, tmp_path: Path, start_server: Any
+) -> None:
+    """200 logged-in idle TLS sessions; a wide passive range must not cost per session."""
+    count = 200
+    config, ports = policy_config(
+        pki, tmp_path, server_extra=f"""passive_ports = 50000-52999
+        max_connections = {count + 20}
+        max_connections_per_ip = {count + 20}""",
+    )
+    server = start_server(config)
+    warm = support.explicit_client(pki, HOST, ports["explicit"])  # first-use allocations
+    warm.login("alice", PASSWORD)
+    time.sleep(0.5)
+    before = _rss_kib(server.pid)
+    held = []
+    for _ in range(count):
+        ftp = support.explicit_client(pki, HOST, ports["explicit"])
+        ftp.login("alice", PASSWORD)
+        held.append(ftp)
+    time.sleep(0.5)
+    per_session = (_rss_kib(server.pid) - before) / count
+    print(f"server RSS per idle TLS session: {per_session:.1f} KiB")
+    for ftp in [warm, *held]:
+        ftp.close()
+    assert per_session <= 64, f"{per_session:.1f} KiB per idle TLS session"
