@@ -6,8 +6,9 @@ lines of every private key file the suite wrote. They are then looked for in
 
 - every file under the session's pytest temporary directory that is not a deliberate input:
   server logs, state and spool files, check/remind output, pending-certificate records. Key
-  files (a PRIVATE KEY block in a .key/.pem) and configuration sources (.ini, .yml, .yaml,
-  .j2, .conf, .cfg) hold secrets on purpose and are skipped;
+  files (a PRIVATE KEY block in a .key/.pem), configuration sources (.ini, .yml, .yaml, .j2,
+  .conf, .cfg) and credential files (one secret and nothing else, e.g. an SMTP password file)
+  hold secrets on purpose and are skipped;
 - every captured stdout/stderr/log section and failure report of the tests.
 
 A finding names the place and the kind of secret, never the secret itself.
@@ -110,6 +111,8 @@ def scan_files(root: Path, secrets: Secrets) -> list[Finding]:
     for path, data in _files(root):
         if _is_key_file(path, data) or path.suffix in CONFIG_SUFFIXES:
             continue
+        if data.strip() in secrets.values:
+            continue  # a credential file (e.g. smtp_password_file): the secret and nothing else
         for kind in _search(data, secrets):
             findings.append(Finding(str(path.relative_to(root)), kind))
     return findings

@@ -26,6 +26,7 @@ def test_scan_finds_passwords_hashes_and_key_lines_but_skips_inputs() -> None:
         (root / "state" / "mail.eml").write_text(f"Subject: x\n\npassword {password}\n")
         (root / "dump.txt").write_bytes(key_pem)  # a whole key where no key belongs
         (root / "clean.json").write_text('{"fine": true}')
+        (root / "smtp-password").write_text(password + "\n")  # a credential file: an input
         secrets = secret_scan.gather_secrets(root)
         secrets.values[password.encode()] = "password"
         found = {(f.where, f.kind) for f in secret_scan.scan_files(root, secrets)}
@@ -33,7 +34,7 @@ def test_scan_finds_passwords_hashes_and_key_lines_but_skips_inputs() -> None:
     assert ("server.log", "private key line") in found
     assert ("state/mail.eml", "password") in found
     assert ("dump.txt", "a PRIVATE KEY block") in found
-    assert not {w for w, _ in found} & {"server.key", "site.ini", "clean.json"}
+    assert not {w for w, _ in found} & {"server.key", "site.ini", "clean.json", "smtp-password"}
     assert [str(f) for f in texts] == ["t::x [stdout]: password"]
     assert all(password not in str(f) for f in texts)  # findings never repeat the secret
 
