@@ -29,6 +29,7 @@ import resource
 import shutil
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -246,6 +247,16 @@ def login_rate(server: Server, cafile: str, count: int, parallel: int) -> float:
     return done / (time.perf_counter() - t0)
 
 
+def listen_backlog(port: int) -> float:
+    """The accept queue length of the listener on `port` (Send-Q of `ss -ltn`), or NaN."""
+    ss = shutil.which("ss")
+    if ss is None:
+        return float("nan")
+    out = subprocess.run([ss, "-Hltn", f"sport = :{port}"], capture_output=True, text=True)
+    fields = out.stdout.split()
+    return float(fields[2]) if len(fields) > 2 else float("nan")
+
+
 def _raise_fd_limit() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -292,6 +303,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
             # idle sessions first, on a fresh server: afterwards the allocator would hand
             # out memory freed by the download phase and hide the growth
             print(f"{name}: {args.idle} idle sessions", file=sys.stderr)
+            results[name]["backlog"] = listen_backlog(server.port)
             rss, pss = idle_memory(server, cafile, args.idle)
             results[name].update(idle_rss=rss, idle_pss=pss)
             for label, ramp in (("burst", 0.0), ("ramp", args.ramp)):
@@ -314,7 +326,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
 
 def table(results: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     a, b = results["ftps-server"], results["vsftpd"]
-    rows = []
+    rows = [("listen backlog (accept queue)", "backlog", "{:.0f}")]
     for label, how in (("burst", "all started at once"), ("ramp", f"started over {args.ramp} s")):
         rows += [
             (f"{args.sessions} sessions x 1 MiB, {how}: failures", f"{label}_failures", "{:.0f}"),
