@@ -156,7 +156,9 @@ def make_case(rng: random.Random, hello: bytes) -> Case:
         n = rng.randint(3, 12)
         while len(case.chunks) < n:
             if rng.random() < 0.15:
-                case.chunks += [c.encode() + b"\r\n" for c in rng.choice(SEQUENCES)]
+                # end whatever line came before: a PASS glued to an unterminated line would
+                # be that line's argument, and the server rightly logs those
+                case.chunks += [b"\r\n", *(c.encode() + b"\r\n" for c in rng.choice(SEQUENCES))]
             else:
                 case.chunks.append(_line(rng))
         case.login = kind != "plain" and rng.random() < 0.5
