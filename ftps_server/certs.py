@@ -139,14 +139,18 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
     )
 
 
+def _file_error(what: str, path: Path, exc: OSError) -> CertificateError:
+    if isinstance(exc, FileNotFoundError):
+        return CertificateError(f"{what} {path} does not exist")
+    return CertificateError(f"cannot read {what} {path}: {exc.strerror}")
+
+
 def load_chain(path: Path) -> list[x509.Certificate]:
     """Read a PEM chain (leaf first). Raises CertificateError(kind=missing|invalid)."""
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise CertificateError(f"certificate file {path} does not exist") from None
     except OSError as exc:
-        raise CertificateError(f"cannot read certificate file {path}: {exc.strerror}") from None
+        raise _file_error("certificate file", path, exc) from None
     try:
         chain = x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -164,10 +168,8 @@ def check_key_file_mode(path: Path, key_group: str) -> None:
     """
     try:
         st = path.stat()
-    except FileNotFoundError:
-        raise CertificateError(f"key file {path} does not exist") from None
     except OSError as exc:
-        raise CertificateError(f"cannot read key file {path}: {exc.strerror}") from None
+        raise _file_error("key file", path, exc) from None
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o007:
         raise CertificateError(
@@ -193,7 +195,7 @@ def load_key_matching(path: Path, cert: x509.Certificate, key_group: str) -> Non
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise CertificateError(f"cannot read key file {path}: {exc.strerror}") from None
+        raise _file_error("key file", path, exc) from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:

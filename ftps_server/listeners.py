@@ -73,9 +73,6 @@ class ListenerServer(FTPServer):
         self.max_cons = config.server.max_connections
         self.max_cons_per_ip = config.server.max_connections_per_ip
 
-    def handle_accepted(self, sock: socket.socket, addr: Any) -> Any:
-        return super().handle_accepted(sock, addr)
-
 
 def _bind(address: str, port: int) -> socket.socket:
     if address == "*":

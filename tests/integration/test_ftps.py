@@ -318,6 +318,7 @@ def test_user_before_auth_is_refused(site: Site) -> None:
     ftp.close()
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 @pytest.mark.parametrize(
     ("version", "accepted"),
     [("TLSv1", False), ("TLSv1_1", False), ("TLSv1_2", True), ("TLSv1_3", True)],
