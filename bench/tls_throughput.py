@@ -28,13 +28,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ftps_server.demo import write_pem  # noqa: E402
 from ftps_server.passwords import hash_password  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -59,17 +60,7 @@ def _cert(directory: Path) -> tuple[Path, Path]:
         )
         .sign(key, hashes.SHA256())
     )
-    cert_path, key_path = directory / "bench.pem", directory / "bench.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
+    return write_pem(directory, "bench", cert, key), directory / "bench.key"
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from .daemon import Daemon
 from .passwords import HashParams, hash_password
 
-__all__ = ["register"]
+__all__ = ["make_demo", "register", "write_pem"]
 
 _KEY = ec.EllipticCurvePrivateKey
 
@@ -64,7 +64,8 @@ def _issue(
     return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
 
 
-def _write(directory: Path, name: str, cert: x509.Certificate, key: _KEY | None) -> Path:
+def write_pem(directory: Path, name: str, cert: x509.Certificate, key: Any = None) -> Path:
+    """Write NAME.pem (and NAME.key, mode 0600, when a private key is given)."""
     path = directory / f"{name}.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     if key is not None:
@@ -86,10 +87,10 @@ def make_demo(directory: Path, ports: dict[str, int]) -> tuple[Path, str]:
     tls.mkdir(mode=0o700)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _issue("ftps-server demo CA", ca_key, None, "ca")
-    _write(tls, "ca", ca, None)
+    write_pem(tls, "ca", ca, None)
     for name, usage in (("server", "server"), ("client", "client")):
         key = ec.generate_private_key(ec.SECP256R1())
-        _write(tls, name, _issue(f"demo {name}", key, (ca, ca_key), usage), key)
+        write_pem(tls, name, _issue(f"demo {name}", key, (ca, ca_key), usage), key)
     home = directory / "home" / "demo"
     home.mkdir(parents=True)
     (home / "hello.txt").write_text("Hello from ftps-server.\n")
