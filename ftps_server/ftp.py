@@ -294,7 +294,8 @@ class FtpsHandler(TlsChannel, FTPHandler):
         self.tls_problem = self.state.tls.problem_for(self.local_ip)
         self.masquerade_address = self._nat_address()
         if self.tls_context is not None:
-            self._extra_feats = ["AUTH TLS", "AUTH SSL", "PBSZ", "PROT"]
+            auth = [] if self._implicit else ["AUTH TLS", "AUTH SSL"]
+            self._extra_feats = [*auth, "PBSZ", "PROT"]
             if self._ccc_allowed:
                 self._extra_feats.append("CCC")
 

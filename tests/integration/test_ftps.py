@@ -132,6 +132,8 @@ def test_ftplib_explicit_tls_p_protects_data_from_the_start(site: Site) -> None:
 
 def test_ftplib_implicit(site: Site) -> None:
     ftp = support.implicit_client(site.pki, "127.0.0.3", site.ports["implicit"])
+    feat = ftp.sendcmd("FEAT")
+    assert " PROT" in feat and "AUTH TLS" not in feat  # already TLS: AUTH is not on offer
     ftp.login("alice", PASSWORD)
     _roundtrip(ftp)
     ftp.quit()
