@@ -14,11 +14,13 @@ in AES, not in syscalls and the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
@@ -202,31 +204,42 @@ class TlsChannel:
     def _tls_handshake(self) -> None:
         assert self.tls is not None
         try:
-            while True:
-                try:
-                    self.tls.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    self._tls_flush()
-                    if not self._tls_fill():
-                        self._tls_update_events()
-                        return
+            if not self._tls_drive(self.tls.do_handshake):
+                return
         except (ssl.SSLError, OSError, TlsPeerGone) as exc:
             self._tls_cancel_timer()
             self._tls_try_flush()
-            self.tls_failed(describe_ssl_error(exc) if not isinstance(exc, TlsPeerGone)
-                            else "connection closed during the handshake")
+            self.tls_failed(
+                describe_ssl_error(exc)
+                if not isinstance(exc, TlsPeerGone)
+                else "connection closed during the handshake"
+            )
             return
         self._tls_cancel_timer()
         self._tls_set_state(TlsState.ESTABLISHED)
         self._tls_try_flush()
         self._tls_update_events()
         self.tls_established()
-        if self.tls_state is TlsState.ESTABLISHED and self._tls_in is not None and (
-            self._tls_in.pending
+        if (
+            self.tls_state is TlsState.ESTABLISHED
+            and self._tls_in is not None
+            and (self._tls_in.pending)
         ):
             # the client's first command may have come in the same read as its Finished
             self.handle_read_event()
+
+    def _tls_drive(self, step: Callable[[], object]) -> bool:
+        """Run a TLS step (handshake, CCC unwrap) until it completes: True, or False when it
+        waits for the peer (the loop's events are then set to come back)."""
+        while True:
+            try:
+                step()
+                return True
+            except ssl.SSLWantReadError:
+                self._tls_flush()
+                if not self._tls_fill():
+                    self._tls_update_events()
+                    return False
 
     def _tls_try_flush(self) -> None:
         try:
@@ -238,17 +251,12 @@ class TlsChannel:
         """Send close_notify and close, or (CCC) wait for the peer's and go on in clear."""
         assert self.tls is not None
         try:
-            while True:
-                try:
-                    self.tls.unwrap()
-                    break
-                except ssl.SSLWantReadError:
-                    if not self._tls_ccc:
-                        break  # our close_notify is queued; the peer's is not needed
-                    self._tls_flush()
-                    if not self._tls_fill():
-                        self._tls_update_events()
-                        return
+            if self._tls_ccc:
+                if not self._tls_drive(self.tls.unwrap):
+                    return
+            else:
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    self.tls.unwrap()  # queues our close_notify; the peer's is not needed
             done = self._tls_flush()
         except (ssl.SSLError, OSError, ValueError, TlsPeerGone):
             self._tls_ccc, done = False, True
