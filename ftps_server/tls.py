@@ -12,7 +12,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from .certs import EntryStatus, inspect_entry
-from .config import CertificateEntry, Config
+from .config import PORT_KINDS, CertificateEntry, Config
 
 __all__ = ["MOZILLA_INTERMEDIATE_CIPHERS", "TlsContexts", "build_contexts", "client_cert_mode"]
 
@@ -54,6 +54,7 @@ class TlsContexts:
 
     config: Config
     statuses: dict[str, EntryStatus]
+    modes: dict[str, ssl.VerifyMode]  # listener kind -> client-certificate policy
     contexts: dict[tuple[str, ssl.VerifyMode], ssl.SSLContext] = field(default_factory=dict)
 
     def entry_for(self, local_address: str) -> CertificateEntry | None:
@@ -75,11 +76,7 @@ class TlsContexts:
         entry = self.entry_for(local_address)
         if entry is None:
             return None
-        return self.contexts.get((entry.name, client_cert_mode(self.config, kind)))
-
-    def usable_names(self) -> list[str]:
-        """Names of the certificate sections that are being served."""
-        return sorted({name for name, _ in self.contexts})
+        return self.contexts.get((entry.name, self.modes[kind]))
 
 
 def _new_context(config: Config, entry: CertificateEntry, mode: ssl.VerifyMode) -> ssl.SSLContext:
@@ -132,9 +129,12 @@ def build_contexts(config: Config) -> TlsContexts:
     statuses = {
         e.name: inspect_entry(e, key_group=config.server.key_group) for e in config.certificates
     }
-    tls = TlsContexts(config, statuses)
+    # decided once per configuration, not per connection: it looks at every user
+    tls = TlsContexts(
+        config, statuses, {kind: client_cert_mode(config, kind) for kind in PORT_KINDS}
+    )
     kinds = {kind for kind, _ in config.ports.enabled()} or {"explicit"}
-    modes = {client_cert_mode(config, kind) for kind in kinds}
+    modes = {tls.modes[kind] for kind in kinds}
     for entry in config.certificates:
         status = statuses[entry.name]
         if not status.usable:
