@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ftplib
+import io
 import os
 import signal
 import socket
@@ -254,6 +255,15 @@ class ImplicitFTP_TLS(ReusingFTP_TLS):
         self.file = self.sock.makefile("r", encoding=self.encoding)
         self.welcome = self.getresp()
         return self.welcome
+
+
+def store_and_fetch(ftp: ftplib.FTP, size: int, name: str = "blob.bin") -> None:
+    """Upload `size` random bytes as `name`, download them again, assert they are identical."""
+    data = os.urandom(size)
+    ftp.storbinary(f"STOR {name}", io.BytesIO(data))
+    got = io.BytesIO()
+    ftp.retrbinary(f"RETR {name}", got.write)
+    assert got.getvalue() == data
 
 
 def explicit_client(

@@ -32,11 +32,7 @@ def _login(pki: support.Pki, port: int, implicit: bool = False) -> support.Reusi
 
 
 def _roundtrip(ftp: ftplib.FTP, size: int = 100_000) -> None:
-    data = os.urandom(size)
-    ftp.storbinary("STOR ok.bin", io.BytesIO(data))
-    got = io.BytesIO()
-    ftp.retrbinary("RETR ok.bin", got.write)
-    assert got.getvalue() == data
+    support.store_and_fetch(ftp, size, "ok.bin")
 
 
 # --- disk full -----------------------------------------------------------------------------
@@ -49,8 +45,11 @@ def small_home(tmp_path: Path) -> Iterator[Path]:
     home.mkdir(parents=True)
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0750", "tmpfs", str(home)],
-                           capture_output=True, text=True)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0750", "tmpfs", str(home)],
+        capture_output=True,
+        text=True,
+    )
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
     try:
@@ -101,7 +100,9 @@ def test_deleted_certificate_files_keep_serving_and_check_tells(
     ftp.quit()
     check = subprocess.run(
         [sys.executable, "-m", "ftps_server", "check", "--config", str(config), "--json"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "PYTHONPATH": str(support.ROOT)},
     )
     assert check.returncode == 2, check.stdout + check.stderr  # CRITICAL: the disk is wrong
@@ -130,13 +131,17 @@ def test_reload_while_100_sessions_transfer(
         def take(block: bytes) -> None:
             out.write(block)
             time.sleep(0.02)  # stretch the transfer so the reload lands in the middle
+
         return take
 
     def session(i: int) -> None:
         t0 = time.monotonic()
         try:
-            ftp = (_login(pki, ports["explicit"]) if i % 2
-                   else _login(pki, ports["implicit"], implicit=True))
+            ftp = (
+                _login(pki, ports["explicit"])
+                if i % 2
+                else _login(pki, ports["implicit"], implicit=True)
+            )
             started.wait()
             if i % 4 == 0:  # uploads too
                 ftp.storbinary(f"STOR up{i}.bin", io.BytesIO(source), blocksize=16384)
@@ -207,4 +212,3 @@ def test_smtp_unreachable_service_unaffected_alert_spooled(
     _roundtrip(ftp)
     ftp.quit()
     assert server.proc.poll() is None
-

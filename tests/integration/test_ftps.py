@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ftplib
-import io
 import os
 import shutil
 import socket
@@ -99,11 +98,7 @@ def site(pki: support.Pki, tmp_path: Path, start_server: object) -> Site:
 
 
 def _roundtrip(ftp: ftplib.FTP, size: int = 3_000_001) -> None:
-    data = os.urandom(size)
-    ftp.storbinary("STOR blob.bin", io.BytesIO(data))
-    got = io.BytesIO()
-    ftp.retrbinary("RETR blob.bin", got.write)
-    assert got.getvalue() == data
+    support.store_and_fetch(ftp, size, "blob.bin")
     assert "blob.bin" in ftp.nlst()
     ftp.delete("blob.bin")
 
