@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .config import listener_name
+
 __all__ = ["Attempt", "Target", "run_attempt"]
 
 _REPLY_LINE = re.compile(rb"^(\d{3})([ -])(.*)$")
@@ -61,9 +63,8 @@ class Target:
     @property
     def label(self) -> str:
         """`address:port kind`, the name operators see."""
-        host = f"[{self.address}]" if ":" in self.address else self.address
         sni = f" SNI {self.server_name}" if self.server_name else ""
-        return f"{host}:{self.port} {self.kind}{sni}"
+        return f"{listener_name(self.address, self.port, self.kind)}{sni}"
 
 
 @dataclass

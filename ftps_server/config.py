@@ -32,6 +32,8 @@ __all__ = [
     "ServerConfig",
     "TlsConfig",
     "UserConfig",
+    "host_port",
+    "listener_name",
     "load",
     "normalize_address",
 ]
@@ -225,6 +227,16 @@ def _permissions(text: str) -> str:
 
 def _min_version(text: str) -> str:
     return ini.choice(TLS_VERSIONS)(text)
+
+
+def host_port(address: str, port: int) -> str:
+    """`192.0.2.1:21` or `[2001:db8::1]:21`."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def listener_name(address: str, port: int, kind: str) -> str:
+    """How a listener is named in logs, status, reminders and checks: '127.0.0.2:990 implicit'."""
+    return f"{host_port(address, port)} {kind}"
 
 
 # --- sections ------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 from pyftpdlib.servers import FTPServer
 
 from . import auth
-from .config import Config
+from .config import Config, listener_name
 from .ftp import FtpsHandler
 from .tls import TlsContexts, build_contexts
 
@@ -90,12 +90,6 @@ def _bind(address: str, port: int) -> socket.socket:
         return socket.create_server(("0.0.0.0", port), backlog=LISTEN_BACKLOG)
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     return socket.create_server((address, port), family=family, backlog=LISTEN_BACKLOG)
-
-
-def listener_name(address: str, port: int, kind: str) -> str:
-    """How a listener is named in logs, status and checks: '127.0.0.2:990 implicit'."""
-    host = f"[{address}]" if ":" in address else address
-    return f"{host}:{port} {kind}"
 
 
 class Listeners:

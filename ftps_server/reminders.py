@@ -25,7 +25,7 @@ from typing import Any
 
 from . import mail, message_ids
 from .certs import CertInfo, inspect_entry, utcnow
-from .config import CertificateEntry, Config
+from .config import CertificateEntry, Config, host_port
 from .errors import ConfigError, FtpsServerError
 from .reminder_store import State, Store
 
@@ -55,11 +55,7 @@ class Listener:
     port: int
 
     def __str__(self) -> str:
-        return (
-            f"[{self.address}]:{self.port}"
-            if ":" in self.address
-            else f"{self.address}:{self.port}"
-        )
+        return host_port(self.address, self.port)
 
 
 @dataclass(frozen=True)
