@@ -20,9 +20,10 @@ from typing import Any
 from pyftpdlib.ioloop import IOLoop
 
 from . import config as config_mod
-from . import message_ids
+from . import message_ids, reminders
 from .errors import FtpsServerError
 from .listeners import Listeners, ServerState, build_state
+from .tls import build_contexts
 
 __all__ = ["Daemon", "notify", "register"]
 
@@ -126,11 +127,6 @@ class Daemon:
         self.ioloop.call_every(interval, lambda: notify("WATCHDOG=1"))
 
     def _remind_in_background(self, config: config_mod.Config) -> None:
-        try:
-            from . import reminders
-        except ImportError:  # pragma: no cover - reminders ship with the package
-            return
-
         def run() -> None:
             try:
                 reminders.run_reminders(config, reminders.now())
@@ -192,8 +188,6 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     path = Path(args.file or args.config)
     config = config_mod.load(path)
-    from .tls import build_contexts
-
     tls = build_contexts(config) if args.certificates else None
     print(
         f"{path}: OK ({len(config.listeners())} listeners, "
