@@ -368,7 +368,6 @@ class FtpsHandler(TlsChannel, FTPHandler):
             self.remote_ip,
             self.listener_name,
         )
-        self.modify_ioloop_events(self.tls_io_events())
         if self._implicit:
             FTPHandler.handle(self)  # the 220 banner, now inside TLS
 
