@@ -66,8 +66,6 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
                 "522 Data connection must resume the TLS session of the control "
                 "connection (session reuse required)."
             )
-            return
-        self._tls_update_events()
 
     def tls_failed(self, reason: str) -> None:
         log.info(
