@@ -51,7 +51,7 @@ from tls_throughput import (  # noqa: E402
     start_vsftpd,
 )
 
-from ftps_server.passwords import HashParams, hash_password  # noqa: E402
+from ftps_server.pki.passwords import HashParams, hash_password  # noqa: E402
 
 # own user and ports, so that a tls_throughput.py run at the same time is left alone
 BENCH_USER = tls_throughput.BENCH_USER = "ftpload"

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ftps_server.demo import write_pem  # noqa: E402
-from ftps_server.passwords import hash_password  # noqa: E402
+from ftps_server.pki.passwords import hash_password  # noqa: E402
 
 HOST = "127.0.0.1"
 BENCH_USER = "ftpbench"

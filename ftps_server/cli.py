@@ -1,29 +1,34 @@
 """Command line: parse arguments and dispatch; each subcommand lives in its own module.
 
-A module named in `_COMMAND_MODULES` exposes `register(subparsers)`, which adds its
-subcommand and sets `func=run` where `run(args) -> int` returns the exit status.
+Every command module is imported here by name and listed in `_COMMANDS`: its
+`register(subparsers)` adds its subcommand and sets `func=run` where `run(args) -> int`
+returns the exit status.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from . import __version__
+from . import __version__, daemon, demo
+from .check import run as check
 from .errors import FtpsServerError
-from .journal import setup_logging
+from .journal.log import setup_logging
+from .pki import passwords
+from .reminders import command as remind
+from .server import pending
 
 __all__ = ["main"]
 
-_COMMAND_MODULES = (
-    "ftps_server.daemon",  # serve, check-config
-    "ftps_server.demo",  # demo
-    "ftps_server.check",  # check
-    "ftps_server.passwords",  # hash-password
-    "ftps_server.pending",  # pending-certs
-    "ftps_server.remind",  # remind
+_COMMANDS: tuple[Callable[[Any], None], ...] = (
+    daemon.register,  # serve, check-config
+    demo.register,  # demo
+    check.register,  # check
+    passwords.register,  # hash-password
+    pending.register,  # pending-certs
+    remind.register,  # remind
 )
 
 
@@ -33,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ftps-server {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for register in _COMMANDS:
+        register(subparsers)
     return parser
 
 

@@ -19,11 +19,12 @@ from typing import Any
 
 from pyftpdlib.ioloop import IOLoop
 
-from . import config as config_mod
-from . import message_ids, reminders
+from .config import model as config_mod
 from .errors import FtpsServerError
-from .listeners import Listeners, ServerState, build_state
-from .tls import build_contexts
+from .journal import message_ids
+from .reminders import run as reminders
+from .server.listeners import Listeners, ServerState, build_state
+from .server.tls import build_contexts
 
 __all__ = ["Daemon", "notify", "register"]
 

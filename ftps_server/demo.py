@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .daemon import Daemon
-from .passwords import HashParams, hash_password
+from .pki.passwords import HashParams, hash_password
 
 __all__ = ["make_demo", "register", "write_pem"]
 

@@ -351,7 +351,7 @@ def test_rendered_config_passes_the_servers_loader(ansible: Ansible, pki: dict[s
     path = Path(pki["dir"]) / "ftps-server.ini"
     path.write_text(text)
     path.chmod(0o600)
-    config_mod = pytest.importorskip("ftps_server.config")
+    config_mod = pytest.importorskip("ftps_server.config.model")
     config = config_mod.load(path)
     assert [c.name for c in config.certificates] == ["main", "partners"]
     assert config.certificate_for("192.0.2.11").name == "partners"

@@ -447,7 +447,7 @@ def test_unreadable_config_is_unknown(tmp_path: Path) -> None:
 # under /root here, so `runuser` could not even start it as another user.
 _AS_NOBODY = """
 import argparse, encodings.idna, os, sys
-import ftps_server.check as check
+import ftps_server.check.run as check
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 parser = argparse.ArgumentParser(); check.register(parser.add_subparsers())
 args = parser.parse_args(sys.argv[1:]); sys.exit(args.func(args))

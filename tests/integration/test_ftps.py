@@ -16,7 +16,7 @@ import pytest
 import support
 from cryptography.hazmat.primitives import hashes
 
-from ftps_server.passwords import HashParams, hash_password
+from ftps_server.pki.passwords import HashParams, hash_password
 
 PASSWORD = "Correct-Horse-Battery-9"
 FAST_HASH = hash_password(PASSWORD, HashParams(ln=10, r=8, p=1))

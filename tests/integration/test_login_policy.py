@@ -37,7 +37,7 @@ from support import (
     write_config,
 )
 
-from ftps_server.passwords import HashParams, hash_password
+from ftps_server.pki.passwords import HashParams, hash_password
 
 HOST = "127.0.0.1"
 KINDS = ("explicit", "implicit", "client_cert_explicit", "client_cert_implicit")

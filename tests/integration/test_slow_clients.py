@@ -28,7 +28,7 @@ import support
 from test_ftp_policy import _config as policy_config
 from test_ftps import PASSWORD
 
-from ftps_server.listeners import LISTEN_BACKLOG
+from ftps_server.server.listeners import LISTEN_BACKLOG
 
 HOST = "127.0.0.1"
 COUNT = int(os.environ.get("FTPS_SLOW_CLIENTS", "100"))

@@ -35,7 +35,7 @@ from container import CT_ADDR, EXTRA_ADDRS, Container
 
 trustme = pytest.importorskip("trustme")
 
-from ftps_server.passwords import hash_password  # noqa: E402  (this tree, via conftest)
+from ftps_server.pki.passwords import hash_password  # noqa: E402  (this tree, via conftest)
 
 HOST = "ftps-test"
 ADDR_A = CT_ADDR  # 10.77.0.2, already on host0

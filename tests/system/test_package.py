@@ -12,7 +12,7 @@ import pytest
 from conftest import build_deb, wait_active
 from container import CT_ADDR, EXTRA_ADDRS, Container
 
-from ftps_server import message_ids
+import ftps_server.journal.message_ids as message_ids
 
 
 def test_lintian_clean(deb_path: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 from conftest import wait_active
 from container import CT_ADDR, EXTRA_ADDRS, HOST_ADDR, Container
 
-from ftps_server import message_ids
+import ftps_server.journal.message_ids as message_ids
 
 UNIT = "ftps-server"
 

@@ -16,9 +16,9 @@ import trustme
 from cryptography import x509
 from pyftpdlib.ioloop import IOLoop
 
-from ftps_server import config as config_mod
-from ftps_server.certs import fingerprint
-from ftps_server.passwords import HashParams, hash_password
+import ftps_server.config.model as config_mod
+from ftps_server.pki.certs import fingerprint
+from ftps_server.pki.passwords import HashParams, hash_password
 
 # cheap hashes keep unit tests fast; the cost parameters are tested in test_passwords
 FAST = HashParams(ln=4, r=8, p=1)

@@ -20,8 +20,8 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from ftps_server import journal
-from ftps_server.config import Config, load
+import ftps_server.journal.log as journal
+from ftps_server.config.model import Config, load
 
 UTC = dt.UTC
 AT = dt.datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -186,7 +186,7 @@ def write_config(
 
 
 class JournalCapture(logging.Handler):
-    """Keeps every record as the journal fields `ftps_server.journal` would send."""
+    """Keeps every record as the journal fields `ftps_server.journal.log` would send."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)

@@ -24,9 +24,10 @@ from auth_fakes import (
 )
 from pyftpdlib.ioloop import IOLoop
 
-from ftps_server import auth, message_ids
-from ftps_server.auth import Authenticator
-from ftps_server.certs import fingerprint
+import ftps_server.journal.message_ids as message_ids
+import ftps_server.server.auth as auth
+from ftps_server.pki.certs import fingerprint
+from ftps_server.server.auth import Authenticator
 
 DELAYS = (0.01, 0.04)
 
@@ -261,7 +262,7 @@ def test_client_gone_during_verification(state: State, ioloop: IOLoop) -> None:
 
 def test_unknown_user_costs_what_a_wrong_password_costs(tmp_path: Path, pki: Any) -> None:
     # a real cost (ln=14, tens of ms), so the hash dominates; medians damp scheduler noise
-    from ftps_server.passwords import HashParams, hash_password
+    from ftps_server.pki.passwords import HashParams, hash_password
 
     slow = hash_password(PASSWORD, HashParams(ln=14, r=8, p=1))
     path = write_config(tmp_path, pki)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ftps_server.bans import BanPolicy, FailureTracker
+from ftps_server.server.bans import BanPolicy, FailureTracker
 
 
 class Clock:

@@ -12,8 +12,8 @@ import support
 import trustme
 from cryptography.hazmat.primitives import serialization
 
-from ftps_server import certs
-from ftps_server.config import CertificateEntry
+import ftps_server.pki.certs as certs
+from ftps_server.config.model import CertificateEntry
 
 
 def _entry(files: support.CertFiles) -> CertificateEntry:

@@ -19,10 +19,10 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ftps_server import check, check_report
-from ftps_server.certs import cert_info, fingerprint
-from ftps_server.check_probe import Attempt, Target
-from ftps_server.check_verdict import (
+import ftps_server.check.report as check_report
+import ftps_server.check.run as check
+from ftps_server.check.probe import Attempt, Target
+from ftps_server.check.verdict import (
     Configured,
     ListenerReport,
     Observation,
@@ -31,7 +31,8 @@ from ftps_server.check_verdict import (
     judge,
     worst,
 )
-from ftps_server.config import CertificateEntry, load
+from ftps_server.config.model import CertificateEntry, load
+from ftps_server.pki.certs import cert_info, fingerprint
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "check.schema.json").read_text())

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from ftps_server import journal, message_ids
+import ftps_server.journal.log as journal
+import ftps_server.journal.message_ids as message_ids
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,9 +148,9 @@ _NATIVE_RECEIVER = textwrap.dedent(
     sock.bind("/run/systemd/journal/socket")
     sock.settimeout(20)
     os.environ["FTPS_SERVER_LOG"] = "journal"
-    from ftps_server import journal
+    import ftps_server.journal.log as journal
     journal.setup_logging(False)
-    logging.getLogger("ftps_server.reminders").critical(
+    logging.getLogger("ftps_server.reminders.run").critical(
         "certificate main expired", extra={"fields": json.loads(sys.argv[1])})
     data, fields = sock.recv(1 << 20), {}
     while data:  # the journal's native protocol: KEY=value lines or KEY, u64 length, value

@@ -21,8 +21,9 @@ from reminder_support import (
     write_config,
 )
 
-from ftps_server import mail, reminders
-from ftps_server.config import AlertsConfig, Config
+import ftps_server.reminders.mail as mail
+import ftps_server.reminders.run as reminders
+from ftps_server.config.model import AlertsConfig, Config
 from ftps_server.errors import ConfigError, DeliveryError
 
 

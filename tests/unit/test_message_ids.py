@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ftps_server import message_ids
+import ftps_server.journal.message_ids as message_ids
 
 CATALOG = Path(__file__).resolve().parents[2] / "systemd" / "ftps-server.catalog"
 

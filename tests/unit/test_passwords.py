@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ftps_server import cli, config
-from ftps_server.passwords import (
+import ftps_server.config.model as config
+from ftps_server import cli
+from ftps_server.pki.passwords import (
     DEFAULT_PARAMS,
     HashParams,
     PasswordError,

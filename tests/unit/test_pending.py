@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from auth_fakes import load, make_pki, write_config
 
-from ftps_server import cli, config
-from ftps_server.certs import fingerprint
-from ftps_server.pending import PendingStore, suggestion
+import ftps_server.config.model as config
+from ftps_server import cli
+from ftps_server.pki.certs import fingerprint
+from ftps_server.server.pending import PendingStore, suggestion
 
 T0 = dt.datetime(2026, 11, 27, 2, 0, tzinfo=dt.UTC)
 

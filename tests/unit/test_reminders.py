@@ -27,8 +27,10 @@ from reminder_support import (
     write_config,
 )
 
-from ftps_server import message_ids, remind, reminders
-from ftps_server.config import Config
+import ftps_server.journal.message_ids as message_ids
+import ftps_server.reminders.command as remind
+import ftps_server.reminders.run as reminders
+from ftps_server.config.model import Config
 from ftps_server.errors import ConfigError
 
 DAY = dt.timedelta(days=1)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pyftpdlib.authorizers import AuthenticationFailed
 
-from ftps_server.config import Config, UserConfig
-from ftps_server.users import JailedFS, UserAuthorizer, ensure_homes
+from ftps_server.config.model import Config, UserConfig
+from ftps_server.server.users import JailedFS, UserAuthorizer, ensure_homes
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import threading
 from auth_fakes import run_until
 from pyftpdlib.ioloop import IOLoop
 
-from ftps_server.wakeup import LoopWaker
+from ftps_server.server.wakeup import LoopWaker
 
 
 def test_many_threads_many_callbacks() -> None:

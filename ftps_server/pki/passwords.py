@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .errors import FtpsServerError
+from ..errors import FtpsServerError
 
 __all__ = [
     "DEFAULT_PARAMS",

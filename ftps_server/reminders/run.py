@@ -23,11 +23,12 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from . import mail, message_ids
-from .certs import CertInfo, inspect_entry, utcnow
-from .config import CertificateEntry, Config, host_port
-from .errors import ConfigError, FtpsServerError
-from .reminder_store import State, Store
+from ..config.model import CertificateEntry, Config, host_port
+from ..errors import ConfigError, FtpsServerError
+from ..journal import message_ids
+from ..pki.certs import CertInfo, inspect_entry, utcnow
+from . import mail
+from .store import State, Store
 
 __all__ = ["Finding", "Listener", "Report", "evaluate", "now", "parse_time", "run_reminders"]
 

@@ -11,8 +11,8 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 
-from .certs import EntryStatus, inspect_entry
-from .config import PORT_KINDS, CertificateEntry, Config
+from ..config.model import PORT_KINDS, CertificateEntry, Config
+from ..pki.certs import EntryStatus, inspect_entry
 
 __all__ = ["MOZILLA_INTERMEDIATE_CIPHERS", "TlsContexts", "build_contexts", "client_cert_mode"]
 

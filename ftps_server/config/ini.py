@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "Section",

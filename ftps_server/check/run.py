@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import check_report
-from .certs import cert_info, fingerprint, load_chain, utcnow
-from .check_probe import Attempt, Target, run_attempt
-from .check_verdict import Configured, Observation, RunReport, Status, judge, worst
-from .config import DEFAULT_CONFIG_PATH, Config, load, normalize_address
-from .errors import CertificateError, CheckError, ConfigError
+from ..config.model import DEFAULT_CONFIG_PATH, Config, load, normalize_address
+from ..errors import CertificateError, CheckError, ConfigError
+from ..pki.certs import cert_info, fingerprint, load_chain, utcnow
+from . import report as check_report
+from .probe import Attempt, Target, run_attempt
+from .verdict import Configured, Observation, RunReport, Status, judge, worst
 
 __all__ = ["check", "observe", "register", "run", "targets"]
 

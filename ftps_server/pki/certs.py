@@ -19,8 +19,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
-from .config import CertificateEntry
-from .errors import CertificateError
+from ..config.model import CertificateEntry
+from ..errors import CertificateError
 
 __all__ = [
     "CertInfo",

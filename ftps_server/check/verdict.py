@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from .certs import CertInfo, cert_info
-from .check_probe import Attempt, Target
-from .config import CertificateEntry, normalize_address
+from ..config.model import CertificateEntry, normalize_address
+from ..pki.certs import CertInfo, cert_info
+from .probe import Attempt, Target
 
 __all__ = [
     "Configured",

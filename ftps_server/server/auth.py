@@ -22,12 +22,12 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
-from . import message_ids
+from ..config.model import Config, UserConfig
+from ..journal import message_ids
+from ..pki.certs import cert_info, fingerprint, utcnow
+from ..pki.passwords import DEFAULT_PARAMS, HashParams, PasswordError, parse_hash
+from ..pki.passwords import verify_password as _verify_password
 from .bans import BanPolicy, Clock, FailureTracker
-from .certs import cert_info, fingerprint, utcnow
-from .config import Config, UserConfig
-from .passwords import DEFAULT_PARAMS, HashParams, PasswordError, parse_hash
-from .passwords import verify_password as _verify_password
 from .pending import PendingStore
 from .users import JailedFS, UserAuthorizer, ensure_homes
 from .wakeup import LoopWaker

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .config import listener_name
+from ..config.model import listener_name
 
 __all__ = ["Attempt", "Target", "run_attempt"]
 

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from .config import AlertsConfig, Config
-from .errors import ConfigError, DeliveryError
+from ..config.model import AlertsConfig, Config
+from ..errors import ConfigError, DeliveryError
 
 if TYPE_CHECKING:  # reminders imports this module; the type alone is needed here
-    from .reminders import Finding
+    from .run import Finding
 
 __all__ = [
     "CREDENTIAL_NAME",

@@ -20,8 +20,8 @@ from typing import Any
 
 from cryptography import x509
 
-from .certs import cert_info
-from .config import DEFAULT_CONFIG_PATH, Config, load
+from ..config.model import DEFAULT_CONFIG_PATH, Config, load
+from ..pki.certs import cert_info
 
 __all__ = ["PendingCert", "PendingStore", "register", "run", "suggestion"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from pyftpdlib.servers import FTPServer
 
+from ..config.model import Config, listener_name
 from . import auth
-from .config import Config, listener_name
 from .ftp import FtpsHandler
 from .tls import TlsContexts, build_contexts
 

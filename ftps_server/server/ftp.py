@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from cryptography import x509
 from pyftpdlib.handlers import DTPHandler, FTPHandler
 
+from ..config.model import normalize_address
 from . import auth
-from .config import normalize_address
 from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState
 
 if TYPE_CHECKING:

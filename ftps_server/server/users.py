@@ -15,7 +15,7 @@ from typing import Any
 from pyftpdlib.authorizers import AuthenticationFailed
 from pyftpdlib.filesystems import AbstractedFS
 
-from .config import Config, UserConfig
+from ..config.model import Config, UserConfig
 
 __all__ = ["JailedFS", "UserAuthorizer", "ensure_homes", "outside_sentinel"]
 

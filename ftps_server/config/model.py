@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from ..errors import ConfigError
+from ..pki.passwords import PasswordError, parse_hash
 from . import ini
-from .errors import ConfigError
 from .ini import normalize_address
-from .passwords import PasswordError, parse_hash
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",

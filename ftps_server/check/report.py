@@ -36,8 +36,8 @@ import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from .check_probe import Attempt
-    from .check_verdict import ListenerReport, RunReport
+    from .probe import Attempt
+    from .verdict import ListenerReport, RunReport
 
 __all__ = ["FORMAT_VERSION", "emit", "render_text", "summary_line", "to_json"]
 

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_CONFIG_PATH, load
-from .reminders import Finding, Report, now, parse_time, run_reminders
+from ..config.model import DEFAULT_CONFIG_PATH, load
+from .run import Finding, Report, now, parse_time, run_reminders
 
 __all__ = ["register", "run"]
 
