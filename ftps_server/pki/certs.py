@@ -13,14 +13,17 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
-from ..config.model import CertificateEntry
 from ..errors import CertificateError
+
+if TYPE_CHECKING:  # only the type: config imports pki (passwords), pki reads no config
+    from ..config.model import CertificateEntry
 
 __all__ = [
     "CertInfo",

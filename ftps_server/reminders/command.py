@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config.model import DEFAULT_CONFIG_PATH, load
-from .run import Finding, Report, now, parse_time, run_reminders
+from .findings import Finding
+from .run import Report, now, parse_time, run_reminders
 
 __all__ = ["register", "run"]
 

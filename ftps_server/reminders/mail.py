@@ -20,15 +20,13 @@ import ssl
 from collections.abc import Mapping
 from email.message import EmailMessage
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 
 from ..config.model import AlertsConfig, Config
 from ..errors import ConfigError, DeliveryError
-
-if TYPE_CHECKING:  # reminders imports this module; the type alone is needed here
-    from .run import Finding
+from .findings import Finding
 
 __all__ = [
     "CREDENTIAL_NAME",

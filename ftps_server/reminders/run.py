@@ -14,7 +14,6 @@ expired, missing or invalid, or an email could not be delivered (it waits in the
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import os
@@ -23,11 +22,12 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from ..config.model import CertificateEntry, Config, host_port
+from ..config.model import CertificateEntry, Config
 from ..errors import ConfigError, FtpsServerError
 from ..journal import message_ids
-from ..pki.certs import CertInfo, inspect_entry, utcnow
+from ..pki.certs import inspect_entry, utcnow
 from . import mail
+from .findings import Finding, Listener
 from .store import State, Store
 
 __all__ = ["Finding", "Listener", "Report", "evaluate", "now", "parse_time", "run_reminders"]
@@ -37,83 +37,8 @@ log = logging.getLogger(__name__)
 #: Set to an ISO date or time to make `serve` and `remind` evaluate as of then (tests).
 NOW_ENV = "FTPS_SERVER_NOW"
 PROBLEMS = ("expired", "missing", "invalid")
-_MESSAGE_IDS = {
-    "expiring": message_ids.CERT_EXPIRING,
-    "expired": message_ids.CERT_EXPIRED,
-    "missing": message_ids.CERT_MISSING,
-    "invalid": message_ids.CERT_INVALID,
-}
 # How long a mailed threshold of a certificate no longer configured is remembered.
 _FORGET_DAYS = 40
-
-
-@dataclass(frozen=True)
-class Listener:
-    """One (address, kind, port) the server binds or serves with a certificate."""
-
-    address: str
-    kind: str
-    port: int
-
-    def __str__(self) -> str:
-        return host_port(self.address, self.port)
-
-
-@dataclass(frozen=True)
-class Finding:
-    """The condition of one certificate section (kind "certificate") or of one listener
-    address that no certificate section serves (kind "address", always `missing`)."""
-
-    kind: str
-    name: str
-    condition: str  # ok | expiring | expired | missing | invalid
-    problem: str | None = None
-    listeners: tuple[Listener, ...] = ()
-    entry: CertificateEntry | None = None
-    info: CertInfo | None = None
-    days_left: int | None = None
-    crossed: tuple[int, ...] = ()  # warn_days thresholds reached (expiring only)
-
-    @property
-    def subject(self) -> str:
-        """Stable identity for dedup: "certificate:NAME" or "address:ADDR"."""
-        return f"{self.kind}:{self.name}"
-
-    @property
-    def fingerprint(self) -> str | None:
-        """SHA-256 fingerprint of the certificate, when it could be read."""
-        return self.info.fingerprint if self.info else None
-
-    def journal_fields(self) -> dict[str, Any]:
-        """Structured journal fields of this finding (None values are dropped by the logger)."""
-        message_id = _MESSAGE_IDS.get(self.condition)
-        if self.kind == "address" and self.condition == "missing":
-            message_id = message_ids.LISTENER_NO_CERT
-        return {
-            "MESSAGE_ID": message_id,
-            "CONDITION": self.condition,
-            "CERT_NAME": self.entry.name if self.entry else None,
-            "CERT_PATH": str(self.entry.cert) if self.entry else None,
-            "CERT_FINGERPRINT": self.fingerprint,
-            "CERT_NOT_AFTER": self.info.not_after.isoformat() if self.info else None,
-            "DAYS_LEFT": self.days_left,
-            "LISTENER": ",".join(str(li) for li in self.listeners) or None,
-        }
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form for `remind --json`."""
-        return {
-            "kind": self.kind,
-            "name": self.name,
-            "condition": self.condition,
-            "problem": self.problem,
-            "cert_path": str(self.entry.cert) if self.entry else None,
-            "fingerprint": self.fingerprint,
-            "not_after": self.info.not_after.isoformat() if self.info else None,
-            "days_left": self.days_left,
-            "thresholds_crossed": list(self.crossed),
-            "listeners": [dataclasses.asdict(li) for li in self.listeners],
-        }
 
 
 @dataclass

@@ -11,17 +11,15 @@ import ipaddress
 import logging
 import re
 import ssl
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from cryptography import x509
 from pyftpdlib.handlers import DTPHandler, FTPHandler
 
 from ..config.model import normalize_address
 from . import auth
+from .state import AcceptingListener, ServerState
 from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState
-
-if TYPE_CHECKING:
-    from .listeners import ListenerServer, ServerState
 
 __all__ = ["FtpsDataHandler", "FtpsHandler"]
 
@@ -260,10 +258,10 @@ class FtpsHandler(TlsChannel, FTPHandler):
         }
     )
     banner = "ftps-server ready."
-    server: ListenerServer
+    server: AcceptingListener
     remote_ip: str
 
-    def __init__(self, conn: Any, server: ListenerServer, ioloop: Any = None) -> None:
+    def __init__(self, conn: Any, server: AcceptingListener, ioloop: Any = None) -> None:
         self.state: ServerState = server.state
         self.server_state = self.state  # the name auth's LoginHandler protocol uses
         self.listener_kind = server.kind

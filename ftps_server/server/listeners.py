@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from dataclasses import dataclass
 from typing import Any
 
 from pyftpdlib.servers import FTPServer
@@ -18,7 +17,8 @@ from pyftpdlib.servers import FTPServer
 from ..config.model import Config, listener_name
 from . import auth
 from .ftp import FtpsHandler
-from .tls import TlsContexts, build_contexts
+from .state import ServerState
+from .tls import build_contexts
 
 __all__ = ["ListenerServer", "Listeners", "ServerState", "build_state"]
 
@@ -29,15 +29,6 @@ log = logging.getLogger(__name__)
 # a banner until the SYN-ACK retries run out (~31 s) or for ever (syncookies). Sized for
 # max_connections, not pyftpdlib's default of 100.
 LISTEN_BACKLOG = 1024
-
-
-@dataclass(frozen=True)
-class ServerState:
-    """One configuration generation shared by the listeners and the sessions it started."""
-
-    config: Config
-    tls: TlsContexts
-    auth: Any  # auth.Authenticator
 
 
 def build_state(config: Config, previous: ServerState | None = None) -> ServerState:
