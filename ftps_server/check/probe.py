@@ -8,7 +8,7 @@ certificate finishes the handshake from the client's point of view and sends its
 client was let in.
 
 Every blocking call gets the time left until the run's deadline, so a listener that accepts TCP
-and never says a word costs at most that. Nothing here judges what it saw; `check` does.
+and never says a word costs at most that. Nothing here judges what it saw; `verdict` does.
 """
 
 from __future__ import annotations

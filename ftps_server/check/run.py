@@ -7,7 +7,7 @@ and, on client-certificate ports, that a client without a certificate is refused
 certificate files, never private keys, so it runs as any user.
 
 Verdicts follow the monitoring-plugin convention (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN);
-the output formats, including the `--json` structure, are documented in `check_report` and
+the output formats, including the `--json` structure, are documented in `report` and
 docs/check.md.
 """
 

@@ -3,7 +3,7 @@
 The generic half of the configuration: configparser errors become `ConfigError`s naming file,
 line and section; `Section` ticks off each key it reads so leftovers are "unknown key"
 errors; the value parsers raise ValueError with a message the section turns into an error
-naming the key. `config` holds what the keys mean.
+naming the key. `model` holds what the keys mean.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Rules (per calendar day in UTC):
   a missed day: one email); a new fingerprint starts afresh.
 - `expired`, `missing`, `invalid`: one email every day.
 - never two emails for the same certificate (or address) and condition on one day.
-Undelivered emails stay in the spool (see `reminder_store`) and are retried first next run.
+Undelivered emails stay in the spool (see `store`) and are retried first next run.
 
 `ftps-server remind` exit status: 0 all certificates ok; 1 something expiring; 2 something
 expired, missing or invalid, or an email could not be delivered (it waits in the spool).
