@@ -69,10 +69,6 @@ class UserAuthorizer:
         """The config of `username`, or None."""
         return self._users.get(username)
 
-    def has_user(self, username: str) -> bool:
-        """True when `username` is configured."""
-        return username in self._users
-
     def get_home_dir(self, username: str) -> str:
         """The real path of the user's home (the root of their jail)."""
         user = self._users.get(username)
