@@ -376,8 +376,11 @@ def test_unusable_state_dir_names_the_key(tmp_path: Path, smtp: SmtpServer) -> N
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-def test_run_as_root_keeps_files_owned_by_the_service_user(tmp_path: Path) -> None:
+def test_run_as_root_keeps_files_owned_by_the_service_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`remind` by hand as root must not lock the service user out of its own state."""
+    monkeypatch.setenv("FTPS_SERVER_SERVICE_USER", "4242")
     config = _config(tmp_path, free_port(), -1)  # SMTP down: a spool file is written too
     state = tmp_path / "state"
     state.mkdir()
