@@ -44,6 +44,7 @@ PORT_KINDS = ("explicit", "implicit", "client_cert_explicit", "client_cert_impli
 AUTH_POLICIES = ("password", "certificate", "certificate+password")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 SMTP_SECURITY = ("none", "starttls", "tls")
+MAIL_TRANSPORTS = ("sendmail", "smtp")
 PERMISSION_LETTERS = "elradfmwMT"
 _FINGERPRINT_RE = re.compile(r"^(?:sha256:)?([0-9A-Fa-f]{2}(?::?[0-9A-Fa-f]{2}){31})$")
 _HASH_RE = re.compile(r"^\$scrypt\$ln=\d+,r=\d+,p=\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
@@ -124,6 +125,8 @@ class UserConfig:
 class AlertsConfig:
     email_to: tuple[str, ...] = ()
     email_from: str = "ftps-server@localhost"
+    transport: str = "sendmail"
+    sendmail: Path = Path("/usr/sbin/sendmail")
     smtp_host: str = "localhost"
     smtp_port: int = 25
     smtp_security: str = "starttls"
@@ -326,6 +329,8 @@ def _alerts(s: ini.Section) -> AlertsConfig:
     return AlertsConfig(
         email_to=s.get("email_to", ini.comma_list, ()),
         email_from=s.get("email_from", str, d.email_from),
+        transport=s.get("transport", ini.choice(MAIL_TRANSPORTS), d.transport),
+        sendmail=s.get("sendmail", ini.abs_path, d.sendmail),
         smtp_host=s.get("smtp_host", str, d.smtp_host),
         smtp_port=s.get("smtp_port", ini.int_range(1, 65535), d.smtp_port),
         smtp_security=s.get("smtp_security", ini.choice(SMTP_SECURITY), d.smtp_security),

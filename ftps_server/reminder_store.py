@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import email
-import email.policy
 import errno
 import fcntl
 import hashlib
@@ -28,7 +27,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import cast
 
-from . import state_files
+from . import mail, state_files
 
 __all__ = ["SpoolEntry", "State", "Store"]
 
@@ -277,7 +276,8 @@ def _parse_spool(path: Path, raw: object) -> SpoolEntry:
         raise TypeError('not a JSON object with a "message" string')
     if not isinstance(raw.get("day", ""), str):
         raise TypeError('"day" must be a string')
-    message = email.message_from_string(raw["message"], policy=email.policy.default)
+    # The mail policy, not the default one: headers must stay unfolded on the way out.
+    message = email.message_from_string(raw["message"], policy=mail.POLICY)
     return SpoolEntry(
         path=path,
         message=cast(EmailMessage, message),
