@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
+from .certs import expiry_phrase
 from .config import AlertsConfig, Config
 from .errors import ConfigError, DeliveryError
 
@@ -117,6 +118,8 @@ def reminder_context(config: Config, f: Finding, *, at: dt.datetime, since: str)
         "subject_dn": f.info.subject if f.info else None,
         "not_after": f"{f.info.not_after:%Y-%m-%d %H:%M} UTC" if f.info else None,
         "days_left": f.days_left,
+        # the words for days_left, the same as check's and the journal's (certs.expiry_phrase)
+        "expiry": expiry_phrase(f.info.not_after, at) if f.info else None,
         "threshold": min(f.crossed) if f.crossed else None,
         "warn_days": list(config.alerts.warn_days),
         "listeners": [dataclasses.asdict(li) for li in f.listeners],

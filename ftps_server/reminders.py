@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import mail, message_ids
-from .certs import CertInfo, inspect_entry, utcnow
+from .certs import CertInfo, expiry_phrase, inspect_entry, utcnow
 from .config import CertificateEntry, Config, host_port
 from .errors import ConfigError, FtpsServerError
 from .reminder_store import State, Store
@@ -222,7 +222,7 @@ def evaluate(config: Config, at: dt.datetime) -> list[Finding]:
     return findings
 
 
-def _describe(f: Finding) -> str:
+def _describe(f: Finding, at: dt.datetime) -> str:
     where = ", ".join(str(li) for li in f.listeners) or "no enabled listener"
     if f.kind == "address":
         return f"no certificate for {where}: {f.problem}"
@@ -230,17 +230,19 @@ def _describe(f: Finding) -> str:
         return f"certificate {f.name} ok, {f.days_left} days left ({where})"
     if f.condition == "expiring" and f.info:
         return (
-            f"certificate {f.name} expires in {f.days_left} days on "
+            f"certificate {f.name} {expiry_phrase(f.info.not_after, at)} on "
             f"{f.info.not_after:%Y-%m-%d %H:%M} UTC ({where})"
         )
+    if f.condition == "expired" and f.info:
+        return f"certificate {f.name} {expiry_phrase(f.info.not_after, at)}: {f.problem} ({where})"
     return f"certificate {f.name} {f.condition}: {f.problem} ({where})"
 
 
-def log_findings(findings: list[Finding]) -> None:
+def log_findings(findings: list[Finding], at: dt.datetime) -> None:
     """One journal record per finding: warning for expiring, crit for problems."""
     for f in findings:
         level = {"ok": logging.INFO, "expiring": logging.WARNING}.get(f.condition, logging.CRITICAL)
-        log.log(level, "%s", _describe(f), extra={"fields": f.journal_fields()})
+        log.log(level, "%s", _describe(f, at), extra={"fields": f.journal_fields()})
     usable = {str(li) for f in findings if f.condition in ("ok", "expiring") for li in f.listeners}
     everything = {str(li) for f in findings for li in f.listeners}
     if everything and not usable:
@@ -403,7 +405,7 @@ def run_reminders(
         report.actions.update({d.finding.subject: "would send" for d in due})
         report.spooled = store.count_pending()
         return report
-    log_findings(report.findings)
+    log_findings(report.findings, at)
     if send:
         _locked_run(config, report)
     return report
