@@ -119,6 +119,7 @@ class UserConfig:
     password: str | None = None
     certificates: tuple[str, ...] = ()  # normalised "AB:CD:..." upper-case SHA-256
     certificate_cn: str | None = None
+    shared_home: bool = False  # may share its home (or nest) with others that say so too
 
 
 @dataclass(frozen=True)
@@ -314,6 +315,7 @@ def _user(s: ini.Section, name: str, root: Path) -> UserConfig:
         password=s.get("password", _password_hash, None),
         certificates=s.get("certificates", _fingerprints, ()),
         certificate_cn=s.get("certificate_cn", str, None),
+        shared_home=s.get("shared_home", ini.boolean, False),
     )
     if "password" in user.auth and not user.password:
         raise s.error("password", f"is required for auth = {user.auth}")
@@ -402,6 +404,7 @@ def load(path: str | Path) -> Config:
         check=single("check", _check),
     )
     _cross_checks(config, {s.name: s for s in sections})
+    _nested_homes(config, {s.name: s for s in sections})
     return config
 
 
@@ -419,6 +422,34 @@ def _included(main: Path, patterns: tuple[str, ...]) -> list[ini.Section]:
                     raise s.error(None, "included files may hold only [user:NAME] sections")
                 out.append(s)
     return out
+
+
+def _nested_homes(config: Config, sections: dict[str, ini.Section]) -> None:
+    """Homes are the only separation between users (one service account owns every file):
+    a home equal to or inside another user's home is refused unless both share on purpose."""
+    owners: dict[Path, UserConfig] = {}
+    for user in config.users:
+        # resolve: a symbolic link that already leads into another home counts as inside it
+        home = user.home.resolve()
+        other = owners.get(home)
+        if other is not None and not (user.shared_home and other.shared_home):
+            raise sections[f"user:{user.name}"].error(
+                "home",
+                f"{user.home} is the home of [user:{other.name}] too; give each user its own "
+                "directory, or set shared_home = yes in both sections",
+            )
+        owners.setdefault(home, user)
+    for user in config.users:
+        home = user.home.resolve()
+        for parent in home.parents:
+            other = owners.get(parent)
+            if other is not None and not (user.shared_home and other.shared_home):
+                raise sections[f"user:{user.name}"].error(
+                    "home",
+                    f"{user.home} is inside the home of [user:{other.name}] ({other.home}), who "
+                    "could read, plant and delete its files; move it out, or set "
+                    "shared_home = yes in both sections",
+                )
 
 
 def _cross_checks(config: Config, sections: dict[str, ini.Section]) -> None:
