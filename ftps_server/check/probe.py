@@ -22,11 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.model import listener_name
+from ..safe_text import escape_controls
 
 __all__ = ["Attempt", "Target", "run_attempt"]
 
 _REPLY_LINE = re.compile(rb"^(\d{3})([ -])(.*)$")
-_MAX_REPLY = 16 * 1024  # a banner longer than this is not an FTP server
+# A banner longer than this is not an FTP server. Bytes received count (line ends too) and
+# so do lines: an endless banner of empty lines must stop here, not at the run's deadline.
+_MAX_REPLY = 16 * 1024
+_MAX_REPLY_LINES = 100
 _WAITING = {  # what a timed-out attempt was waiting for, by the stage it had reached
     "tcp": "the TCP connection",
     "banner": "the 220 banner",
@@ -135,31 +139,40 @@ class _Replies:
     def __init__(self, sock: socket.socket, deadline: _Deadline, attempt: Attempt) -> None:
         self.sock, self.deadline, self.attempt = sock, deadline, attempt
         self.buffer = b""
+        self.taken = 0  # bytes of the current reply consumed, line ends included
 
     def _line(self, what: str) -> bytes:
         while b"\n" not in self.buffer:
-            if len(self.buffer) > _MAX_REPLY:
-                raise ValueError(f"{what}: no end of line after {_MAX_REPLY} bytes")
+            if self.taken + len(self.buffer) > _MAX_REPLY:
+                raise ValueError(f"{what}: no end of reply after {_MAX_REPLY} bytes")
             self.sock.settimeout(self.deadline.left(self.attempt, what))
             chunk = self.sock.recv(4096)
             if not chunk:
                 raise ConnectionAbortedError(0, "connection closed by the server")
             self.buffer += chunk
         line, _, self.buffer = self.buffer.partition(b"\n")
+        self.taken += len(line) + 1
         return line.rstrip(b"\r")
 
     def read(self, what: str) -> tuple[int, str]:
-        """One complete reply: (code, text of all its lines). Raises ValueError if not FTP."""
+        """One complete reply: (code, text of all its lines, control characters escaped).
+        Raises ValueError if it is not FTP or longer than the reply caps."""
+        self.taken = 0
         first = _REPLY_LINE.match(self._line(what))
         if not first:
             raise ValueError(f"{what}: not an FTP reply")
         code, lines = first[1], [first[0]]
         more = first[2] == b"-"
-        while more and sum(map(len, lines)) < _MAX_REPLY:
+        while more:
+            if len(lines) >= _MAX_REPLY_LINES or self.taken > _MAX_REPLY:
+                raise ValueError(
+                    f"{what}: no end of reply after {len(lines)} lines ({self.taken} bytes)"
+                )
             line = self._line(what)
             lines.append(line)
             more = not (line.startswith(code + b" ") or line == code)
-        text = " / ".join(x.decode("utf-8", "replace") for x in lines)
+        # whoever runs the listener chose these bytes: never raw on a terminal or in JSON
+        text = " / ".join(escape_controls(x.decode("utf-8", "replace")) for x in lines)
         return int(code), text
 
 

@@ -13,6 +13,7 @@ SANs; UNKNOWN when the served certificate could not be seen at all.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from ..config.model import CertificateEntry, normalize_address
-from ..pki.certs import CertInfo, cert_info
+from ..pki.certs import CertInfo, cert_info, expiry_phrase
+from ..safe_text import escape_controls
 from .probe import Attempt, Target
 
 __all__ = [
@@ -249,24 +251,19 @@ def _unserved_findings(conf: Configured, now: dt.datetime, warn_days: int) -> li
 
 
 def days_left(info: CertInfo, now: dt.datetime) -> int:
-    """Whole days to not_after, truncated toward zero: -2 means expired 2 (to 3) days ago.
-
-    Unlike CertInfo.days_left (floor), an expired certificate's count matches "N days ago".
-    """
-    return int((info.not_after - now) / dt.timedelta(days=1))
+    """`certs.days_left` of the certificate: one meaning of "days left" everywhere."""
+    return info.days_left(now)
 
 
 def _date_findings(info: CertInfo, now: dt.datetime, warn_days: int) -> list[Finding]:
     days = days_left(info, now)
     if now < info.not_before:
         return [Finding(Status.CRITICAL, f"certificate not valid before {_day(info.not_before)}")]
+    phrase = expiry_phrase(info.not_after, now)
     if now >= info.not_after:
-        ago = f"{-days} day{'s' if days < -1 else ''} ago" if days < 0 else "less than a day ago"
-        return [Finding(Status.CRITICAL, f"certificate expired {ago} ({_day(info.not_after)})")]
+        return [Finding(Status.CRITICAL, f"certificate {phrase} ({_day(info.not_after)})")]
     if days <= warn_days:
-        text = (
-            f"certificate expires in {days} days ({_day(info.not_after)}; warning at {warn_days})"
-        )
+        text = f"certificate {phrase} ({_day(info.not_after)}; warning at {warn_days})"
         return [Finding(Status.WARNING, text)]
     return []
 
@@ -275,10 +272,22 @@ def _day(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _shown(info: CertInfo) -> CertInfo:
+    """The served certificate's names with control characters escaped: whoever runs the
+    listener chose them, and they end up on a terminal and in JSON for other tools."""
+    return dataclasses.replace(
+        info,
+        subject=escape_controls(info.subject),
+        issuer=escape_controls(info.issuer),
+        common_name=escape_controls(info.common_name) if info.common_name else None,
+        sans=tuple(escape_controls(s) for s in info.sans),
+    )
+
+
 def judge(obs: Observation, now: dt.datetime, warn_days: int, ca_source: str) -> ListenerReport:
     """The verdict on one listener from what its probes saw (pure: no I/O)."""
     leaf = _parse_der(obs.seen.leaf_der)
-    info = cert_info(leaf) if leaf is not None else None
+    info = _shown(cert_info(leaf)) if leaf is not None else None
     findings = _session_findings(obs) + _configured_findings(obs, info)
     checked: tuple[str, ...] = ()
     matched: tuple[str, ...] = ()
@@ -293,7 +302,11 @@ def judge(obs: Observation, now: dt.datetime, warn_days: int, ca_source: str) ->
         if checked and not matched:
             text = f"certificate SANs name none of: {', '.join(checked)}"
             findings.append(Finding(Status.WARNING, text))
-    chain = tuple(c.subject.rfc4514_string() for c in map(_parse_der, obs.seen.chain_der) if c)
+    chain = tuple(
+        escape_controls(c.subject.rfc4514_string())
+        for c in map(_parse_der, obs.seen.chain_der)
+        if c
+    )
     return ListenerReport(
         observation=obs,
         status=worst([f.status for f in findings]),

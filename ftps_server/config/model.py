@@ -44,6 +44,7 @@ PORT_KINDS = ("explicit", "implicit", "client_cert_explicit", "client_cert_impli
 AUTH_POLICIES = ("password", "certificate", "certificate+password")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 SMTP_SECURITY = ("none", "starttls", "tls")
+MAIL_TRANSPORTS = ("sendmail", "smtp")
 PERMISSION_LETTERS = "elradfmwMT"
 _FINGERPRINT_RE = re.compile(r"^(?:sha256:)?([0-9A-Fa-f]{2}(?::?[0-9A-Fa-f]{2}){31})$")
 _HASH_RE = re.compile(r"^\$scrypt\$ln=\d+,r=\d+,p=\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
@@ -118,12 +119,15 @@ class UserConfig:
     password: str | None = None
     certificates: tuple[str, ...] = ()  # normalised "AB:CD:..." upper-case SHA-256
     certificate_cn: str | None = None
+    shared_home: bool = False  # may share its home (or nest) with others that say so too
 
 
 @dataclass(frozen=True)
 class AlertsConfig:
     email_to: tuple[str, ...] = ()
     email_from: str = "ftps-server@localhost"
+    transport: str = "sendmail"
+    sendmail: Path = Path("/usr/sbin/sendmail")
     smtp_host: str = "localhost"
     smtp_port: int = 25
     smtp_security: str = "starttls"
@@ -311,6 +315,7 @@ def _user(s: ini.Section, name: str, root: Path) -> UserConfig:
         password=s.get("password", _password_hash, None),
         certificates=s.get("certificates", _fingerprints, ()),
         certificate_cn=s.get("certificate_cn", str, None),
+        shared_home=s.get("shared_home", ini.boolean, False),
     )
     if "password" in user.auth and not user.password:
         raise s.error("password", f"is required for auth = {user.auth}")
@@ -326,6 +331,8 @@ def _alerts(s: ini.Section) -> AlertsConfig:
     return AlertsConfig(
         email_to=s.get("email_to", ini.comma_list, ()),
         email_from=s.get("email_from", str, d.email_from),
+        transport=s.get("transport", ini.choice(MAIL_TRANSPORTS), d.transport),
+        sendmail=s.get("sendmail", ini.abs_path, d.sendmail),
         smtp_host=s.get("smtp_host", str, d.smtp_host),
         smtp_port=s.get("smtp_port", ini.int_range(1, 65535), d.smtp_port),
         smtp_security=s.get("smtp_security", ini.choice(SMTP_SECURITY), d.smtp_security),
@@ -397,6 +404,7 @@ def load(path: str | Path) -> Config:
         check=single("check", _check),
     )
     _cross_checks(config, {s.name: s for s in sections})
+    _nested_homes(config, {s.name: s for s in sections})
     return config
 
 
@@ -414,6 +422,34 @@ def _included(main: Path, patterns: tuple[str, ...]) -> list[ini.Section]:
                     raise s.error(None, "included files may hold only [user:NAME] sections")
                 out.append(s)
     return out
+
+
+def _nested_homes(config: Config, sections: dict[str, ini.Section]) -> None:
+    """Homes are the only separation between users (one service account owns every file):
+    a home equal to or inside another user's home is refused unless both share on purpose."""
+    owners: dict[Path, UserConfig] = {}
+    for user in config.users:
+        # resolve: a symbolic link that already leads into another home counts as inside it
+        home = user.home.resolve()
+        other = owners.get(home)
+        if other is not None and not (user.shared_home and other.shared_home):
+            raise sections[f"user:{user.name}"].error(
+                "home",
+                f"{user.home} is the home of [user:{other.name}] too; give each user its own "
+                "directory, or set shared_home = yes in both sections",
+            )
+        owners.setdefault(home, user)
+    for user in config.users:
+        home = user.home.resolve()
+        for parent in home.parents:
+            other = owners.get(parent)
+            if other is not None and not (user.shared_home and other.shared_home):
+                raise sections[f"user:{user.name}"].error(
+                    "home",
+                    f"{user.home} is inside the home of [user:{other.name}] ({other.home}), who "
+                    "could read, plant and delete its files; move it out, or set "
+                    "shared_home = yes in both sections",
+                )
 
 
 def _cross_checks(config: Config, sections: dict[str, ini.Section]) -> None:

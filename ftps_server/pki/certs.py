@@ -30,6 +30,8 @@ __all__ = [
     "EntryStatus",
     "cert_info",
     "check_key_file_mode",
+    "days_left",
+    "expiry_phrase",
     "fingerprint",
     "inspect_entry",
     "load_chain",
@@ -54,8 +56,30 @@ class CertInfo:
     serial: int
 
     def days_left(self, now: dt.datetime) -> int:
-        """Whole days until not_after (negative once expired)."""
-        return (self.not_after - now).days
+        """Whole days until not_after, negative once expired (see `days_left`)."""
+        return days_left(self.not_after, now)
+
+
+def days_left(not_after: dt.datetime, now: dt.datetime) -> int:
+    """Whole days to `not_after`, truncated toward zero: 13 = expires in 13 (to 14) days,
+    -2 = expired 2 (to 3) days ago, 0 = within a day either side.
+
+    The one meaning of "days left" for check, reminders, emails and the journal.
+    """
+    return int((not_after - now) / dt.timedelta(days=1))
+
+
+def expiry_phrase(not_after: dt.datetime, now: dt.datetime) -> str:
+    """`expires in 13 days`, `expires within a day`, `expired less than a day ago`,
+    `expired 2 days ago`: the words for `days_left`, everywhere they are shown."""
+    days = days_left(not_after, now)
+    if now >= not_after:
+        if days == 0:
+            return "expired less than a day ago"
+        return f"expired {-days} day{'s' if days < -1 else ''} ago"
+    if days == 0:
+        return "expires within a day"
+    return f"expires in {days} day{'s' if days > 1 else ''}"
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,36 @@
 """`ftps-server remind`: run the certificate reminders once and print what was found and done.
 
-Exit status: 0 every certificate ok; 1 something expiring within warn_days; 2 something
-expired, missing or invalid, or a reminder email could not be delivered (it stays in the
-spool and is retried next run); 78 configuration error.
+Exit status: 0 the run did its job: every finding logged, every due email delivered or kept
+in the spool (retried next run) -- also when certificates are expiring, expired or missing,
+which the emails and `check` report. 78 the configuration or state directory is unusable;
+70 any other failure of the run. So the reminder unit fails only when reminding failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..config.model import DEFAULT_CONFIG_PATH, load
+from ..errors import FtpsServerError
 from .findings import Finding
 from .run import Report, now, parse_time, run_reminders
 
 __all__ = ["register", "run"]
 
+log = logging.getLogger(__name__)
+
 _EPILOG = """\
-exit status: 0 all ok, 1 a certificate is expiring, 2 a certificate is expired, missing or
-invalid, or an email could not be delivered (kept in the spool, retried next run)."""
+exit status: 0 the run did its job (emails delivered, or kept in the spool and retried next
+run), whatever the certificates' condition; 78 configuration or state directory unusable;
+70 the run failed otherwise."""
+
+#: EX_SOFTWARE: an unexpected error; the unit must show it as failed
+EXIT_FAILED = 70
 
 
 def _when(text: str) -> Any:
@@ -82,9 +91,17 @@ def format_report(report: Report) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the reminders once; return 0, 1 or 2 (see module docstring)."""
+    """Run the reminders once; return 0, or 70 (see module docstring; 78 is raised)."""
     config = load(args.config)
-    report = run_reminders(config, args.at or now(), dry_run=args.dry_run)
+    try:
+        report = run_reminders(config, args.at or now(), dry_run=args.dry_run)
+    except FtpsServerError:
+        raise
+    except Exception:
+        if getattr(args, "debug", False):
+            raise
+        log.exception("reminder run failed")
+        return EXIT_FAILED
     if args.json:
         json.dump(report.as_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")

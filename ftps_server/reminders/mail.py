@@ -1,15 +1,22 @@
-"""Reminder emails: jinja2 templates rendered to RFC 5322 messages, delivered over SMTP.
+"""Reminder emails: jinja2 templates rendered to RFC 5322 messages, handed to the local MTA.
 
 Templates ship in `ftps_server/templates/`; a file of the same name in `[alerts]
-template_dir` replaces the shipped one. Delivery follows `[alerts] smtp_security`: `none`,
+template_dir` replaces the shipped one. `[alerts] transport = sendmail` (the default) pipes
+the message to `[alerts] sendmail -t -oi`, which every Debian MTA provides and which queues
+and retries by itself; `transport = smtp` speaks SMTP following `smtp_security`: `none`,
 `starttls` (the server certificate is verified, against `smtp_ca_file` when set) or `tls`
-(implicit TLS). Every failure becomes a `DeliveryError` carrying the SMTP server's reason.
+(implicit TLS). Every failure becomes a `DeliveryError` carrying the reason.
+
+Whatever a message's headers say (a spooled file may have been edited by whoever owns the
+state directory), it goes to `[alerts] email_to` only: the recipient headers are rewritten
+before delivery and the SMTP envelope names email_to.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import email.policy
 import email.utils
 import ipaddress
 import logging
@@ -17,6 +24,7 @@ import os
 import smtplib
 import socket
 import ssl
+import subprocess
 from collections.abc import Mapping
 from email.message import EmailMessage
 from pathlib import Path
@@ -26,10 +34,14 @@ import jinja2
 
 from ..config.model import AlertsConfig, Config
 from ..errors import ConfigError, DeliveryError
+from ..pki.certs import expiry_phrase
 from .findings import Finding
 
 __all__ = [
     "CREDENTIAL_NAME",
+    "POLICY",
+    "addressed_to_alerts",
+    "as_bytes",
     "build_message",
     "deliver",
     "read_password",
@@ -43,6 +55,10 @@ log = logging.getLogger(__name__)
 #: systemd credential (LoadCredential=smtp-password:...) read when no password file is set
 CREDENTIAL_NAME = "smtp-password"
 _TEMPLATES = Path(__file__).parent / "templates"
+#: RFC 5322 allows 998 characters a line: headers stay unfolded, so the Subject is never
+#: folded right after its colon and `^Subject: \[ftps-server\]` filters match.
+POLICY = email.policy.default.clone(max_line_length=998)
+_RECIPIENT_HEADERS = ("To", "Cc", "Bcc", "Resent-To", "Resent-Cc", "Resent-Bcc")
 
 
 def _environment(alerts: AlertsConfig) -> jinja2.Environment:
@@ -100,6 +116,8 @@ def reminder_context(config: Config, f: Finding, *, at: dt.datetime, since: str)
         "subject_dn": f.info.subject if f.info else None,
         "not_after": f"{f.info.not_after:%Y-%m-%d %H:%M} UTC" if f.info else None,
         "days_left": f.days_left,
+        # the words for days_left, the same as check's and the journal's (certs.expiry_phrase)
+        "expiry": expiry_phrase(f.info.not_after, at) if f.info else None,
         "threshold": min(f.crossed) if f.crossed else None,
         "warn_days": list(config.alerts.warn_days),
         "listeners": [dataclasses.asdict(li) for li in f.listeners],
@@ -125,7 +143,7 @@ def build_message(
 ) -> EmailMessage:
     """A complete message with From, To, Subject, Date, Message-ID and Auto-Submitted."""
     host = socket.gethostname()
-    msg = EmailMessage()
+    msg = EmailMessage(policy=POLICY)
     msg["From"] = alerts.email_from
     msg["To"] = ", ".join(alerts.email_to)
     msg["Subject"] = subject
@@ -232,20 +250,65 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def deliver(alerts: AlertsConfig, message: EmailMessage) -> None:
-    """Hand `message` to the SMTP server; return only once the server accepted it.
+def addressed_to_alerts(alerts: AlertsConfig, message: EmailMessage) -> EmailMessage:
+    """`message` with its recipient headers replaced by exactly `[alerts] email_to`."""
+    for name in _RECIPIENT_HEADERS:
+        del message[name]
+    message["To"] = ", ".join(alerts.email_to)
+    return message
 
-    Raises DeliveryError with the server's reason otherwise. Some recipients refused while
-    others were accepted counts as delivered (resending would duplicate it for the others).
+
+def as_bytes(message: EmailMessage, linesep: str = "\r\n") -> bytes:
+    """The message as sent: unfolded headers (see POLICY) whatever policy it was parsed with."""
+    return message.as_bytes(policy=POLICY.clone(linesep=linesep))
+
+
+def deliver(alerts: AlertsConfig, message: EmailMessage) -> None:
+    """Hand `message` to the MTA (`[alerts] transport`); return only once it accepted it.
+
+    It goes to `[alerts] email_to` only, whatever its headers named. Raises DeliveryError
+    with the reason otherwise.
     """
-    where = f"SMTP {alerts.smtp_host}:{alerts.smtp_port} ({alerts.smtp_security})"
     if not alerts.email_to:
         raise DeliveryError("[alerts] email_to is empty: no one to send reminders to")
+    addressed_to_alerts(alerts, message)
+    if alerts.transport == "sendmail":
+        _sendmail(alerts, message)
+    else:
+        _smtp(alerts, message)
+
+
+def _sendmail(alerts: AlertsConfig, message: EmailMessage) -> None:
+    # -t: recipients from the (just rewritten) headers; -oi: a lone "." is not end of input
+    command = [str(alerts.sendmail), "-t", "-oi"]
+    where = f"{alerts.sendmail} (transport = sendmail)"
+    try:
+        done = subprocess.run(
+            command,
+            input=as_bytes(message, "\n"),
+            capture_output=True,
+            timeout=alerts.smtp_timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise DeliveryError(f"{where}: timed out after {alerts.smtp_timeout} s") from None
+    except OSError as exc:
+        raise DeliveryError(f"{where}: {exc.strerror or exc}") from None
+    if done.returncode != 0:
+        said = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        reason = said[-1] if said else "no message"
+        raise DeliveryError(f"{where}: exit status {done.returncode}: {reason[:300]}")
+
+
+def _smtp(alerts: AlertsConfig, message: EmailMessage) -> None:
+    """Deliver over SMTP; some recipients refused while others were accepted counts as
+    delivered (resending would duplicate it for the others)."""
+    where = f"SMTP {alerts.smtp_host}:{alerts.smtp_port} ({alerts.smtp_security})"
     smtp: smtplib.SMTP | None = None
     try:
         smtp = _connect(alerts)
         _login(smtp, alerts)
-        refused = smtp.send_message(message)
+        refused = smtp.sendmail(alerts.email_from, list(alerts.email_to), as_bytes(message))
     except DeliveryError as exc:
         raise DeliveryError(f"{where}: {exc}") from None
     except (smtplib.SMTPException, OSError) as exc:

@@ -8,8 +8,9 @@ Rules (per calendar day in UTC):
 - never two emails for the same certificate (or address) and condition on one day.
 Undelivered emails stay in the spool (see `store`) and are retried first next run.
 
-`ftps-server remind` exit status: 0 all certificates ok; 1 something expiring; 2 something
-expired, missing or invalid, or an email could not be delivered (it waits in the spool).
+`ftps-server remind` exit status: 0 when the run did its job, whatever the certificates'
+condition (emails delivered or safely spooled); certificate conditions are the emails' and
+`check`'s business, and a failing reminder unit would only mark the host degraded.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from ..config.model import CertificateEntry, Config
 from ..errors import ConfigError, FtpsServerError
 from ..journal import message_ids
-from ..pki.certs import inspect_entry, utcnow
+from ..pki.certs import expiry_phrase, inspect_entry, utcnow
 from . import mail
 from .findings import Finding, Listener
 from .store import State, Store
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 #: Set to an ISO date or time to make `serve` and `remind` evaluate as of then (tests).
 NOW_ENV = "FTPS_SERVER_NOW"
-PROBLEMS = ("expired", "missing", "invalid")
 # How long a mailed threshold of a certificate no longer configured is remembered.
 _FORGET_DAYS = 40
 
@@ -54,10 +54,8 @@ class Report:
     spooled: int = 0  # emails still waiting in the spool after the run
 
     def exit_status(self) -> int:
-        """0 all ok, 1 something expiring, 2 a problem or an undelivered email."""
-        if self.spooled or self.errors or any(f.condition in PROBLEMS for f in self.findings):
-            return 2
-        return 1 if any(f.condition == "expiring" for f in self.findings) else 0
+        """0: the run did its job (a run that could not spool raised instead)."""
+        return 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for `remind --json`."""
@@ -150,7 +148,7 @@ def evaluate(config: Config, at: dt.datetime) -> list[Finding]:
     return findings
 
 
-def _describe(f: Finding) -> str:
+def _describe(f: Finding, at: dt.datetime) -> str:
     where = ", ".join(str(li) for li in f.listeners) or "no enabled listener"
     if f.kind == "address":
         return f"no certificate for {where}: {f.problem}"
@@ -158,17 +156,19 @@ def _describe(f: Finding) -> str:
         return f"certificate {f.name} ok, {f.days_left} days left ({where})"
     if f.condition == "expiring" and f.info:
         return (
-            f"certificate {f.name} expires in {f.days_left} days on "
+            f"certificate {f.name} {expiry_phrase(f.info.not_after, at)} on "
             f"{f.info.not_after:%Y-%m-%d %H:%M} UTC ({where})"
         )
+    if f.condition == "expired" and f.info:
+        return f"certificate {f.name} {expiry_phrase(f.info.not_after, at)}: {f.problem} ({where})"
     return f"certificate {f.name} {f.condition}: {f.problem} ({where})"
 
 
-def log_findings(findings: list[Finding]) -> None:
+def log_findings(findings: list[Finding], at: dt.datetime) -> None:
     """One journal record per finding: warning for expiring, crit for problems."""
     for f in findings:
         level = {"ok": logging.INFO, "expiring": logging.WARNING}.get(f.condition, logging.CRITICAL)
-        log.log(level, "%s", _describe(f), extra={"fields": f.journal_fields()})
+        log.log(level, "%s", _describe(f, at), extra={"fields": f.journal_fields()})
     usable = {str(li) for f in findings if f.condition in ("ok", "expiring") for li in f.listeners}
     everything = {str(li) for f in findings for li in f.listeners}
     if everything and not usable:
@@ -331,7 +331,7 @@ def run_reminders(
         report.actions.update({d.finding.subject: "would send" for d in due})
         report.spooled = store.count_pending()
         return report
-    log_findings(report.findings)
+    log_findings(report.findings, at)
     if send:
         _locked_run(config, report)
     return report

@@ -9,27 +9,37 @@ registered, with the config line and the Ansible variable that would let it in.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import json
 import logging
 import os
-import tempfile
-from dataclasses import asdict, dataclass, replace
+import threading
+import time
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
+from .. import state_files
 from ..config.model import DEFAULT_CONFIG_PATH, Config, load
 from ..pki.certs import cert_info
+from ..safe_text import escape_controls, has_controls
 
-__all__ = ["PendingCert", "PendingStore", "register", "run", "suggestion"]
+__all__ = ["PendingCert", "PendingStore", "register", "run", "suggestion", "suspicious"]
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "pending-certs.json"
 # an authenticated-by-CA client cannot fill the disk: past this, the oldest entries go
 MAX_ENTRIES = 500
+# a subject is chosen by the client (within what the CA signed): longer ones are cut
+MAX_TEXT = 512
+# seconds between two writes of the file, however many failed logins happen meanwhile
+WRITE_INTERVAL = 0.25
+_MAX_FILE = 16 * 1024 * 1024
+_NOT_STR = {"common_name", "attempts"}
 
 
 @dataclass(frozen=True)
@@ -49,87 +59,179 @@ class PendingCert:
 
 
 class PendingStore:
-    """The JSON file of pending certificates; every write is atomic (temp file + rename)."""
+    """The JSON file of pending certificates.
 
-    def __init__(self, state_dir: Path) -> None:
+    `record` runs on the event loop for every failed certificate login, so it only updates
+    an in-memory table (bounded: MAX_ENTRIES entries, MAX_TEXT characters a field) and wakes
+    a writer thread; the writer replaces the file atomically at most once per
+    `write_interval` seconds, however many logins fail meanwhile.
+    """
+
+    def __init__(self, state_dir: Path, *, write_interval: float = WRITE_INTERVAL) -> None:
+        self.state_dir = state_dir
         self.path = state_dir / FILE_NAME
+        self.write_interval = write_interval
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str], PendingCert] | None = None  # loaded lazily
+        self._dirty = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._write_lock = threading.Lock()  # one writer at a time: worker or flush
+        self._changes = 0  # bumped by every change of the table
+        self._saved = 0  # the value of _changes the file reflects
 
-    def load(self) -> list[PendingCert]:
-        """Every recorded entry (an unreadable or corrupt file reads as empty, logged)."""
+    def _read(self) -> list[PendingCert]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            return [PendingCert(**item) for item in data.get("certificates", [])]
+            top = state_files.open_dir(self.state_dir)
+        except FileNotFoundError:
+            return []
+        try:
+            raw = state_files.read_bytes(
+                FILE_NAME, dir_fd=top, dir_path=self.state_dir, limit=_MAX_FILE
+            )
+            data = json.loads(raw.decode("utf-8"))
+            items = data.get("certificates", [])
+            if not isinstance(items, list):
+                raise TypeError('"certificates" is not a list')
         except FileNotFoundError:
             return []
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             log.error("cannot read %s (%s); treating it as empty", self.path, exc)
             return []
+        finally:
+            os.close(top)
+        entries = []
+        for item in items:
+            entry = _entry(item)
+            if entry is None:
+                log.error("%s: skipping an entry of the wrong shape", self.path)
+            else:
+                entries.append(entry)
+        return entries
 
-    def _save(self, entries: list[PendingCert]) -> None:
-        payload = {"version": 1, "certificates": [asdict(e) for e in entries]}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".pending-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(payload, handle, indent=2)
-                handle.write("\n")
-            os.chmod(tmp, 0o640)
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+    def _table(self) -> dict[tuple[str, str], PendingCert]:
+        if self._entries is None:
+            self._entries = {(e.user, e.fingerprint): e for e in self._read()[-MAX_ENTRIES:]}
+        return self._entries
+
+    def load(self) -> list[PendingCert]:
+        """Every recorded entry, oldest first (an unreadable file reads as empty, logged)."""
+        with self._lock:
+            if self._entries is None:
+                return sorted(self._read(), key=lambda e: e.last_seen)
+            return sorted(self._entries.values(), key=lambda e: e.last_seen)
 
     def record(
         self, user: str, cert: x509.Certificate, peer: str, listener: str, now: dt.datetime
     ) -> bool:
-        """Add or refresh the entry for (user, cert); True when it is new. Never raises OSError."""
+        """Add or refresh the entry for (user, cert); True when it is new. Never blocks on
+        the disk: the file is written by a worker thread (see the class docstring)."""
         info = cert_info(cert)
         stamp = now.astimezone(dt.UTC).isoformat(timespec="seconds")
-        entries = self.load()
-        for i, entry in enumerate(entries):
-            if entry.user == user and entry.fingerprint == info.fingerprint:
-                entries[i] = replace(
-                    entry,
-                    last_seen=stamp,
-                    peer=peer,
-                    listener=listener,
-                    attempts=entry.attempts + 1,
+        key = (user, info.fingerprint)
+        with self._lock:
+            table = self._table()
+            old = table.get(key)
+            if old is not None:
+                table[key] = replace(
+                    old, last_seen=stamp, peer=peer, listener=listener, attempts=old.attempts + 1
                 )
-                new = False
-                break
-        else:
-            entries.append(
-                PendingCert(
+            else:
+                if len(table) >= MAX_ENTRIES:
+                    # an authenticated-by-CA client cannot fill the disk: the oldest goes
+                    del table[min(table, key=lambda k: table[k].last_seen)]
+                table[key] = PendingCert(
                     user=user,
                     fingerprint=info.fingerprint,
-                    common_name=info.common_name,
-                    subject=info.subject,
-                    issuer=info.issuer,
+                    common_name=_clip(info.common_name),
+                    subject=_clip(info.subject) or "",
+                    issuer=_clip(info.issuer) or "",
                     first_seen=stamp,
                     last_seen=stamp,
                     peer=peer,
                     listener=listener,
                 )
-            )
-            new = True
-        entries.sort(key=lambda e: e.last_seen)
-        try:
-            self._save(entries[-MAX_ENTRIES:])
-        except OSError as exc:
-            log.error("cannot record pending certificate in %s: %s", self.path, exc.strerror)
-        return new
+        self._schedule()
+        return old is None
 
     def prune(self, config: Config) -> int:
         """Drop entries whose fingerprint is now pinned by some user; return how many."""
         pinned = {fp for user in config.users for fp in user.certificates}
-        entries = self.load()
-        keep = [e for e in entries if e.fingerprint not in pinned]
-        if len(keep) != len(entries):
+        with self._lock:
+            table = self._table()
+            gone = [k for k, e in table.items() if e.fingerprint in pinned]
+            for k in gone:
+                del table[k]
+        if gone:
+            self._schedule()
+        return len(gone)
+
+    def flush(self) -> None:
+        """Write pending changes now, or wait for the worker's write in progress."""
+        self._write()
+
+    def _schedule(self) -> None:
+        with self._lock:
+            self._changes += 1
+        self._dirty.set()
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._write_loop, name="ftps-pending", daemon=True
+            )
+            self._writer.start()
+            atexit.register(self.flush)
+
+    def _write_loop(self) -> None:
+        while True:
+            self._dirty.wait()
+            self._dirty.clear()
+            self._write()
+            # a burst of failed logins becomes one write per interval, not one per login
+            time.sleep(self.write_interval)
+
+    def _write(self) -> None:
+        with self._write_lock:
+            with self._lock:
+                if self._saved == self._changes:
+                    return
+                changes = self._changes
+                entries = sorted(self._table().values(), key=lambda e: e.last_seen)
+            self._save(entries)
+            self._saved = changes
+
+    def _save(self, entries: list[PendingCert]) -> None:
+        payload = {"version": 1, "certificates": [asdict(e) for e in entries]}
+        data = (json.dumps(payload, indent=2) + "\n").encode()
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            top = state_files.open_dir(self.state_dir)
             try:
-                self._save(keep)
-            except OSError as exc:
-                log.error("cannot update %s: %s", self.path, exc.strerror)
-        return len(entries) - len(keep)
+                state_files.atomic_write(FILE_NAME, data, dir_fd=top, mode=0o640)
+            finally:
+                os.close(top)
+        except OSError as exc:
+            log.error("cannot record pending certificates in %s: %s", self.path, exc.strerror)
+
+
+def _clip(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_TEXT:
+        return text
+    return text[:MAX_TEXT] + "..."
+
+
+def _entry(item: object) -> PendingCert | None:
+    """A PendingCert from one JSON object, None when a field is missing or of the wrong type."""
+    if not isinstance(item, dict):
+        return None
+    try:
+        entry = PendingCert(**item)
+    except TypeError:
+        return None
+    strings = [getattr(entry, f.name) for f in fields(PendingCert) if f.name not in _NOT_STR]
+    if not all(isinstance(v, str) for v in strings):
+        return None
+    if not isinstance(entry.attempts, int) or not isinstance(entry.common_name, str | None):
+        return None
+    return entry
 
 
 def suggestion(config: Config, entry: PendingCert) -> dict[str, Any]:
@@ -164,22 +266,39 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
+def _client_chosen(entry: PendingCert) -> list[str]:
+    return [entry.common_name or "", entry.subject, entry.issuer, entry.peer, entry.listener]
+
+
+def suspicious(entry: PendingCert) -> bool:
+    """True when a client-chosen field holds control characters (shown escaped)."""
+    return any(has_controls(text) for text in _client_chosen(entry))
+
+
 def _text(config: Config, entry: PendingCert) -> str:
     hint = suggestion(config, entry)
     pins = hint["ansible"]["ftps_server_users"][0]["certificates"]
-    return "\n".join(
-        [
-            f"user {entry.user}: CN={entry.common_name or '-'} ({entry.subject})",
-            f"  issuer:      {entry.issuer}",
-            f"  fingerprint: sha256:{entry.fingerprint}",
-            f"  seen:        {entry.first_seen} .. {entry.last_seen}, {entry.attempts} "
-            f"attempt(s), last from {entry.peer} on {entry.listener}",
-            f"  config:      {hint['section']}",
-            f"               {hint['config_line']}",
-            f"  ansible:     ftps_server_users: - name: {entry.user}",
-            f"                                   certificates: {json.dumps(pins)}",
-        ]
-    )
+    cn, subject, issuer, peer, listener = map(escape_controls, _client_chosen(entry))
+    lines = [
+        f"user {escape_controls(entry.user)}: CN={cn or '-'} ({subject})",
+        f"  issuer:      {issuer}",
+        f"  fingerprint: sha256:{entry.fingerprint}",
+        f"  seen:        {entry.first_seen} .. {entry.last_seen}, {entry.attempts} "
+        f"attempt(s), last from {peer} on {listener}",
+    ]
+    if suspicious(entry):
+        lines.append(
+            "  WARNING:     this certificate's names hold control characters (shown escaped, "
+            "e.g. \\x1b): a client may be trying to forge this listing; check before "
+            "registering it"
+        )
+    lines += [
+        f"  config:      {hint['section']}",
+        f"               {hint['config_line']}",
+        f"  ansible:     ftps_server_users: - name: {entry.user}",
+        f"                                   certificates: {json.dumps(pins)}",
+    ]
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -187,7 +306,8 @@ def run(args: argparse.Namespace) -> int:
     config = load(args.config)
     entries = still_pending(config, PendingStore(config.server.state_dir).load())
     if args.json:
-        out = [{**asdict(e), **suggestion(config, e)} for e in entries]
+        # json.dumps escapes control characters itself; "suspicious" flags the entry
+        out = [{**asdict(e), **suggestion(config, e), "suspicious": suspicious(e)} for e in entries]
         print(json.dumps(out, indent=2))
         return 0
     if not entries:

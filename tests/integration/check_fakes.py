@@ -12,7 +12,7 @@ import contextlib
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class FakeFtps:
@@ -88,6 +88,63 @@ def dripping_listener(address: str) -> Iterator[int]:
                 with contextlib.suppress(TimeoutError):
                     conn = sock.accept()[0]
                     threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield sock.getsockname()[1]
+        finally:
+            stopping.set()
+            thread.join(5)
+
+
+@contextlib.contextmanager
+def scripted_listener(address: str, banner: bytes, *, auth_reply: bytes = b"") -> Iterator[int]:
+    """A port that sends `banner` on connect and answers its first command with
+    `auth_reply` (hostile bytes chosen by the test); yields the port."""
+
+    def talk(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        with contextlib.suppress(OSError), conn:
+            conn.sendall(banner)
+            if auth_reply and conn.recv(1024):
+                conn.sendall(auth_reply)
+            conn.recv(1024)
+
+    with _serving(address, talk) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def empty_line_flood(address: str, limit: int = 64 * 1024 * 1024) -> Iterator[int]:
+    """A port whose banner `220-` is followed by empty lines as fast as the client takes
+    them (at most `limit` bytes a connection, so the fake itself is bounded); yields it."""
+
+    def flood(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        chunk = b"\r\n" * 4096
+        with contextlib.suppress(OSError), conn:
+            conn.sendall(b"220-welcome\r\n")
+            sent = 0
+            while sent < limit:
+                conn.sendall(chunk)
+                sent += len(chunk)
+
+    with _serving(address, flood) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def _serving(address: str, handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    stopping = threading.Event()
+    with socket.create_server((address, 0)) as sock:
+        sock.settimeout(0.2)
+
+        def serve() -> None:
+            while not stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    conn = sock.accept()[0]
+                    threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
         thread = threading.Thread(target=serve, daemon=True)
         thread.start()

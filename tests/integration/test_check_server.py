@@ -28,7 +28,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared support
 import support
-from check_fakes import FakeFtps, dripping_listener, silent_listener
+from check_fakes import (
+    FakeFtps,
+    dripping_listener,
+    empty_line_flood,
+    scripted_listener,
+    silent_listener,
+)
 
 SCHEMA = json.loads((support.ROOT / "docs" / "check.schema.json").read_text())
 KINDS = ("explicit", "implicit", "client_cert_explicit", "client_cert_implicit")
@@ -361,6 +367,51 @@ def test_closed_silent_and_dripping_ports_are_critical_within_timeout(tmp_path: 
         block = next(b for b in blocks if b.startswith(f"127.0.0.3:{listener} (bind"))
         assert block.splitlines()[0].endswith("CRITICAL")
         assert reason in block, block
+
+
+# --- hostile listeners (issue 19.6) ---------------------------------------------------------
+
+HOSTILE_BANNER = (
+    b"220-\x1b]0;pwned\x07\r\x1b[2J hi\r\n220 \x1b[31mred\x1b[0m\rover \xe2\x80\xae\r\n"
+)
+HOSTILE_AUTH = b"534 \x1b]0;owned\x07 no TLS\x1b[8m\r\n"
+RAW = ("\x1b", "\x07", "\r", "\u202e")
+
+
+def test_hostile_listener_control_characters_are_escaped(tmp_path: Path) -> None:
+    site = make_site(tmp_path, "127.0.0.3", (), days=60)
+    with (
+        scripted_listener("127.0.0.3", HOSTILE_BANNER, auth_reply=HOSTILE_AUTH) as hostile,
+        scripted_listener("127.0.0.3", b"\x1b[2J\x1b]0;x\x07 not ftp\r\n") as not_ftp,
+        scripted_listener("127.0.0.3", b"220 \x1b[2Jhello\r\n") as bad_banner_cc,
+    ):
+        ports = {"explicit": hostile, "implicit": not_ftp, "client_cert_explicit": bad_banner_cc}
+        text = config_text(tmp_path, site.pki, "127.0.0.3", ports, site.cert)
+        config = support.write_config(tmp_path / "hostile.ini", text)
+        plain = run_check(config, timeout=5)
+        as_json = run_check(config, "--json", timeout=5)
+    assert plain.status == 2, plain.out
+    for out in (plain.out, as_json.out):
+        assert not any(c in out for c in RAW), repr(out)
+    assert "AUTH TLS refused: 534 \\x1b]0;owned\\x07 no TLS\\x1b[8m" in plain.out
+    doc = as_json.json()
+    texts = [f["text"] for li in doc["listeners"] for f in li["findings"]]
+    strings = json.dumps(doc, ensure_ascii=False)
+    assert not any(c in strings for c in RAW)
+    assert any("534 \\x1b]0;owned" in t for t in texts), texts
+
+
+def test_endless_banner_of_empty_lines_stops_at_the_reply_cap(tmp_path: Path) -> None:
+    site = make_site(tmp_path, "127.0.0.3", (), days=60)
+    with empty_line_flood("127.0.0.3") as flood:
+        text = config_text(tmp_path, site.pki, "127.0.0.3", {"explicit": flood}, site.cert)
+        config = support.write_config(tmp_path / "flood.ini", text)
+        result = run_check(config, "--json", timeout=20)
+    (listener,) = result.json()["listeners"]
+    reasons = " ".join(f["text"] for f in listener["findings"])
+    # the cap ended it, not the run's deadline
+    assert "no end of reply after 100 lines" in reasons, reasons
+    assert "timed out" not in reasons
 
 
 # --- client-certificate ports ---------------------------------------------------------------

@@ -41,6 +41,7 @@ class Sink:
     """aiosmtpd handler keeping every accepted message."""
 
     messages: list[EmailMessage] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)  # as received, before any parsing
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
     refuse_with: str | None = None  # e.g. "451 4.3.0 try again later": message not accepted
 
@@ -49,6 +50,7 @@ class Sink:
             return self.refuse_with
         raw = envelope.original_content or envelope.content
         msg = email.message_from_bytes(raw, policy=email.policy.default)
+        self.raw.append(raw)
         self.messages.append(msg)  # type: ignore[arg-type]
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         return "250 2.0.0 queued"
@@ -171,6 +173,7 @@ def write_config(
             [alerts]
             email_to = ops@example.com, pki@example.com
             email_from = ftps-server@example.com
+            {"" if "transport" in alerts else "transport = smtp"}
             smtp_host = 127.0.0.1
             smtp_port = {smtp_port}
             smtp_security = {security}

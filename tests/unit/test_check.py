@@ -464,3 +464,37 @@ def test_bad_arguments_are_refused() -> None:
         check_parser().parse_args(["check", "--timeout", "0"])
     with pytest.raises(SystemExit):
         check_parser().parse_args(["check", "--warn-days", "-1"])
+
+
+def test_served_certificate_names_are_escaped_in_text_and_json() -> None:
+    """Whoever runs the listener chose the served certificate's names (issue 19.6)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_cert = x509.load_pem_x509_certificate(CA.cert_pem.bytes())
+    ca_key = serialization.load_pem_private_key(CA.private_key_pem.bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    hostile = "\x1b]0;pwned\x07\r\nFTPS OK - fake"
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostile)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=40))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("ftp.example.com\x1b[2J")]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    report = verdict(observe(cert))
+    out = io.StringIO()
+    run = run_report([report])
+    text = check_report.render_text(run)
+    out.write(json.dumps(check_report.to_json(run), ensure_ascii=False))
+    for rendered in (text, out.getvalue()):
+        assert not any(c in rendered for c in "\x1b\x07\r"), rendered
+    assert "pwned\\x07\\x0d\\x0aFTPS OK - fake" in text
+    assert not any(line.startswith("FTPS OK") for line in text.splitlines())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import email.utils
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from reminder_support import (
 
 import ftps_server.reminders.mail as mail
 import ftps_server.reminders.run as reminders
-from ftps_server.config.model import AlertsConfig, Config
+from ftps_server.config.model import AlertsConfig, Config, load
 from ftps_server.errors import ConfigError, DeliveryError
 
 
@@ -51,6 +52,7 @@ def _alerts(port: int, **kw: object) -> AlertsConfig:
     base = AlertsConfig(
         email_to=("ops@example.com", "pki@example.com"),
         email_from="ftps-server@example.com",
+        transport="smtp",
         smtp_host="127.0.0.1",
         smtp_port=port,
         smtp_security="none",
@@ -201,7 +203,7 @@ def test_reminder_text_names_what_and_how(tmp_path: Path) -> None:
         "[certificate:main]",
         "127.0.0.1 port 2121 (explicit)",
         "127.0.0.1 port 9990 (implicit)",
-        "2026-12-14 12:00 UTC (13 days left)",
+        "2026-12-14 12:00 UTC (expires in 13 days)",
         "ftps_server_certificates:",
         "cert_src:",
         "key_content",
@@ -248,5 +250,80 @@ def test_subject_wording_near_the_end(tmp_path: Path, hours: int, words: str) ->
     (finding,) = reminders.evaluate(config, AT)
     subject, _ = mail.render_reminder(config, finding, at=AT, since="2026-12-01")
     assert words in subject
-    if hours < 0:
-        assert "expired 1 day ago" in subject
+    if hours < 0:  # the same words as `check` (issue 13.9)
+        assert "expired less than a day ago" in subject
+
+
+# --- transport = sendmail (a real executable standing in for the MTA's sendmail) -----------
+
+
+def _fake_sendmail(tmp: Path, status: int = 0, stderr: str = "") -> tuple[Path, Path]:
+    """A real script: records its arguments and stdin, answers with `status`."""
+    record = tmp / "sendmail-record"
+    script = tmp / "sendmail"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\n" "$*" > "{record}.args"\n'
+        f'cat > "{record}"\n' + (f'echo "{stderr}" >&2\n' if stderr else "") + f"exit {status}\n"
+    )
+    script.chmod(0o755)
+    return script, record
+
+
+def test_sendmail_transport_pipes_the_message_with_t_oi(tmp_path: Path) -> None:
+    script, record = _fake_sendmail(tmp_path)
+    alerts = _alerts(free_port(), transport="sendmail", sendmail=script)
+    mail.deliver(alerts, _message(alerts))
+    assert Path(f"{record}.args").read_text() == "-t -oi\n"
+    received = email.message_from_bytes(record.read_bytes())
+    assert received["To"] == "ops@example.com, pki@example.com"
+    assert received["Subject"] == "[ftps-server] test"
+    assert b"\r\n" not in record.read_bytes()  # sendmail wants local line ends
+
+
+def test_sendmail_failure_and_absence_are_delivery_errors(tmp_path: Path) -> None:
+    script, _ = _fake_sendmail(tmp_path, status=75, stderr="queue directory full")
+    alerts = _alerts(free_port(), transport="sendmail", sendmail=script)
+    with pytest.raises(DeliveryError, match=r"exit status 75: queue directory full"):
+        mail.deliver(alerts, _message(alerts))
+    alerts = _alerts(free_port(), transport="sendmail", sendmail=tmp_path / "no-such-sendmail")
+    with pytest.raises(DeliveryError, match=r"no-such-sendmail .*No such file"):
+        mail.deliver(alerts, _message(alerts))
+
+
+def test_default_transport_is_sendmail(tmp_path: Path) -> None:
+    path = tmp_path / "a.ini"
+    path.write_text("[alerts]\nemail_to = ops@example.com\n")
+    alerts = load(path).alerts
+    assert (alerts.transport, alerts.sendmail) == ("sendmail", Path("/usr/sbin/sendmail"))
+    path.write_text("[alerts]\ntransport = carrier-pigeon\n")
+    with pytest.raises(ConfigError, match=r"\[alerts\] transport"):
+        load(path)
+
+
+def test_recipient_headers_are_replaced_by_email_to(tmp_path: Path) -> None:
+    """A spooled message naming other recipients goes to [alerts] email_to only."""
+    script, record = _fake_sendmail(tmp_path)
+    alerts = _alerts(free_port(), transport="sendmail", sendmail=script)
+    message = _message(alerts)
+    del message["To"]
+    message["To"] = "victim@example.net"
+    message["Cc"] = "cc@example.net"
+    message["Bcc"] = "bcc@example.net"
+    message["Resent-To"] = "resent@example.net"
+    mail.deliver(alerts, message)
+    text = record.read_text()
+    assert "example.net" not in text
+    assert "To: ops@example.com, pki@example.com" in text
+
+
+# --- headers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra", [0, 9, 20, 60, 150])
+def test_subject_is_never_folded_after_the_colon(extra: int) -> None:
+    alerts = _alerts(free_port())
+    subject = f'[ftps-server] EXPIRED: certificate "{"x " * extra}main" expired 2 days ago (h)'
+    message = mail.build_message(alerts, subject, "body\n")
+    for raw in (mail.as_bytes(message), message.as_string().encode()):
+        assert re.search(rb"^Subject: \[ftps-server\] EXPIRED", raw, re.MULTILINE), raw[:200]

@@ -8,6 +8,8 @@ import datetime as dt
 import json
 import logging
 import os
+import re
+import socket
 import subprocess
 import sys
 import threading
@@ -89,7 +91,7 @@ def test_twenty_days_left_sends_nothing(tmp_path: Path, smtp: SmtpServer) -> Non
 def test_expiring_once_per_threshold(tmp_path: Path, smtp: SmtpServer) -> None:
     config = _config(tmp_path, smtp.port, 13, warn_days="14, 7")
     report = reminders.run_reminders(config, AT)
-    assert report.exit_status() == 1
+    assert report.exit_status() == 0  # expiring, and the email went out: the run did its job
     assert len(smtp.sink.messages) == 1
     subject = smtp.sink.subjects()[0]
     assert subject.startswith('[ftps-server] EXPIRING: certificate "main" expires in 13 days (')
@@ -130,8 +132,8 @@ def test_expired_once_a_day_from_remind(tmp_path: Path, smtp: SmtpServer) -> Non
     config = _config(tmp_path, smtp.port, -3)
     for offset in range(3):
         day = (AT + offset * DAY).date().isoformat()
-        assert _remind("--config", str(config.path), "--at", day) == 2
-        assert _remind("--config", str(config.path), "--at", f"{day}T23:59") == 2
+        assert _remind("--config", str(config.path), "--at", day) == 0
+        assert _remind("--config", str(config.path), "--at", f"{day}T23:59") == 0
     assert len(smtp.sink.messages) == 3
     assert [s.split(":", 1)[0] for s in smtp.sink.subjects()] == ["[ftps-server] EXPIRED"] * 3
 
@@ -158,7 +160,7 @@ def test_expired_remind_and_serve_thread_at_once_send_one(tmp_path: Path, smtp: 
         for t in threads:
             t.join(30)
         _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 2, err.decode()
+        assert proc.returncode == 0, err.decode()
     assert len(smtp.sink.messages) == 3
 
 
@@ -192,7 +194,7 @@ def test_smtp_down_spools_then_delivers_exactly_once(tmp_path: Path) -> None:
     port = free_port()  # nothing listens here yet
     config = _config(tmp_path, port, -2)
     report = reminders.run_reminders(config, AT)
-    assert report.exit_status() == 2
+    assert report.exit_status() == 0  # kept in the spool: retried next run, not a failed run
     assert report.spooled == 1 and report.errors
     assert "Connection refused" in report.errors[0] or "refused" in report.errors[0].lower()
     spool = list((tmp_path / "state" / "spool").glob("*.json"))
@@ -214,18 +216,18 @@ def test_dry_run_sends_nothing_and_keeps_no_state(
     tmp_path: Path, smtp: SmtpServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = _config(tmp_path, smtp.port, 13)
-    assert _remind("--config", str(config.path), "--at", "2026-12-01", "--dry-run", "--json") == 1
+    assert _remind("--config", str(config.path), "--at", "2026-12-01", "--dry-run", "--json") == 0
     out = json.loads(capsys.readouterr().out)
     assert out["findings"][0]["condition"] == "expiring"
     assert out["findings"][0]["email"] == "would send"
-    assert out["exit_status"] == 1
+    assert out["exit_status"] == 0
     assert smtp.sink.messages == []
     assert not (tmp_path / "state" / "reminders.json").exists()
 
 
 def test_table_output(tmp_path: Path, smtp: SmtpServer, capsys: pytest.CaptureFixture[str]) -> None:
     config = _config(tmp_path, smtp.port, 13)
-    assert _remind("--config", str(config.path), "--at", "2026-12-01") == 1
+    assert _remind("--config", str(config.path), "--at", "2026-12-01") == 0
     out = capsys.readouterr().out
     assert "expiring   certificate main  13" in out
     assert "sent" in out
@@ -337,12 +339,12 @@ def test_refused_message_is_kept_with_the_smtp_reason(
     config = _config(tmp_path, smtp.port, -1)
     smtp.sink.refuse_with = "451 4.3.0 mailbox busy, try again later"
     report = reminders.run_reminders(config, AT)
-    assert report.exit_status() == 2 and report.spooled == 1
+    assert report.exit_status() == 0 and report.spooled == 1
     assert "451 4.3.0 mailbox busy" in report.errors[0]
     assert any("451 4.3.0 mailbox busy" in e["MESSAGE"] for e in capture.entries)
     smtp.sink.refuse_with = None
     report = reminders.run_reminders(config, AT + dt.timedelta(hours=1))
-    assert report.exit_status() == 2  # still expired, but nothing undelivered
+    assert report.exit_status() == 0  # still expired, and nothing undelivered
     assert report.spooled == 0 and not report.errors
     assert len(smtp.sink.messages) == 1
 
@@ -378,8 +380,11 @@ def test_unusable_state_dir_names_the_key(tmp_path: Path, smtp: SmtpServer) -> N
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-def test_run_as_root_keeps_files_owned_by_the_service_user(tmp_path: Path) -> None:
+def test_run_as_root_keeps_files_owned_by_the_service_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`remind` by hand as root must not lock the service user out of its own state."""
+    monkeypatch.setenv("FTPS_SERVER_SERVICE_USER", "4242")
     config = _config(tmp_path, free_port(), -1)  # SMTP down: a spool file is written too
     state = tmp_path / "state"
     state.mkdir()
@@ -440,3 +445,117 @@ def test_end_to_end_starttls_and_password_file_from_config(tmp_path: Path) -> No
         assert report.delivered and not report.errors
         assert len(server.sink.messages) == 1
         assert server.sink.envelopes[0][1] == ["ops@example.com", "pki@example.com"]
+
+
+# --- issue 19.5 / 13.4: broken state, exit status, spool recipients ------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"sent": {"certificate:main|x|expiring|14": null}}',
+        '{"days": ["not", "a", "map"]}',
+        '{"since": {"k": 3}}',
+        '["a list"]',
+    ],
+)
+def test_ill_typed_state_file_is_set_aside(tmp_path: Path, smtp: SmtpServer, text: str) -> None:
+    config = _config(tmp_path, smtp.port, -1)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "reminders.json").write_text(text)
+    report = reminders.run_reminders(config, AT)
+    assert len(smtp.sink.messages) == 1 and report.spooled == 0
+    assert (tmp_path / "state" / "reminders.json.broken").read_text() == text
+    assert json.loads((tmp_path / "state" / "reminders.json").read_text())["days"]
+
+
+def test_expired_and_smtp_down_is_a_successful_run(tmp_path: Path) -> None:
+    """The reminder unit fails only when reminding failed, not when a certificate did."""
+    config = _config(tmp_path, free_port(), -3)
+    assert _remind("--config", str(config.path), "--at", "2026-12-01") == 0
+    assert len(list((tmp_path / "state" / "spool").glob("*.json"))) == 1
+
+
+def _cli(*argv: str) -> int:
+    from ftps_server import cli
+
+    return cli.main(list(argv))
+
+
+def test_run_that_cannot_spool_fails_with_78(tmp_path: Path) -> None:
+    config = _config(tmp_path, free_port(), -3)
+    (tmp_path / "state").write_text("a file, not a directory")
+    assert _cli("remind", "--config", str(config.path), "--at", "2026-12-01") == 78
+
+
+def test_unexpected_error_in_a_run_fails_the_unit(
+    tmp_path: Path, smtp: SmtpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    # not a jinja2.TemplateError: an error the run does not expect
+    (templates / "subject.txt.j2").write_text("{{ 1 // 0 }}")
+    config = _config(tmp_path, smtp.port, -3, alerts=f"template_dir = {templates}\n")
+    status = _cli("remind", "--config", str(config.path), "--at", "2026-12-01")
+    assert status == remind.EXIT_FAILED
+    assert "reminder run failed" in caplog.text
+    unit = (ROOT / "systemd" / "ftps-server-remind.service").read_text()
+    success = {
+        int(code)
+        for line in unit.splitlines()
+        if line.startswith("SuccessExitStatus=")
+        for code in line.split("=", 1)[1].split()
+        if code.isdigit()
+    }
+    assert not success & {1, remind.EXIT_FAILED, 78}
+
+
+def test_spooled_message_goes_to_email_to_only(tmp_path: Path, smtp: SmtpServer) -> None:
+    """Whoever can write the spool cannot make `remind` mail anyone else."""
+    config = _config(tmp_path, smtp.port, 90)
+    spool = tmp_path / "state" / "spool"
+    spool.mkdir(parents=True)
+    planted = (
+        "From: ftps-server@example.com\nTo: victim@example.net\nCc: cc@example.net\n"
+        "Bcc: bcc@example.net\nSubject: [ftps-server] hello\n\nbody\n"
+    )
+    (spool / "0-planted.json").write_text(json.dumps({"message": planted, "day": "2026-12-01"}))
+    report = reminders.run_reminders(config, AT)
+    assert report.spooled == 0
+    assert smtp.sink.envelopes == [
+        ("ftps-server@example.com", ["ops@example.com", "pki@example.com"])
+    ]
+    assert b"example.net" not in smtp.sink.raw[0]
+
+
+def test_subject_arrives_unfolded_after_the_spool(tmp_path: Path) -> None:
+    # Python's folder puts a 71..77 character value on its own line, right after "Subject:"
+    frame = f'[ftps-server] EXPIRED: certificate "" expired 2 days ago ({socket.gethostname()})'
+    name = "c" * max(1, 75 - len(frame))
+    files = write_cert(tmp_path / "tls", name, not_after=AT - DAY * 2)
+    section = f"""
+        [certificate:{name}]
+        cert = {files.cert}
+        key = {files.key}
+        addresses = 127.0.0.1
+        """
+    port = free_port()
+    config = write_config(tmp_path, smtp_port=port, certificates=section)
+    reminders.run_reminders(config, AT)  # SMTP down: spooled, read back from the file next run
+    with SmtpServer(port) as smtp:
+        reminders.run_reminders(config, AT + dt.timedelta(hours=1))
+        (raw,) = smtp.sink.raw
+    assert re.search(rb"^Subject: \[ftps-server\] EXPIRED:", raw, re.MULTILINE), raw[:300]
+
+
+def test_sendmail_transport_end_to_end(tmp_path: Path) -> None:
+    record = tmp_path / "mta-input"
+    script = tmp_path / "sendmail"
+    script.write_text(f'#!/bin/sh\ncat >> "{record}"\n')
+    script.chmod(0o755)
+    config = _config(
+        tmp_path, free_port(), -1, alerts=f"transport = sendmail\nsendmail = {script}\n"
+    )
+    report = reminders.run_reminders(config, AT)
+    assert report.spooled == 0 and report.delivered
+    assert re.search(r"^Subject: \[ftps-server\] EXPIRED:", record.read_text(), re.MULTILINE)
