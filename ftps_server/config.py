@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from . import ini
+from .checksums import ALGORITHMS as CHECKSUM_ALGORITHMS
+from .checksums import parse_algorithms
 from .errors import ConfigError
 from .ini import normalize_address
 from .passwords import PasswordError, parse_hash
@@ -74,6 +76,7 @@ class ServerConfig:
     failure_window: int = 600
     ban_time: int = 900
     include: tuple[str, ...] = ()
+    checksum_algorithms: tuple[str, ...] = CHECKSUM_ALGORITHMS
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,10 @@ def _permissions(text: str) -> str:
     return text
 
 
+def _checksum_algorithms(text: str) -> tuple[str, ...]:
+    return parse_algorithms(ini.comma_list(text))
+
+
 def _min_version(text: str) -> str:
     return ini.choice(TLS_VERSIONS)(text)
 
@@ -264,6 +271,9 @@ def _server(s: ini.Section) -> ServerConfig:
         failure_window=s.get("failure_window", ini.int_range(1, 86400 * 7), d.failure_window),
         ban_time=s.get("ban_time", ini.int_range(0, 86400 * 30), d.ban_time),
         include=s.get("include", ini.comma_list, ()),
+        checksum_algorithms=s.get(
+            "checksum_algorithms", _checksum_algorithms, d.checksum_algorithms
+        ),
     )
 
 
