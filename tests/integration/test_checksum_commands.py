@@ -12,6 +12,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -394,3 +395,26 @@ def test_quit_during_a_long_hash_closes_at_once(site: Site) -> None:
     time.sleep(0.2)
     assert ftp.quit().startswith("221")
     assert re.match(r"^200", site.client().voidcmd("NOOP"))
+
+
+def test_server_stops_promptly_during_a_long_hash(
+    pki: support.Pki, tmp_path: Path, start_server: Callable[..., support.ServerProcess]
+) -> None:
+    site = Site(pki, tmp_path)
+    server = start_server(site.config)
+    _sparse(site.home() / "huge.bin", 64 * GIB)
+    ftp = site.client()
+    _begin(ftp, "HASH huge.bin")
+    time.sleep(0.3)
+    server.proc.send_signal(signal.SIGTERM)
+    # the worker thread must not keep the process alive for the rest of 64 GiB
+    assert server.proc.wait(15) is not None
+
+
+def test_checksums_need_a_login(site: Site) -> None:
+    (site.home() / "f").write_bytes(b"x")
+    ftp = support.explicit_client(site.pki, "127.0.0.1", site.port)
+    for cmd in ("HASH f", "XSHA256 f", "XCRC f 0 1", "OPTS HASH MD5"):
+        with pytest.raises(ftplib.error_perm, match=r"^530"):
+            ftp.sendcmd(cmd)
+    ftp.quit()
