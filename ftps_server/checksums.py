@@ -321,7 +321,11 @@ class Checksums:
                 self._slots.release(user)
             done(outcome)
 
-        self._pool.submit(job)
+        try:
+            self._pool.submit(job)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            self._slots.release(user)
+            return Refusal.SERVER
         return None
 
     def _run(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import re
 import ssl
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -17,10 +16,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from cryptography import x509
 from pyftpdlib.handlers import DTPHandler, FTPHandler
 
-from . import auth, checksums
+from . import auth
+from .checksum_commands import PROTO_CMDS as CHECKSUM_CMDS
+from .checksum_commands import ChecksumCommands
 from .config import normalize_address
 from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState
-from .wakeup import LoopWaker
 
 if TYPE_CHECKING:
     from .listeners import ListenerServer, ServerState
@@ -214,32 +214,6 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         return True
 
 
-class _ChecksumRuntime:
-    """The checksum workers and the waker that brings their results back to the loop."""
-
-    service: checksums.Checksums | None = None
-    waker: LoopWaker | None = None
-
-    @classmethod
-    def for_loop(cls, ioloop: Any) -> tuple[checksums.Checksums, LoopWaker]:
-        if cls.service is None:
-            cls.service = checksums.Checksums()
-        if cls.waker is None or cls.waker.ioloop is not ioloop:
-            if cls.waker is not None:
-                cls.waker.close()
-            cls.waker = LoopWaker(ioloop)
-        return cls.service, cls.waker
-
-
-def _checksum_command(algorithm: str, cmd: str) -> dict[str, Any]:
-    return {
-        "perm": None,  # checked by the handler: the argument is not only a path
-        "auth": True,
-        "arg": True,
-        "help": f"Syntax: {cmd} <SP> file-name [<SP> start <SP> end] ({algorithm} of a file).",
-    }
-
-
 # PassiveDTP's module differs between pyftpdlib 2.0 and 2.2; the handler names it in both
 class FtpsPassiveDTP(FTPHandler.passive_dtp):
     """Passive data listener comparing addresses in one form.
@@ -253,7 +227,7 @@ class FtpsPassiveDTP(FTPHandler.passive_dtp):
         return super().handle_accepted(sock, addr)
 
 
-class FtpsHandler(TlsChannel, FTPHandler):
+class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
     """Control connection of one FTPS session on one listener."""
 
     dtp_handler = FtpsDataHandler
@@ -285,13 +259,7 @@ class FtpsHandler(TlsChannel, FTPHandler):
                 "arg": False,
                 "help": "Syntax: CCC (clear the command channel).",
             },
-            "HASH": {
-                "perm": None,  # checked by the handler, which also opens the file
-                "auth": True,
-                "arg": True,
-                "help": "Syntax: HASH <SP> file-name (checksum, algorithm set by OPTS HASH).",
-            },
-            **{cmd: _checksum_command(alg, cmd) for cmd, alg in checksums.X_COMMANDS.items()},
+            **CHECKSUM_CMDS,
         }
     )
     banner = "ftps-server ready."
@@ -311,9 +279,6 @@ class FtpsHandler(TlsChannel, FTPHandler):
         self._pbsz = False
         self._prot = False
         settings = self.state.config.server
-        self._checksum_busy = False
-        self._hash_offered = settings.checksum_algorithms
-        self._hash_algorithm = checksums.default_algorithm(self._hash_offered)
         self.timeout = settings.idle_timeout
         if settings.passive_ports:
             # a range, not a list: pyftpdlib copies it when it picks a port, and a list of
@@ -334,8 +299,7 @@ class FtpsHandler(TlsChannel, FTPHandler):
             self._extra_feats = [*auth, "PBSZ", "PROT"]
             if self._ccc_allowed:
                 self._extra_feats.append("CCC")
-        # a new list: pyftpdlib's default is one list shared by every handler
-        self._extra_feats = [*self._extra_feats, self._hash_feature()]
+        self.checksum_setup(settings)
 
     # --- policy
 
@@ -443,10 +407,6 @@ class FtpsHandler(TlsChannel, FTPHandler):
             else:
                 self.respond("530 TLS is required: send AUTH TLS first.")
             return
-        if self._checksum_busy and cmd != "QUIT":
-            # its reply is still to come: answering this one first would swap the two
-            self.respond("503 Checksum in progress; wait for its reply.")
-            return
         if cmd in _DATA_COMMANDS and self._protection_required and not self._prot:
             self.respond("521 Data connections must be protected: send PBSZ 0 and PROT P first.")
             return
@@ -533,139 +493,6 @@ class FtpsHandler(TlsChannel, FTPHandler):
         else:
             self.respond("200 Command channel cleared; data protection level unchanged.")
             self.clear_command_channel()
-
-    # --- checksums: the HASH draft and ProFTPD mod_digest's X-commands (logic in `checksums`)
-
-    def _hash_feature(self) -> str:
-        return checksums.hash_feature(self._hash_offered, self._hash_algorithm)
-
-    def ftp_OPTS(self, line: str) -> None:
-        name, _, arg = line.strip().partition(" ")
-        if name.upper() != "HASH":
-            super().ftp_OPTS(line)
-            return
-        arg = arg.strip()
-        if not arg:
-            self.respond(f"200 {self._hash_algorithm}")
-            return
-        try:
-            wanted = checksums.algorithm_name(arg)
-        except ValueError:
-            wanted = ""
-        if wanted not in self._hash_offered:
-            offered = ", ".join(self._hash_offered)
-            self.respond(f"501 Unknown or disabled algorithm; selection unchanged ({offered}).")
-            return
-        self._hash_algorithm = wanted
-        feats = [f for f in self._extra_feats if not f.startswith("HASH ")]
-        self._extra_feats = [*feats, self._hash_feature()]
-        self.respond(f"200 {wanted}")
-
-    def ftp_HASH(self, line: str) -> None:
-        self._start_checksum("HASH", line, None, self._hash_algorithm)
-
-    def ftp_XSHA256(self, line: str) -> None:
-        self._x_checksum("XSHA256", line)
-
-    def ftp_XSHA512(self, line: str) -> None:
-        self._x_checksum("XSHA512", line)
-
-    def ftp_XSHA1(self, line: str) -> None:
-        self._x_checksum("XSHA1", line)
-
-    def ftp_XMD5(self, line: str) -> None:
-        self._x_checksum("XMD5", line)
-
-    def ftp_XCRC(self, line: str) -> None:
-        self._x_checksum("XCRC", line)
-
-    def _x_checksum(self, cmd: str, line: str) -> None:
-        path, wanted = checksums.split_range_argument(line)
-        algorithm = checksums.X_COMMANDS[cmd]
-        if algorithm not in self._hash_offered:
-            self.respond(f"504 {algorithm} checksums are disabled on this server.")
-            return
-        self._start_checksum(cmd, path, wanted, algorithm)
-
-    def _open_for_checksum(self, cmd: str, ftp_path: str) -> tuple[int, Any] | None:
-        """The open file and its stat, with the jail and 'r' checked as for RETR; else reply."""
-        path = self.fs.ftp2fs(ftp_path)
-        if not self.fs.validpath(path):
-            self.respond("550 Path is outside the home directory.")
-        elif not self.authorizer.has_perm(self.username, "r", path):
-            self.respond("550 Not enough privileges.")
-        else:
-            try:
-                opened: tuple[int, Any] = self.run_as_current_user(checksums.open_regular, path)
-                return opened
-            except IsADirectoryError:
-                # the draft's code for "not a file"; mod_digest's X-commands answer 550
-                self.respond(f"{553 if cmd == 'HASH' else 550} {ftp_path}: not a regular file.")
-            except OSError as err:
-                self.respond(f"550 {ftp_path}: {err.strerror or err}.")
-        return None
-
-    def _start_checksum(
-        self, cmd: str, ftp_path: str, wanted: checksums.ByteRange | None, algorithm: str
-    ) -> None:
-        opened = self._open_for_checksum(cmd, ftp_path)
-        if opened is None:
-            return
-        fd, st = opened
-        try:
-            span = checksums.resolve_range(wanted, st.st_size)
-        except checksums.RangeError as exc:
-            os.close(fd)
-            self.respond(f"501 {cmd}: {exc}.")
-            return
-        service, waker = _ChecksumRuntime.for_loop(self.ioloop)
-        cached = service.lookup(checksums.FileIdentity.of(st), algorithm, *span)
-        if cached is not None:
-            os.close(fd)
-            self.respond(self._checksum_reply(cmd, algorithm, span, cached, ftp_path))
-            return
-
-        def done(outcome: checksums.Outcome) -> None:  # in the worker thread
-            waker.call_soon_threadsafe(
-                lambda: self._checksum_done(cmd, algorithm, span, ftp_path, outcome)
-            )
-
-        refusal = service.start(
-            self.username, fd, algorithm, span, lambda: self._closed or not self.connected, done
-        )
-        if refusal is checksums.Refusal.USER:
-            os.close(fd)
-            self.respond("450 Too many checksums in progress for this user; try again later.")
-        elif refusal is checksums.Refusal.SERVER:
-            os.close(fd)
-            self.respond("421 Server busy computing checksums; try again later.")
-        else:
-            self._checksum_busy = True
-
-    def _checksum_reply(
-        self, cmd: str, algorithm: str, span: tuple[int, int], digest: str, ftp_path: str
-    ) -> str:
-        if cmd == "HASH":
-            return f"213 {algorithm} {span[0]}-{span[1]} {digest} {ftp_path}"
-        return f"250 {digest.upper()}"  # mod_digest's form
-
-    def _checksum_done(
-        self,
-        cmd: str,
-        algorithm: str,
-        span: tuple[int, int],
-        ftp_path: str,
-        outcome: checksums.Outcome,
-    ) -> None:
-        self._checksum_busy = False
-        if self._closed or not self.connected or outcome.cancelled:
-            return
-        if outcome.hexdigest is not None:
-            reply = self._checksum_reply(cmd, algorithm, span, outcome.hexdigest, ftp_path)
-        else:
-            reply = f"450 {ftp_path}: {outcome.error}; try again."
-        self.respond(reply)
-        self.log_cmd(cmd, ftp_path, int(reply[:3]), reply[4:])
 
     def tls_cleared(self) -> None:
         self._cleared_by_ccc = True

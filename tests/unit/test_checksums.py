@@ -285,3 +285,10 @@ def test_config_key_errors_name_file_section_and_key(
     text = str(info.value)
     assert "c.ini" in text and "server" in text and "checksum_algorithms" in text
     assert message in text
+
+
+def test_nothing_starts_after_close(data_file: Path) -> None:
+    service = checksums.Checksums()
+    service.close()
+    assert _Run(service, data_file).refusal is checksums.Refusal.SERVER
+    assert service.running() == 0
