@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from ..checksums import ALGORITHMS as CHECKSUM_ALGORITHMS
+from ..checksums import parse_algorithms
 from ..errors import ConfigError
 from ..pki.passwords import PasswordError, parse_hash
 from . import ini
@@ -75,6 +77,7 @@ class ServerConfig:
     failure_window: int = 600
     ban_time: int = 900
     include: tuple[str, ...] = ()
+    checksum_algorithms: tuple[str, ...] = CHECKSUM_ALGORITHMS
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,10 @@ def _permissions(text: str) -> str:
     return text
 
 
+def _checksum_algorithms(text: str) -> tuple[str, ...]:
+    return parse_algorithms(ini.comma_list(text))
+
+
 def _min_version(text: str) -> str:
     return ini.choice(TLS_VERSIONS)(text)
 
@@ -268,6 +275,9 @@ def _server(s: ini.Section) -> ServerConfig:
         failure_window=s.get("failure_window", ini.int_range(1, 86400 * 7), d.failure_window),
         ban_time=s.get("ban_time", ini.int_range(0, 86400 * 30), d.ban_time),
         include=s.get("include", ini.comma_list, ()),
+        checksum_algorithms=s.get(
+            "checksum_algorithms", _checksum_algorithms, d.checksum_algorithms
+        ),
     )
 
 

@@ -27,7 +27,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import cast
 
-from . import mail, state_files
+from .. import state_files
+from . import mail
 
 __all__ = ["SpoolEntry", "State", "Store"]
 

@@ -18,6 +18,8 @@ from pyftpdlib.handlers import DTPHandler, FTPHandler
 
 from ..config.model import normalize_address
 from . import auth
+from .checksum_commands import PROTO_CMDS as CHECKSUM_CMDS
+from .checksum_commands import ChecksumCommands
 from .state import AcceptingListener, ServerState
 from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState
 
@@ -223,7 +225,7 @@ class FtpsPassiveDTP(FTPHandler.passive_dtp):
         return super().handle_accepted(sock, addr)
 
 
-class FtpsHandler(TlsChannel, FTPHandler):
+class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
     """Control connection of one FTPS session on one listener."""
 
     dtp_handler = FtpsDataHandler
@@ -255,6 +257,7 @@ class FtpsHandler(TlsChannel, FTPHandler):
                 "arg": False,
                 "help": "Syntax: CCC (clear the command channel).",
             },
+            **CHECKSUM_CMDS,
         }
     )
     banner = "ftps-server ready."
@@ -294,6 +297,7 @@ class FtpsHandler(TlsChannel, FTPHandler):
             self._extra_feats = [*auth, "PBSZ", "PROT"]
             if self._ccc_allowed:
                 self._extra_feats.append("CCC")
+        self.checksum_setup(settings)
 
     # --- policy
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ftps_server import config
+import ftps_server.config.model as config
 from ftps_server.errors import ConfigError
 
 HASH = "$scrypt$ln=10,r=8,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA=="

@@ -15,10 +15,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from reminder_support import AT, JournalCapture, SmtpServer, write_cert, write_config
 
-from ftps_server import message_ids, remind
-from ftps_server.certs import cert_info, days_left, expiry_phrase
-from ftps_server.check_probe import Attempt, Target
-from ftps_server.check_verdict import Configured, Observation, judge
+import ftps_server.journal.message_ids as message_ids
+import ftps_server.reminders.command as remind
+from ftps_server.check.probe import Attempt, Target
+from ftps_server.check.verdict import Configured, Observation, judge
+from ftps_server.pki.certs import cert_info, days_left, expiry_phrase
 
 MIN = dt.timedelta(minutes=1)
 DAY = dt.timedelta(days=1)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from reminder_support import AT, free_port, write_cert, write_config
 
-from ftps_server import reminders
-from ftps_server.config import Config
+import ftps_server.reminders.run as reminders
+from ftps_server.config.model import Config
 from ftps_server.errors import ConfigError
 
 SERVICE_UID, SERVICE_GID = 4242, 4243

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""What a SHA-256 of every upload costs: TLS upload MB/s with and without it, same run (by hand).
+
+Two ftps-server processes on loopback, identical but for one thing: in the second, every
+chunk the data handler writes (`FtpsDataHandler._store`, the PROT P upload path) is also fed
+to `checksums.StreamDigest` -- where `[log] upload_digest = sha256` will hook in. curl uploads
+to both, alternating (A B A B ...) so drift on a noisy machine hits both; medians are shown.
+A standalone line gives the digest's own speed over the same 256 KiB memoryview chunks.
+
+    python3 bench/upload_digest.py [--size-mib 256] [--runs 3]
+
+Needs no root: the file lives on /dev/shm when there is one, nothing is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+
+from tls_throughput import BENCH_USER, HOST, Server, _cert, _wait_port, measure  # noqa: E402
+
+from ftps_server.checksums import StreamDigest  # noqa: E402
+from ftps_server.pki.passwords import hash_password  # noqa: E402
+
+CHUNK = 256 * 1024  # the data handler's read size (ftp._BULK)
+
+
+def serve_with_digest(config: str) -> int:
+    """Run `ftps-server serve` with every upload chunk also fed to a StreamDigest."""
+    from ftps_server import cli
+    from ftps_server.server.ftp import FtpsDataHandler
+
+    original = FtpsDataHandler._store
+
+    def store(self: Any, data: memoryview) -> bool:
+        digest = self.__dict__.get("_bench_digest")
+        if digest is None:
+            digest = self._bench_digest = StreamDigest()
+        digest.update(data)
+        return original(self, data)
+
+    FtpsDataHandler._store = store  # type: ignore[method-assign]
+    return cli.main(["serve", "--config", config])
+
+
+def start(work: Path, name: str, cert: Path, key: Path, home: Path, port: int) -> Server:
+    password = secrets.token_urlsafe(12)
+    config = work / f"{name}.ini"
+    config.write_text(f"""[server]
+addresses = {HOST}
+state_dir = {work}/state-{name}
+root = {home.parent}
+[ports]
+explicit = {port}
+implicit = 0
+[certificate:bench]
+cert = {cert}
+key = {key}
+default = yes
+[user:{BENCH_USER}]
+home = {home}
+permissions = elradfmw
+password = {hash_password(password)}
+""")
+    if name == "sha256":
+        cmd = [sys.executable, __file__, "--serve-with-digest", str(config)]
+    else:
+        cmd = [sys.executable, "-m", "ftps_server", "serve", "--config", str(config)]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=work,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.DEVNULL,
+        stderr=(work / f"{name}.log").open("wb"),
+    )
+    _wait_port(port)
+    return Server(name, port, password, proc)
+
+
+def digest_alone(src: Path) -> float:
+    """MB/s of StreamDigest over the file in the data handler's chunk size, in memory."""
+    data = src.read_bytes()[: 256 * 2**20]
+    view = memoryview(data)
+    t0 = time.perf_counter()
+    digest = StreamDigest()
+    for i in range(0, len(data), CHUNK):
+        digest.update(view[i : i + CHUNK])
+    elapsed = time.perf_counter() - t0
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    return len(data) / elapsed / 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--serve-with-digest", metavar="CONFIG", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_with_digest:
+        return serve_with_digest(args.serve_with_digest)
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    work = Path(tempfile.mkdtemp(prefix="ftps-digest-bench-", dir=shm))
+    servers: list[Server] = []
+    try:
+        cert, key = _cert(work)
+        home = work / "home" / BENCH_USER
+        home.mkdir(parents=True)
+        size = args.size_mib * 2**20
+        src = home / "file.bin"
+        with src.open("wb") as f:
+            block = os.urandom(2**20)
+            for _ in range(args.size_mib):
+                f.write(block)
+        servers = [
+            start(work, "none", cert, key, home, 41980),
+            start(work, "sha256", cert, key, home, 41981),
+        ]
+        results: dict[str, list[tuple[float, float]]] = {}
+        for run in range(args.runs):
+            for server in servers:
+                results.setdefault(server.name, []).append(
+                    measure(server, cert, "upload", size, src)
+                )
+            print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
+        alone = digest_alone(src)
+    except RuntimeError:
+        for log in work.glob("*.log"):
+            print(log.read_text()[-3000:], file=sys.stderr)
+        raise
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nTLS upload, {args.size_mib} MiB, curl, medians of {args.runs} alternating runs")
+    print("| upload digest | MB/s | server CPU s/GiB |\n|---|---|---|")
+    for name in ("none", "sha256"):
+        mbs = statistics.median(r[0] for r in results[name])
+        cpu = statistics.median(r[1] for r in results[name])
+        print(f"| {name} | {mbs:.0f} | {cpu:.2f} |")
+    print(f"\nStreamDigest alone (SHA-256, {CHUNK // 1024} KiB memoryviews): {alone:.0f} MB/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
