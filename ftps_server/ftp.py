@@ -18,6 +18,7 @@ from pyftpdlib.handlers import DTPHandler, FTPHandler
 
 from . import auth
 from .config import normalize_address
+from .tls import CONTROL_TICKETS, DATA_TICKETS
 from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState
 
 if TYPE_CHECKING:
@@ -52,15 +53,53 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             timeout = cmd_channel.state.config.server.handshake_timeout
             self.start_tls(context, timeout)
 
+    # made when the ClientHello arrives: by then most clients have sent the transfer command
+    tls_wrap_on_hello = True
+
+    def tls_wrap(self, context: ssl.SSLContext) -> ssl.SSLObject:
+        # TLS 1.3 tickets only where the client reads what the server sends: an uploading
+        # client that never reads would leave them unread, and closing a socket with unread
+        # data sends a reset that discards the end of its upload still queued at the server.
+        # Downloads and listings get one, replacing the one the client spent resuming.
+        # OpenSSL copies the count into the connection when it is made.
+        downloading = self._initialized and not self.receive
+        context.num_tickets = DATA_TICKETS if downloading else 0
+        try:
+            return super().tls_wrap(context)
+        finally:
+            context.num_tickets = CONTROL_TICKETS
+
+    def _peer(self) -> str:
+        try:
+            return normalize_address(str(self.socket.getpeername()[0]))
+        except (OSError, AttributeError):
+            return "?"
+
     def tls_established(self) -> None:
         channel = self.cmd_channel
+        # Every control connection has contexts of its own (own session cache, own ticket
+        # keys; see tls.py), so a session resumed here can only be the control connection's:
+        # a session of any other connection, listener or client cannot be decrypted and
+        # gives a full handshake.
         reused = self.tls is not None and self.tls.session_reused
         if channel.state.config.tls.require_session_reuse and not reused:
+            data_peer = self._peer()
             log.warning(
-                "refused data connection from %s on %s: TLS session not resumed",
+                "refused data connection from %s for the session of user %s from %s on %s: "
+                "TLS session not resumed (a data connection must resume its own control "
+                "connection's session)",
+                data_peer,
+                channel.username or "(not logged in)",
                 channel.remote_ip,
                 channel.listener_name,
-                extra={"fields": {"REMOTE_ADDR": channel.remote_ip, "USER": channel.username}},
+                extra={
+                    "fields": {
+                        "REMOTE_ADDR": channel.remote_ip,
+                        "DATA_REMOTE_ADDR": data_peer,
+                        "USER": channel.username,
+                        "LISTENER": channel.listener_name,
+                    }
+                },
             )
             self._abort(
                 "522 Data connection must resume the TLS session of the control "
@@ -288,10 +327,10 @@ class FtpsHandler(TlsChannel, FTPHandler):
             return
         self.local_ip = normalize_address(self.socket.getsockname()[0])
         self.remote_ip = normalize_address(str(self.remote_ip))
-        self.tls_context = self.state.tls.context_for(self.local_ip, self.listener_kind)
+        self.tls_usable = self.state.tls.usable(self.local_ip, self.listener_kind)
         self.tls_problem = self.state.tls.problem_for(self.local_ip)
         self.masquerade_address = self._nat_address()
-        if self.tls_context is not None:
+        if self.tls_usable:
             auth = [] if self._implicit else ["AUTH TLS", "AUTH SSL"]
             self._extra_feats = [*auth, "PBSZ", "PROT"]
             if self._ccc_allowed:
@@ -337,11 +376,11 @@ class FtpsHandler(TlsChannel, FTPHandler):
             self.close_when_done()
             return
         if not self._implicit:
-            if self.tls_context is None:
+            if not self.tls_usable:
                 self.banner = "ftps-server: TLS unavailable on this address (no valid certificate)."
             super().handle()
             return
-        if self.tls_context is None:
+        if not self.tls_usable:
             log.info(
                 "closing implicit connection from %s on %s: %s",
                 self.remote_ip,
@@ -350,13 +389,22 @@ class FtpsHandler(TlsChannel, FTPHandler):
             )
             self.close()
             return
-        self.start_tls(self.tls_context, self.state.config.server.handshake_timeout)
+        self.start_tls(self._own_context(), self.state.config.server.handshake_timeout)
+
+    def _own_context(self) -> ssl.SSLContext:
+        """This connection's own context (own session cache and ticket keys), made once.
+
+        Data connections start with it too, not with the one SNI may switch to: OpenSSL
+        keeps sessions and ticket keys in the context a handshake starts with. Still theirs
+        after CCC.
+        """
+        if self.session_context is None:
+            self.session_context = self.state.tls.context_for(self.local_ip, self.listener_kind)
+            assert self.session_context is not None
+        return self.session_context
 
     def tls_established(self) -> None:
         assert self.tls is not None
-        # data connections resume against the context the control connection ended up
-        # with (after SNI), and still may after CCC
-        self.session_context = self.tls.context
         der = self.tls.getpeercert(binary_form=True)
         self.peer_certificate = x509.load_der_x509_certificate(der) if der else None
         log.debug(
@@ -397,7 +445,7 @@ class FtpsHandler(TlsChannel, FTPHandler):
             return
         clear_ok = self._plain_allowed or self._cleared_by_ccc
         if not self.tls_active and cmd not in _PRE_TLS_COMMANDS and not clear_ok:
-            if self.tls_context is None:
+            if not self.tls_usable:
                 why = "TLS is unavailable on this address (no valid certificate)"
                 self.respond(f"530 {why}; plain FTP is not allowed.")
             else:
@@ -436,7 +484,7 @@ class FtpsHandler(TlsChannel, FTPHandler):
             self.respond("503 Already using TLS.")
         elif arg not in ("TLS", "TLS-C", "TLS-P", "SSL"):
             self.respond("504 AUTH type not supported (use TLS, TLS-C, TLS-P or SSL).")
-        elif self.tls_context is None:
+        elif not self.tls_usable:
             log.info(
                 "AUTH refused for %s on %s: %s",
                 self.remote_ip,
@@ -451,7 +499,7 @@ class FtpsHandler(TlsChannel, FTPHandler):
             if arg == "TLS-P":  # RFC 4217 TLS-P: data protected from the start
                 self._pbsz = self._prot = True
             self.respond(f"234 AUTH {arg} successful.")
-            self._tls_after_flush = self.tls_context
+            self._tls_after_flush = self._own_context()
             self.initiate_send()
 
     def ftp_PBSZ(self, line: str) -> None:

@@ -82,6 +82,10 @@ class TlsChannel:
     _tls_timer: Any = None
     _tls_progress = False
     _plain_leftover = b""  # clear text that arrived right behind the peer's close_notify
+    _tls_context: ssl.SSLContext | None = None  # until the client's first bytes (see below)
+    # True: the SSLObject is made when the ClientHello arrives, not at start_tls, so that
+    # `tls_wrap` can decide with what the client asked by then (data connections)
+    tls_wrap_on_hello = False
     socket: Any
     ioloop: Any
     connected: bool
@@ -99,6 +103,11 @@ class TlsChannel:
 
     def tls_cleared(self) -> None:
         """Called after CCC brought the connection back to clear text."""
+
+    def tls_wrap(self, context: ssl.SSLContext) -> ssl.SSLObject:
+        """Make the server-side SSLObject over the channel's memory BIOs."""
+        assert self._tls_in is not None and self._tls_out is not None
+        return context.wrap_bio(self._tls_in, self._tls_out, server_side=True)
 
     def tls_io_events(self) -> int:
         """The IOLoop events the channel wants once TLS has nothing pending."""
@@ -118,6 +127,7 @@ class TlsChannel:
     def _tls_drop(self) -> None:
         self.tls_state = TlsState.PLAIN
         self.tls = None
+        self._tls_context = None
 
     def start_tls(self, context: ssl.SSLContext, timeout: float | None = None) -> None:
         """Switch the connection to TLS as the server side and start the handshake."""
@@ -125,7 +135,10 @@ class TlsChannel:
         self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls_head = None
         self._tls_raw_eof = False
-        self.tls = context.wrap_bio(self._tls_in, self._tls_out, server_side=True)
+        if self.tls_wrap_on_hello:
+            self._tls_context = context
+        else:
+            self.tls = self.tls_wrap(context)
         if timeout:
             self._tls_timer = self.ioloop.call_later(timeout, self._tls_handshake_timeout)
         self._tls_handshake()
@@ -202,8 +215,13 @@ class TlsChannel:
     # --- handshake and shutdown
 
     def _tls_handshake(self) -> None:
-        assert self.tls is not None
         try:
+            if self.tls is None:
+                if not self._tls_fill():
+                    self._tls_update_events()
+                    return
+                assert self._tls_context is not None
+                self.tls, self._tls_context = self.tls_wrap(self._tls_context), None
             if not self._tls_drive(self.tls.do_handshake):
                 return
         except (ssl.SSLError, OSError, TlsPeerGone) as exc:
