@@ -400,8 +400,11 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(table(results, args))
-    return 1 if results["ftps-server"]["burst_failures"] or results["ftps-server"][
-        "ramp_failures"] else 0
+    return (
+        1
+        if results["ftps-server"]["burst_failures"] or results["ftps-server"]["ramp_failures"]
+        else 0
+    )
 
 
 if __name__ == "__main__":

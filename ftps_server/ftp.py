@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 _BULK = 256 * 1024  # bytes per file read, TLS write and decrypt batch on data connections
 _EVENT_BUDGET = 8 * 1024 * 1024  # bytes moved per IOLoop event before yielding to others
 _DATA_COMMANDS = {"PASV", "EPSV", "PORT", "EPRT"}
+_TRANSFER_COMMANDS = {"RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"}
 _PRE_TLS_COMMANDS = {"AUTH", "FEAT", "QUIT", "NOOP", "SYST", "HELP", "OPTS"}
 
 
@@ -101,6 +102,11 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
                     }
                 },
             )
+            if self.cmd is None and not self._initialized:
+                # no transfer asked on it yet: the reply goes to the transfer command,
+                # which finds no data connection (FtpsHandler.process_command)
+                self._abort("")
+                return
             self._abort(
                 "522 Data connection must resume the TLS session of the control "
                 "connection (session reuse required)."
@@ -120,6 +126,8 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         self._abort(f"522 TLS negotiation on the data connection failed: {reason}.")
 
     def _abort(self, reply: str) -> None:
+        if not reply:
+            self.cmd_channel.data_connection_gone = True
         self._resp = (reply, log.warning) if reply else ()
         self._tls_drop()  # no close_notify on a connection we refuse
         DTPHandler.close(self)
@@ -314,6 +322,8 @@ class FtpsHandler(TlsChannel, FTPHandler):
         self.session_context: ssl.SSLContext | None = None
         self._pbsz = False
         self._prot = False
+        # the data connection PASV/PORT made was closed before a transfer command came
+        self.data_connection_gone = False
         settings = self.state.config.server
         self.timeout = settings.idle_timeout
         if settings.passive_ports:
@@ -454,7 +464,20 @@ class FtpsHandler(TlsChannel, FTPHandler):
         if cmd in _DATA_COMMANDS and self._protection_required and not self._prot:
             self.respond("521 Data connections must be protected: send PBSZ 0 and PROT P first.")
             return
+        if cmd in _DATA_COMMANDS:
+            self.data_connection_gone = False
+        if cmd in _TRANSFER_COMMANDS and self._no_data_connection():
+            # pyftpdlib would answer 150 and wait for a connection that cannot come (the
+            # one PASV/PORT made was refused or closed before this command)
+            self.respond("425 No data connection: send PASV, EPSV, PORT or EPRT first.")
+            return
         super().process_command(cmd, *args, **kwargs)
+
+    def _no_data_connection(self) -> bool:
+        if self.data_channel is not None or not self.authenticated:
+            return False
+        pending = self._dtp_acceptor is not None or self._dtp_connector is not None
+        return self.data_connection_gone or not pending
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         if "\x00" in line:

@@ -135,12 +135,15 @@ class TlsChannel:
         self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls_head = None
         self._tls_raw_eof = False
-        if self.tls_wrap_on_hello:
-            self._tls_context = context
-        else:
-            self.tls = self.tls_wrap(context)
         if timeout:
             self._tls_timer = self.ioloop.call_later(timeout, self._tls_handshake_timeout)
+        if self.tls_wrap_on_hello:
+            # first step from the loop, never from the caller: a handshake completing inside
+            # the constructor would report to a channel its owner does not know yet
+            self._tls_context = context
+            self._tls_update_events()
+            return
+        self.tls = self.tls_wrap(context)
         self._tls_handshake()
 
     def _tls_handshake_timeout(self) -> None:
