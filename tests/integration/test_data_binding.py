@@ -16,7 +16,6 @@ import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
 
 import pytest
@@ -97,7 +96,9 @@ def _context(site: Site, version: str) -> ssl.SSLContext:
     return ctx
 
 
-def _victim(site: Site, version: str = "tls1.3", server_name: str | None = None) -> Any:
+def _victim(
+    site: Site, version: str = "tls1.3", server_name: str | None = None
+) -> support.ReusingFTP_TLS:
     ftp = support.ReusingFTP_TLS(context=_context(site, version), timeout=10)
     ftp.connect(HOST, site.ports["explicit"])
     if server_name is not None:  # ftplib sends the host it connected to as SNI
@@ -232,7 +233,7 @@ def test_thief_before_the_command_leaves_nothing_queued(site: Site, version: str
     assert connected is not None
     got, resumed = _take_over(thief, connected, None)
     assert (got, resumed) == (b"", False)
-    with pytest.raises(ftplib.error_temp, match="^425"):
+    with pytest.raises(ftplib.error_temp, match=r"^425"):
         victim.sendcmd("RETR secret.bin")
     assert victim.nlst() == sorted(victim.nlst())  # TYPE A lines, not the secret file
     victim.quit()
