@@ -91,6 +91,7 @@ class PortsConfig:
 @dataclass(frozen=True)
 class TlsConfig:
     min_version: str = "TLSv1.2"
+    max_version: str = ""  # empty: the newest the TLS library has
     ciphers: str = ""
     client_ca: Path | None = None
     crl: Path | None = None
@@ -282,6 +283,7 @@ def _ports(s: ini.Section) -> PortsConfig:
 def _tls(s: ini.Section) -> TlsConfig:
     return TlsConfig(
         min_version=s.get("min_version", _min_version, "TLSv1.2"),
+        max_version=s.get("max_version", _min_version, ""),
         ciphers=s.get("ciphers", str, ""),
         client_ca=s.get("client_ca", ini.abs_path, None),
         crl=s.get("crl", ini.abs_path, None),
@@ -471,3 +473,13 @@ def _cross_checks(config: Config, sections: dict[str, ini.Section]) -> None:
         )
     if config.tls.crl and not config.tls.client_ca:
         raise ConfigError("crl needs client_ca", file=str(config.path), section="tls", key="crl")
+    tls_range = (config.tls.min_version, config.tls.max_version)
+    if config.tls.max_version and TLS_VERSIONS.index(tls_range[1]) < TLS_VERSIONS.index(
+        tls_range[0]
+    ):
+        raise ConfigError(
+            f"max_version {tls_range[1]} is below min_version {tls_range[0]}",
+            file=str(config.path),
+            section="tls",
+            key="max_version",
+        )

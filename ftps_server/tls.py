@@ -49,6 +49,8 @@ MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
     ]
 )
 
+_TLS_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+
 # TLS 1.3 session tickets sent after a handshake: a control connection gets OpenSSL's default;
 # a data connection of a download or listing one (ftp.py decides which data connections)
 CONTROL_TICKETS = 2
@@ -186,9 +188,9 @@ def _new_context(
 ) -> ssl.SSLContext:
     tls = config.tls
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = (
-        ssl.TLSVersion.TLSv1_3 if tls.min_version == "TLSv1.3" else ssl.TLSVersion.TLSv1_2
-    )
+    ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
+    if tls.max_version:
+        ctx.maximum_version = _TLS_VERSIONS[tls.max_version]
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     ctx.set_ciphers(tls.ciphers or MOZILLA_INTERMEDIATE_CIPHERS)
     set_groups(ctx)
