@@ -559,7 +559,7 @@ class FtpsHandler(TlsChannel, FTPHandler):
             self.respond("534 CCC is not allowed on this server.")
         else:
             self.respond("200 Command channel cleared; data protection level unchanged.")
-            self.clear_command_channel()
+            self.clear_command_channel(self.state.config.server.handshake_timeout)
 
     def tls_cleared(self) -> None:
         self._cleared_by_ccc = True

@@ -287,6 +287,7 @@ class TlsChannel:
             return
         if self._tls_ccc:
             self._tls_ccc = False
+            self._tls_cancel_timer()
             assert self._tls_in is not None
             self._plain_leftover = self._tls_in.read()
             self._tls_drop()
@@ -296,11 +297,25 @@ class TlsChannel:
             self._tls_drop()
             self._tls_hard_close()
 
-    def clear_command_channel(self) -> None:
-        """CCC: end TLS on this connection but keep the TCP connection open."""
+    def clear_command_channel(self, timeout: float | None = None) -> None:
+        """CCC: end TLS on this connection but keep the TCP connection open.
+
+        The peer's close_notify must come within `timeout` seconds, or the connection is
+        closed: a client that never sends it would otherwise hold it open for ever (close()
+        cannot end a CCC in progress)."""
         self._tls_ccc = True
         self._tls_set_state(TlsState.CLOSING)
+        if timeout:
+            self._tls_timer = self.ioloop.call_later(timeout, self._tls_ccc_timeout)
         self._tls_shutdown()
+
+    def _tls_ccc_timeout(self) -> None:
+        self._tls_timer = None
+        if self.tls_state is TlsState.CLOSING and self._tls_ccc:
+            log.info("CCC: no close_notify from the peer in time; closing the connection")
+            self._tls_ccc = False
+            self._tls_drop()
+            self._tls_hard_close()
 
     def _tls_hard_close(self) -> None:
         self._tls_cancel_timer()
