@@ -64,6 +64,7 @@ class ServerConfig:
     nat: tuple[NatRule, ...] = ()
     max_connections: int = 512
     max_connections_per_ip: int = 20
+    max_passive_per_address: int = 0  # 0: half of passive_ports, at least 1
     idle_timeout: int = 300
     handshake_timeout: int = 30
     allow_plain_ftp: bool = False
@@ -252,6 +253,9 @@ def _server(s: ini.Section) -> ServerConfig:
         max_connections=s.get("max_connections", ini.int_range(1, 1_000_000), d.max_connections),
         max_connections_per_ip=s.get(
             "max_connections_per_ip", ini.int_range(1, 1_000_000), d.max_connections_per_ip
+        ),
+        max_passive_per_address=s.get(
+            "max_passive_per_address", ini.int_range(0, 1_000_000), d.max_passive_per_address
         ),
         idle_timeout=s.get("idle_timeout", ini.int_range(1, 86400), d.idle_timeout),
         handshake_timeout=s.get("handshake_timeout", ini.int_range(1, 3600), d.handshake_timeout),

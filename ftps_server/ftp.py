@@ -7,10 +7,12 @@ Only what FTPS changes is overridden here; login policy lives in `auth`, TLS plu
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import re
 import ssl
+from collections import Counter
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cryptography import x509
@@ -260,12 +262,44 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
 
 
 # PassiveDTP's module differs between pyftpdlib 2.0 and 2.2; the handler names it in both
+class PassiveRangeExhausted(OSError):
+    """Every port of passive_ports is in use."""
+
+
+# open passive listeners per client address, over every session and listener of the process
+# (sessions outlive reloads, so not per configuration generation)
+_passive_open: Counter[str] = Counter()
+
+
 class FtpsPassiveDTP(FTPHandler.passive_dtp):
-    """Passive data listener comparing addresses in one form.
+    """Passive data listener: addresses compared in one form, only ports of the range.
 
     On a dual-stack `*` listener the data connection comes from ::ffff:a.b.c.d while the
     session knows its client as a.b.c.d; pyftpdlib would refuse it as a foreign address.
+    With every port of the range in use pyftpdlib falls back to a kernel port outside it,
+    which firewalls drop: refused here instead.
     """
+
+    _counted: str | None = None
+
+    def __init__(self, cmd_channel: FtpsHandler, extmode: bool = False) -> None:
+        super().__init__(cmd_channel, extmode)
+        self._counted = cmd_channel.remote_ip
+        _passive_open[self._counted] += 1
+
+    def bind(self, address: Any) -> None:
+        if address[1] == 0 and self.cmd_channel.passive_ports is not None:
+            self.close()
+            raise PassiveRangeExhausted(errno.EADDRINUSE, "passive port range exhausted")
+        super().bind(address)
+
+    def close(self) -> None:
+        if self._counted is not None:
+            _passive_open[self._counted] -= 1
+            if _passive_open[self._counted] <= 0:
+                del _passive_open[self._counted]
+            self._counted = None
+        super().close()
 
     def handle_accepted(self, sock: Any, addr: Any) -> Any:
         addr = (normalize_address(addr[0]), *addr[1:])
@@ -564,6 +598,47 @@ class FtpsHandler(TlsChannel, FTPHandler):
     def tls_cleared(self) -> None:
         self._cleared_by_ccc = True
         log.info("control channel of %s cleared by CCC", self.remote_ip)
+
+    def _passive_cap(self) -> int:
+        settings = self.state.config.server
+        if settings.max_passive_per_address:
+            return settings.max_passive_per_address
+        return max(1, len(self.passive_ports) // 2) if self.passive_ports else 0
+
+    def _make_epasv(self, extmode: bool) -> None:
+        cap = self._passive_cap()
+        # PASV closes this session's own listener first: it does not count against it
+        own = vars(self).get("_dtp_acceptor")
+        held = _passive_open[self.remote_ip] - (own is not None)
+        if cap and held >= cap:
+            self._shutdown_connecting_dtp()
+            log.warning(
+                "refused PASV/EPSV from %s on %s (user %s): %d passive listeners open for "
+                "this address, the limit is %d",
+                self.remote_ip,
+                self.listener_name,
+                self.username or "-",
+                held,
+                cap,
+                extra={"fields": {"REMOTE_ADDR": self.remote_ip, "USER": self.username}},
+            )
+            self.respond("425 Too many passive connections open from your address.")
+            return
+        try:
+            super()._make_epasv(extmode)
+        except PassiveRangeExhausted:
+            self._dtp_acceptor = None
+            log.warning(
+                "refused PASV/EPSV from %s on %s (user %s): every port of the passive port "
+                "range %d-%d is in use",
+                self.remote_ip,
+                self.listener_name,
+                self.username or "-",
+                self.passive_ports[0],
+                self.passive_ports[-1],
+                extra={"fields": {"REMOTE_ADDR": self.remote_ip, "USER": self.username}},
+            )
+            self.respond("425 No passive port free; try again later.")
 
     def ftp_REIN(self, line: str) -> None:
         self.respond("502 REIN is not supported over TLS.")
