@@ -21,7 +21,7 @@ from pyftpdlib.handlers import DTPHandler, FTPHandler
 from . import auth
 from .config import normalize_address
 from .tls import CONTROL_TICKETS, DATA_TICKETS
-from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState
+from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState, _RetryError
 
 if TYPE_CHECKING:
     from .listeners import ListenerServer, ServerState
@@ -34,6 +34,12 @@ _BULK = 256 * 1024  # bytes per file read, TLS write and decrypt batch on data c
 _EVENT_BUDGET = 8 * 1024 * 1024  # bytes moved per IOLoop event before yielding to others
 _DATA_COMMANDS = {"PASV", "EPSV", "PORT", "EPRT"}
 _TRANSFER_COMMANDS = {"RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"}
+# queued reply bytes (clear or encrypted) above which a control connection is not read; a
+# reply is written whole, so one read's worth of commands can overshoot it (see FtpsHandler)
+OUTPUT_BOUND = 64 * 1024
+# seconds a connection may keep unsent output after its idle timeout before it is cut
+STUCK_OUTPUT_GRACE = 5
+_TLS_BUSY = (TlsState.HANDSHAKE, TlsState.CLOSING)
 _PRE_TLS_COMMANDS = {"AUTH", "FEAT", "QUIT", "NOOP", "SYST", "HELP", "OPTS"}
 
 
@@ -341,6 +347,10 @@ class FtpsHandler(TlsChannel, FTPHandler):
         }
     )
     banner = "ftps-server ready."
+    # commands read per event: each may queue a reply of ~1 KiB (HELP), and all lines of one
+    # read are processed before the output bound is checked again
+    ac_in_buffer_size = 1024
+    _reading_paused = False
     server: ListenerServer
     remote_ip: str
 
@@ -472,7 +482,8 @@ class FtpsHandler(TlsChannel, FTPHandler):
         super().tls_failed(reason)
 
     def tls_io_events(self) -> int:
-        return int(self.ioloop.READ | (self.ioloop.WRITE if self.producer_fifo else 0))
+        read = 0 if self._output_blocked() else self.ioloop.READ
+        return int(read | (self.ioloop.WRITE if self.producer_fifo else 0))
 
     def initiate_send(self) -> None:
         super().initiate_send()
@@ -480,6 +491,48 @@ class FtpsHandler(TlsChannel, FTPHandler):
         if pending is not None and not self.producer_fifo and self.connected:
             self._tls_after_flush = None
             self.start_tls(pending, self.state.config.server.handshake_timeout)
+        self._gate_reading()
+
+    # --- output bound: a client that does not read its replies is not read either
+
+    def _output_backlog(self) -> int:
+        queued = sum(len(item) for item in self.producer_fifo if isinstance(item, bytes))
+        return queued + self.tls_backlog
+
+    def _output_blocked(self) -> bool:
+        return self._output_backlog() > OUTPUT_BOUND
+
+    def _gate_reading(self) -> None:
+        """Stop reading while the queued output is above OUTPUT_BOUND; start again below."""
+        if self._closed or not self.connected or self.tls_state in _TLS_BUSY:
+            return
+        blocked = self._output_blocked()
+        if blocked:
+            events = self.ioloop.WRITE
+        elif self._reading_paused:
+            events = self.ioloop.READ | (self.ioloop.WRITE if self.producer_fifo else 0)
+        else:
+            return
+        if blocked != self._reading_paused:
+            self._reading_paused = blocked
+            if not blocked and self.tls_active and self._tls_in is not None:
+                # records may wait in the BIO with nothing new on the socket to signal them
+                self.ioloop.call_later(0, self._resume_reading, _errback=self.handle_error)
+        # pyftpdlib keeps two records of the registered events; keep both right
+        current = getattr(self, "_current_io_events", None)
+        if events != current or events != self._wanted_io_events:
+            self.ioloop.modify(self._fileno, events)
+            self._current_io_events = self._wanted_io_events = events
+
+    def _resume_reading(self) -> None:
+        if self.connected and not self._closed and not self._reading_paused and self.tls_active:
+            self.handle_read_event()
+
+    def recv(self, buffer_size: int) -> bytes:
+        if self._output_blocked():
+            self._gate_reading()
+            raise _RetryError  # pyftpdlib's handle_read takes it as "nothing to read now"
+        return super().recv(buffer_size)
 
     # --- commands
 
@@ -647,4 +700,19 @@ class FtpsHandler(TlsChannel, FTPHandler):
         if self.tls_state is TlsState.HANDSHAKE:
             self.tls_failed("handshake timed out")
         else:
-            super().handle_timeout()
+            super().handle_timeout()  # queues 421 and closes once the output is sent
+            if self.connected:
+                # ... which never happens for a client that does not read
+                self.ioloop.call_later(
+                    STUCK_OUTPUT_GRACE, self._close_stuck, _errback=self.handle_error
+                )
+
+    def _close_stuck(self) -> None:
+        if self.connected and not self._closed:
+            log.info(
+                "closing the connection of %s on %s: its output could not be sent",
+                self.remote_ip,
+                self.listener_name,
+            )
+            self._tls_drop()  # no close_notify behind output that cannot drain
+            self.close()
