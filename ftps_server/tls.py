@@ -72,22 +72,26 @@ def client_cert_mode(config: Config, kind: str) -> ssl.VerifyMode:
 
 
 class Material:
-    """The bytes of a file read once, served to OpenSSL by path from memory (a memfd).
+    """File contents read once, served to OpenSSL by path from memory (a memfd).
 
     Python's ssl loads certificates and keys only from paths; a memfd keeps this generation's
-    bytes even when the file on disk is replaced before the next reload.
+    bytes even when a file on disk is replaced before the next reload. `certfile` holds the
+    key too when there is one (OpenSSL reads the key from the certfile when given no
+    keyfile). Where memfd_create is missing or refused (seccomp), the files themselves.
     """
 
-    def __init__(self, *paths: Path) -> None:
-        data = b"".join(_pem_file(path) for path in paths)
-        self.path = str(paths[-1])  # without memfd (not Linux): the file itself
-        if hasattr(os, "memfd_create"):
-            fd = os.memfd_create(f"ftps-{paths[-1].name}", os.MFD_CLOEXEC)
-            weakref.finalize(self, os.close, fd)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            self.path = f"/proc/self/fd/{fd}"
+    def __init__(self, path: Path, key: Path | None = None) -> None:
+        self.certfile, self.keyfile = str(path), (str(key) if key else None)
+        try:
+            fd = os.memfd_create(f"ftps-{path.name}", os.MFD_CLOEXEC)
+        except (AttributeError, OSError):
+            return
+        weakref.finalize(self, os.close, fd)
+        sources = [key, path] if key else [path]
+        view = memoryview(b"".join(_pem_file(p) for p in sources))
+        while view:
+            view = view[os.write(fd, view) :]
+        self.certfile, self.keyfile = f"/proc/self/fd/{fd}", None
 
 
 def _pem_file(path: Path) -> bytes:
@@ -154,7 +158,7 @@ class TlsContexts:
 
     def _build(self, entry_name: str, mode: ssl.VerifyMode) -> ssl.SSLContext:
         material = self.material[entry_name]
-        ctx = _new_context(self.config, material.path, None, mode, self.client_ca, self.crl)
+        ctx = _new_context(self.config, material, mode, self.client_ca, self.crl)
         ctx.num_tickets = CONTROL_TICKETS
         return ctx
 
@@ -180,8 +184,7 @@ class TlsContexts:
 
 def _new_context(
     config: Config,
-    certfile: str,
-    keyfile: str | None,
+    material: Material,
     mode: ssl.VerifyMode,
     client_ca: Material | None,
     crl: Material | None,
@@ -194,11 +197,11 @@ def _new_context(
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     ctx.set_ciphers(tls.ciphers or MOZILLA_INTERMEDIATE_CIPHERS)
     set_groups(ctx)
-    ctx.load_cert_chain(certfile, keyfile)
+    ctx.load_cert_chain(material.certfile, material.keyfile)
     if mode != ssl.CERT_NONE and client_ca is not None:
-        ctx.load_verify_locations(cafile=client_ca.path)
+        ctx.load_verify_locations(cafile=client_ca.certfile)
         if crl is not None:
-            ctx.load_verify_locations(cafile=crl.path)
+            ctx.load_verify_locations(cafile=crl.certfile)
             ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
         ctx.verify_mode = mode
     return ctx
@@ -247,9 +250,9 @@ def build_contexts(config: Config) -> TlsContexts:
             if material_error is not None:
                 raise material_error
             # one memory file holding key and chain: OpenSSL reads the key from the certfile
-            combined = Material(entry.key, entry.cert)
+            combined = Material(entry.cert, entry.key)
             for mode in modes:
-                ctx = _new_context(config, combined.path, None, mode, tls.client_ca, tls.crl)
+                ctx = _new_context(config, combined, mode, tls.client_ca, tls.crl)
                 tls.contexts[(entry.name, mode)] = ctx
             tls.material[entry.name] = combined
         except (ssl.SSLError, OSError) as exc:
