@@ -20,8 +20,9 @@ from pyftpdlib.handlers import DTPHandler, FTPHandler
 
 from . import auth
 from .config import normalize_address
-from .tls import CONTROL_TICKETS, DATA_TICKETS
+from .tls import CONTROL_TICKETS
 from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState, _RetryError
+from .tls_openssl import new_session_ticket
 
 if TYPE_CHECKING:
     from .listeners import ListenerServer, ServerState
@@ -62,17 +63,16 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             timeout = cmd_channel.state.config.server.handshake_timeout
             self.start_tls(context, timeout)
 
-    # made when the ClientHello arrives: by then most clients have sent the transfer command
+    # the first handshake step comes from the loop (see TlsChannel.start_tls)
     tls_wrap_on_hello = True
 
     def tls_wrap(self, context: ssl.SSLContext) -> ssl.SSLObject:
-        # TLS 1.3 tickets only where the client reads what the server sends: an uploading
-        # client that never reads would leave them unread, and closing a socket with unread
-        # data sends a reset that discards the end of its upload still queued at the server.
-        # Downloads and listings get one, replacing the one the client spent resuming.
+        # No TLS 1.3 tickets on data connections: an uploading client never reads them, and
+        # closing a socket with unread data sends a reset that discards the end of its upload
+        # still queued at the server. Tickets go out on the control connection instead, one
+        # per resumed data connection (tls_established), which every client reads.
         # OpenSSL copies the count into the connection when it is made.
-        downloading = self._initialized and not self.receive
-        context.num_tickets = DATA_TICKETS if downloading else 0
+        context.num_tickets = 0
         try:
             return super().tls_wrap(context)
         finally:
@@ -119,6 +119,11 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
                 "522 Data connection must resume the TLS session of the control "
                 "connection (session reuse required)."
             )
+            return
+        if reused and channel.tls_active and channel.tls is not None:
+            # the client may have spent a ticket on this connection (Java uses each once):
+            # a fresh one goes out with the next reply on the control connection
+            new_session_ticket(channel.tls)
 
     def tls_failed(self, reason: str) -> None:
         log.info(

@@ -22,11 +22,10 @@ from pathlib import Path
 
 from .certs import EntryStatus, inspect_entry
 from .config import PORT_KINDS, CertificateEntry, Config
-from .tls_groups import set_groups
+from .tls_openssl import set_groups
 
 __all__ = [
     "CONTROL_TICKETS",
-    "DATA_TICKETS",
     "MOZILLA_INTERMEDIATE_CIPHERS",
     "SessionContexts",
     "TlsContexts",
@@ -51,10 +50,9 @@ MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
 
 _TLS_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
-# TLS 1.3 session tickets sent after a handshake: a control connection gets OpenSSL's default;
-# a data connection of a download or listing one (ftp.py decides which data connections)
+# TLS 1.3 session tickets a control connection gets after its handshake (OpenSSL's default);
+# data connections get none, and the control connection one more per data connection (ftp.py)
 CONTROL_TICKETS = 2
-DATA_TICKETS = 1
 
 # client-certificate policy of a context: None = not asked, OPTIONAL = asked (certificate
 # logins), REQUIRED = client-cert ports

@@ -11,6 +11,7 @@ every file byte-exact (the reply, 226 or 426 for the missing close_notify, is th
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import socket
 from pathlib import Path
@@ -93,3 +94,35 @@ def test_twenty_uploads_closed_without_unwrap_arrive_whole(
         path.unlink()
     ftp.quit()
     assert not bad, "\n".join(bad)
+
+
+def test_a_client_that_uses_each_ticket_once_never_runs_out(
+    server_site: tuple[support.Pki, Path, int],
+) -> None:
+    """Java's JSSE spends a TLS 1.3 ticket per resumption. Simulated: every data connection
+    resumes with the newest session the control connection has, and none may be one an
+    earlier data connection used. 20 transfers, uploads and downloads mixed."""
+    pki, home, port = server_site
+    ftp = support.ReusingFTP_TLS(context=support.client_context(pki), timeout=30)
+    ftp.connect(HOST, port)
+    ftp.auth()
+    ftp.login("alice", PASSWORD)
+    ftp.prot_p()
+    used: set[bytes] = set()
+    data = os.urandom(100_000)
+    for run in range(20):
+        assert ftp.sock is not None
+        session = ftp.sock.session
+        assert session is not None and session.has_ticket
+        assert session.id not in used, f"transfer {run}: no fresh ticket left"
+        used.add(session.id)
+        ftp.saved_session = session
+        if run % 2:
+            got = io.BytesIO()
+            ftp.retrbinary("RETR once.bin", got.write)
+            assert got.getvalue() == data
+        else:
+            ftp.storbinary("STOR once.bin", io.BytesIO(data))
+        ftp.saved_session = None
+    ftp.quit()
+    assert (home / "once.bin").read_bytes() == data

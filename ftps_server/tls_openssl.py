@@ -1,6 +1,9 @@
-"""The key-exchange groups a server context offers: X25519, P-256 and P-384.
+"""What Python's ssl module does not expose, from the OpenSSL it is linked with (ctypes).
 
-The one place that reaches past Python's ssl module. Python before 3.15 sets one group only
+The one place that reaches past Python's ssl module. Two things:
+
+`set_groups`: the key-exchange groups a server context offers, X25519, P-256 and P-384.
+Python before 3.15 sets one group only
 (`set_ecdh_curve`), and OpenSSL's default list includes secp521r1 and X448, which the Mozilla
 "intermediate" profile rejects. Offering only P-256 sends every TLS 1.3 client that opens with
 an X25519 key share (Go, browsers, curl) through a HelloRetryRequest, and Go's resumption after
@@ -15,6 +18,13 @@ How, in order:
    own options.
 3. Otherwise P-256 alone, as before, with one warning in the journal.
 
+`new_session_ticket`: one more TLS 1.3 ticket on a connection, sent with its next write
+(SSL_new_session_ticket). The control connection gets one for each data connection that spent
+one without getting one back (uploads: see ftp.py), so clients that use a ticket once (Java)
+never run out. Python's SSLObject wraps an _ssl._SSLSocket whose SSL pointer follows the
+object header and one object pointer (3.7 to 3.14); trusted only when SSL_get_SSL_CTX of it is
+the pointer of the connection's context, checked as above.
+
 An OpenSSL configuration file for the process (OPENSSL_CONF) was not used: it must be set
 before libssl initialises, replaces Debian's system settings, and applies to the SMTP client.
 """
@@ -26,7 +36,7 @@ import logging
 import ssl
 from functools import cache
 
-__all__ = ["GROUPS", "set_groups"]
+__all__ = ["GROUPS", "new_session_ticket", "set_groups"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,11 @@ def _libssl() -> ctypes.CDLL | None:
     lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
     lib.SSL_CTX_ctrl.restype = ctypes.c_long
     lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    lib.SSL_get_SSL_CTX.restype = ctypes.c_void_p
+    lib.SSL_get_SSL_CTX.argtypes = [ctypes.c_void_p]
+    if hasattr(lib, "SSL_new_session_ticket"):  # OpenSSL >= 1.1.1
+        lib.SSL_new_session_ticket.restype = ctypes.c_int
+        lib.SSL_new_session_ticket.argtypes = [ctypes.c_void_p]
     return lib
 
 
@@ -89,3 +104,31 @@ def set_groups(ctx: ssl.SSLContext) -> str:
     _warn_fallback()
     ctx.set_ecdh_curve(_FALLBACK_CURVE)
     return _FALLBACK_CURVE
+
+
+def _ssl_pointer(lib: ctypes.CDLL, conn: ssl.SSLObject) -> int | None:
+    inner = getattr(conn, "_sslobj", None)
+    ctx_pointer = _ssl_ctx_pointer(lib, conn.context)
+    if inner is None or ctx_pointer is None:
+        return None
+    address = id(inner) + object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
+    pointer = ctypes.c_void_p.from_address(address).value
+    if not pointer or lib.SSL_get_SSL_CTX(pointer) != ctx_pointer:
+        return None
+    return int(pointer)
+
+
+def new_session_ticket(conn: ssl.SSLObject) -> bool:
+    """Queue one more TLS 1.3 session ticket on `conn`, sent with its next write.
+
+    False when it cannot be done here (not TLS 1.3, no such function, pointer not proven)."""
+    if conn.version() != "TLSv1.3":
+        return False
+    try:
+        lib = _libssl()
+        if lib is None or not hasattr(lib, "SSL_new_session_ticket"):
+            return False
+        pointer = _ssl_pointer(lib, conn)
+        return pointer is not None and lib.SSL_new_session_ticket(pointer) == 1
+    except (OSError, AttributeError, ValueError):
+        return False

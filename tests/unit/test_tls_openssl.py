@@ -1,4 +1,4 @@
-"""tls.Material (certificate bytes read once per reload) and tls_groups (X25519/P-256/P-384)."""
+"""tls.Material (certificate bytes read once per reload) and tls_openssl (X25519/P-256/P-384)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from ftps_server import tls, tls_groups
+from ftps_server import tls, tls_openssl
 
 
 def _files(directory: Path, name: str) -> tuple[Path, Path, bytes]:
@@ -47,28 +47,28 @@ def test_material_falls_back_to_the_files_without_memfd(
 
 def test_groups_are_set_through_openssl_on_this_python() -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    assert tls_groups.set_groups(ctx) == tls_groups.GROUPS
+    assert tls_openssl.set_groups(ctx) == tls_openssl.GROUPS
 
 
 def test_groups_fall_back_to_p256_when_openssl_cannot_be_reached(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(tls_groups, "_set_with_openssl", lambda _ctx: False)
+    monkeypatch.setattr(tls_openssl, "_set_with_openssl", lambda _ctx: False)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     if hasattr(ctx, "set_groups"):
         pytest.skip("this Python sets groups itself")
-    assert tls_groups.set_groups(ctx) == "prime256v1"
+    assert tls_openssl.set_groups(ctx) == "prime256v1"
 
 
 def test_a_wrong_pointer_is_never_used() -> None:
     """The SSL_CTX pointer is trusted only when OpenSSL reads the context's own options
     through it: a pointer into another object fails that check."""
-    lib = tls_groups._libssl()
+    lib = tls_openssl._libssl()
     if lib is None:
         pytest.skip("no libssl mapped")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    assert tls_groups._ssl_ctx_pointer(lib, ctx) is not None
+    assert tls_openssl._ssl_ctx_pointer(lib, ctx) is not None
     ctx.options |= ssl.OP_NO_TICKET
-    pointer = tls_groups._ssl_ctx_pointer(lib, ctx)
+    pointer = tls_openssl._ssl_ctx_pointer(lib, ctx)
     assert pointer is not None
     assert lib.SSL_CTX_get_options(pointer) & ssl.OP_NO_TICKET
