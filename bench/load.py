@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Load: ftps-server against vsftpd under many concurrent TLS sessions (run by hand, as root).
 
-    sudo python3 bench/load.py [--sessions 1000] [--idle 500] [--logins 48]
+    sudo python3 bench/load.py [--sessions 1000] [--idle 500] [--logins 48] [--ftps-only]
 
-Three measurements per server, in the same run, on loopback with the same certificate, PROT P
+Four measurements per server, in the same run, on loopback with the same certificate, PROT P
 and session reuse required on both (vsftpd: require_ssl_reuse=YES):
 
 1. `--sessions` concurrent sessions (client processes x threads, blocking `ssl` sockets whose
@@ -13,7 +13,8 @@ and session reuse required on both (vsftpd: require_ssl_reuse=YES):
    not about the password hash; the login row below measures the defaults.
 2. Memory per idle TLS session: `--idle` sessions logged in and left idle; the growth of the
    server's RSS (vsftpd: the sum over all its processes) divided by their number.
-3. Login rate with each server's default password hash (ftps-server: scrypt ln=15 r=8 p=3;
+3. TLS handshakes per second: connect + AUTH TLS + QUIT, no login (`--handshakes`).
+4. Login rate with each server's default password hash (ftps-server: scrypt ln=15 r=8 p=3;
    vsftpd: PAM with whatever `chpasswd` gives the system user on this Debian, yescrypt).
 
 Every loop is bounded in count and in time. The vsftpd helpers come from tls_throughput.py.
