@@ -487,7 +487,10 @@ class FtpsHandler(TlsChannel, FTPHandler):
         super().tls_failed(reason)
 
     def tls_io_events(self) -> int:
-        read = 0 if self._output_blocked() else self.ioloop.READ
+        blocked = self._output_blocked()
+        if not blocked and self._reading_paused:
+            self._unpause_reading()
+        read = 0 if blocked else self.ioloop.READ
         return int(read | (self.ioloop.WRITE if self.producer_fifo else 0))
 
     def initiate_send(self) -> None:
@@ -511,23 +514,25 @@ class FtpsHandler(TlsChannel, FTPHandler):
         """Stop reading while the queued output is above OUTPUT_BOUND; start again below."""
         if self._closed or not self.connected or self.tls_state in _TLS_BUSY:
             return
-        blocked = self._output_blocked()
-        if blocked:
+        if self._output_blocked():
             events = self.ioloop.WRITE
+            self._reading_paused = True
         elif self._reading_paused:
             events = self.ioloop.READ | (self.ioloop.WRITE if self.producer_fifo else 0)
+            self._unpause_reading()
         else:
             return
-        if blocked != self._reading_paused:
-            self._reading_paused = blocked
-            if not blocked and self.tls_active and self._tls_in is not None:
-                # records may wait in the BIO with nothing new on the socket to signal them
-                self.ioloop.call_later(0, self._resume_reading, _errback=self.handle_error)
         # pyftpdlib keeps two records of the registered events; keep both right
         current = getattr(self, "_current_io_events", None)
         if events != current or events != self._wanted_io_events:
             self.ioloop.modify(self._fileno, events)
             self._current_io_events = self._wanted_io_events = events
+
+    def _unpause_reading(self) -> None:
+        self._reading_paused = False
+        if self.tls_active and self._tls_in is not None:
+            # records may wait in the BIO with nothing new on the socket to signal them
+            self.ioloop.call_later(0, self._resume_reading, _errback=self.handle_error)
 
     def _resume_reading(self) -> None:
         if self.connected and not self._closed and not self._reading_paused and self.tls_active:

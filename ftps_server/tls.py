@@ -27,7 +27,6 @@ from .tls_openssl import set_groups
 __all__ = [
     "CONTROL_TICKETS",
     "MOZILLA_INTERMEDIATE_CIPHERS",
-    "SessionContexts",
     "TlsContexts",
     "build_contexts",
     "client_cert_mode",
@@ -98,16 +97,6 @@ def _pem_file(path: Path) -> bytes:
 
 
 @dataclass
-class SessionContexts:
-    """The contexts of one control connection: the one its handshake starts with, and those
-    SNI switches to, built on first use. Its data connections start with `first` as well:
-    OpenSSL keeps sessions and ticket keys in the context a handshake started with."""
-
-    first: ssl.SSLContext
-    by_entry: dict[str, ssl.SSLContext]
-
-
-@dataclass
 class TlsContexts:
     """The usable certificates of one configuration and the contexts made from them."""
 
@@ -148,11 +137,10 @@ class TlsContexts:
         return self._session_context(entry.name, self.modes[kind])
 
     def _session_context(self, entry_name: str, mode: ssl.VerifyMode) -> ssl.SSLContext:
-        own = SessionContexts(self._build(entry_name, mode), {})
-        own.by_entry[entry_name] = own.first
+        first = self._build(entry_name, mode)
         if self.by_name:
-            own.first.sni_callback = self._sni_chooser(own, mode)
-        return own.first
+            first.sni_callback = self._sni_chooser(entry_name, mode)
+        return first
 
     def _build(self, entry_name: str, mode: ssl.VerifyMode) -> ssl.SSLContext:
         material = self.material[entry_name]
@@ -161,19 +149,26 @@ class TlsContexts:
         return ctx
 
     def _sni_chooser(
-        self, own: SessionContexts, mode: ssl.VerifyMode
+        self, own_entry: str, mode: ssl.VerifyMode
     ) -> Callable[[ssl.SSLObject, str | None, ssl.SSLContext], None]:
-        # the closure holds the connection's contexts, not the connection: the cycle
-        # first -> callback -> own -> first is collected with the session
+        """The SNI callback of one control connection's first context.
+
+        It switches to contexts of that connection's own, built on first use and shared by
+        its data connections. Those start with the first context as well, never with one SNI
+        switched to: OpenSSL keeps sessions and ticket keys in the context a handshake starts
+        with. The closure holds no reference back to the first context, so a session's
+        contexts are freed with it, without waiting for the cycle collector."""
+        others: dict[str, ssl.SSLContext] = {}
+
         def choose(sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
             if not server_name:
                 return
             wanted = self.by_name.get(server_name.lower().rstrip("."))
-            if wanted is None or (wanted, mode) not in self.contexts:
+            if wanted is None or wanted == own_entry or (wanted, mode) not in self.contexts:
                 return
-            target = own.by_entry.get(wanted)
+            target = others.get(wanted)
             if target is None:
-                target = own.by_entry[wanted] = self._build(wanted, mode)
+                target = others[wanted] = self._build(wanted, mode)
             if target is not sslobj.context:
                 sslobj.context = target
 

@@ -186,3 +186,33 @@ def test_client_that_never_reads_pins_no_memory_and_is_closed(
     grown = _memory_kib(server.pid, "VmHWM") - before
     assert grown < 16 * 1024, f"server grew by {grown} KiB ({sent} bytes of HELP sent)"
     assert waited is not None, "the server kept a connection that cannot drain"
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_pipelining_client_that_reads_late_gets_every_reply(
+    pki: support.Pki, tmp_path: Path, start_server: object, tls: bool
+) -> None:
+    """Far more replies than the output bound, read only after everything was sent: reading
+    stops and starts again (records left in the TLS buffer included), nothing is lost."""
+    config, ports = _config(pki, tmp_path, server_extra="allow_plain_ftp = yes")
+    start_server(config)  # type: ignore[operator]
+    count = 800
+    raw = socket.create_connection((HOST, ports["explicit"]), timeout=20)
+    reader = raw.makefile("rb")
+    assert reader.readline().startswith(b"220")
+    sock: socket.socket = raw
+    if tls:
+        raw.sendall(b"AUTH TLS\r\n")
+        assert reader.readline().startswith(b"234")
+        sock = support.client_context(pki).wrap_socket(raw, server_hostname=HOST)
+        reader = sock.makefile("rb")
+    sock.sendall(b"HELP\r\n" * count)
+    finals = 0
+    while finals < count:
+        line = reader.readline()
+        assert line, f"connection closed after {finals} replies"
+        if line.startswith(b"214 "):
+            finals += 1
+    sock.sendall(b"NOOP\r\n")
+    assert reader.readline().startswith(b"200")
+    sock.close()
