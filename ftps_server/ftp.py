@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 _BULK = 256 * 1024  # bytes per file read, TLS write and decrypt batch on data connections
 _EVENT_BUDGET = 8 * 1024 * 1024  # bytes moved per IOLoop event before yielding to others
 _DATA_COMMANDS = {"PASV", "EPSV", "PORT", "EPRT"}
+_NO_DATA_CONNECTION = "425 No data connection: send PASV, EPSV, PORT or EPRT first."
 _TRANSFER_COMMANDS = {"RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"}
 # queued reply bytes (clear or encrypted) above which a control connection is not read; a
 # reply is written whole, so one read's worth of commands can overshoot it (see FtpsHandler)
@@ -110,12 +111,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
                     }
                 },
             )
-            if self.cmd is None and not self._initialized:
-                # no transfer asked on it yet: the reply goes to the transfer command,
-                # which finds no data connection (FtpsHandler.process_command)
-                self._abort("")
-                return
-            self._abort(
+            self._refuse(
                 "522 Data connection must resume the TLS session of the control "
                 "connection (session reuse required)."
             )
@@ -131,16 +127,18 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             self.cmd_channel.remote_ip,
             reason,
         )
+        self._refuse(f"522 TLS negotiation on the data connection failed: {reason}.")
+
+    def _refuse(self, reply: str) -> None:
+        """Close with `reply` as the transfer's final reply; before any transfer command
+        (a spare connection, a client that negotiates TLS first) the reply is kept for the
+        command: sent now, it would be read as the reply to the client's next command."""
         if self.cmd is None and not self._initialized:
-            # no transfer was asked on it yet (a client dropping a spare connection): a
-            # 522 now would be read as the reply to the client's next command
-            self._abort("")
-            return
-        self._abort(f"522 TLS negotiation on the data connection failed: {reason}.")
+            self.cmd_channel.data_connection_gone = reply
+            reply = ""
+        self._abort(reply)
 
     def _abort(self, reply: str) -> None:
-        if not reply:
-            self.cmd_channel.data_connection_gone = True
         self._resp = (reply, log.warning) if reply else ()
         self._tls_drop()  # no close_notify on a connection we refuse
         DTPHandler.close(self)
@@ -210,7 +208,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
                 if self._initialized:
                     self.handle_close()  # the client went away in the middle of a download
                 else:
-                    self._abort("")  # a spare connection closed by the client
+                    self._refuse(_NO_DATA_CONNECTION)  # a spare connection closed by the client
 
     def enable_receiving(self, type: str, cmd: str) -> None:
         super().enable_receiving(type, cmd)
@@ -371,8 +369,9 @@ class FtpsHandler(TlsChannel, FTPHandler):
         self.session_context: ssl.SSLContext | None = None
         self._pbsz = False
         self._prot = False
-        # the data connection PASV/PORT made was closed before a transfer command came
-        self.data_connection_gone = False
+        # the final reply for the next transfer command when the data connection PASV/PORT
+        # made was refused or closed before that command came
+        self.data_connection_gone = ""
         settings = self.state.config.server
         self.timeout = settings.idle_timeout
         if settings.passive_ports:
@@ -562,11 +561,12 @@ class FtpsHandler(TlsChannel, FTPHandler):
             self.respond("521 Data connections must be protected: send PBSZ 0 and PROT P first.")
             return
         if cmd in _DATA_COMMANDS:
-            self.data_connection_gone = False
+            self.data_connection_gone = ""
         if cmd in _TRANSFER_COMMANDS and self._no_data_connection():
             # pyftpdlib would answer 150 and wait for a connection that cannot come (the
             # one PASV/PORT made was refused or closed before this command)
-            self.respond("425 No data connection: send PASV, EPSV, PORT or EPRT first.")
+            self.respond(self.data_connection_gone or _NO_DATA_CONNECTION, log.warning)
+            self.data_connection_gone = ""
             return
         super().process_command(cmd, *args, **kwargs)
 
@@ -574,7 +574,7 @@ class FtpsHandler(TlsChannel, FTPHandler):
         if self.data_channel is not None or not self.authenticated:
             return False
         pending = self._dtp_acceptor is not None or self._dtp_connector is not None
-        return self.data_connection_gone or not pending
+        return bool(self.data_connection_gone) or not pending
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         if "\x00" in line:
