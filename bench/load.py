@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Load: ftps-server against vsftpd under many concurrent TLS sessions (run by hand, as root).
 
-    sudo python3 bench/load.py [--sessions 1000] [--idle 500] [--logins 48]
+    sudo python3 bench/load.py [--sessions 1000] [--idle 500] [--logins 48] [--ftps-only]
 
-Three measurements per server, in the same run, on loopback with the same certificate, PROT P
+Four measurements per server, in the same run, on loopback with the same certificate, PROT P
 and session reuse required on both (vsftpd: require_ssl_reuse=YES):
 
 1. `--sessions` concurrent sessions (client processes x threads, blocking `ssl` sockets whose
@@ -13,7 +13,8 @@ and session reuse required on both (vsftpd: require_ssl_reuse=YES):
    not about the password hash; the login row below measures the defaults.
 2. Memory per idle TLS session: `--idle` sessions logged in and left idle; the growth of the
    server's RSS (vsftpd: the sum over all its processes) divided by their number.
-3. Login rate with each server's default password hash (ftps-server: scrypt ln=15 r=8 p=3;
+3. TLS handshakes per second: connect + AUTH TLS + QUIT, no login (`--handshakes`).
+4. Login rate with each server's default password hash (ftps-server: scrypt ln=15 r=8 p=3;
    vsftpd: PAM with whatever `chpasswd` gives the system user on this Debian, yescrypt).
 
 Every loop is bounded in count and in time. The vsftpd helpers come from tls_throughput.py.
@@ -247,6 +248,28 @@ def login_rate(server: Server, cafile: str, count: int, parallel: int) -> float:
     return done / (time.perf_counter() - t0)
 
 
+def handshake_rate(server: Server, cafile: str, count: int, parallel: int) -> float:
+    """TLS handshakes per second: connect + AUTH TLS + QUIT, no login, `parallel` at a time."""
+    ctx = _context(cafile)
+
+    def one() -> None:
+        ftp = ReusingFTP_TLS(context=ctx, timeout=SESSION_TIMEOUT)
+        ftp.connect(HOST, server.port)
+        ftp.auth()
+        ftp.quit()
+
+    t0 = time.perf_counter()
+    done = 0
+    with cf.ThreadPoolExecutor(parallel) as pool:
+        for f in [pool.submit(one) for _ in range(count)]:
+            try:
+                f.result(timeout=max(0.1, t0 + PHASE_LIMIT - time.perf_counter()))
+                done += 1
+            except (OSError, EOFError, ssl.SSLError, ftplib.Error, cf.TimeoutError) as exc:
+                print(f"  {server.name} handshake failed: {exc}", file=sys.stderr)
+    return done / (time.perf_counter() - t0)
+
+
 def listen_backlog(port: int) -> float:
     """The accept queue length of the listener on `port` (Send-Q of `ss -ltn`), or NaN."""
     ss = shutil.which("ss")
@@ -293,6 +316,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
         # vsftpd's hash is the system's: one instance serves all three phases
         "vsftpd": lambda h: start_vsftpd(work, cert, key, home, VSFTPD_PORT, VSFTPD_OPTIONS),
     }
+    if args.ftps_only:
+        del starters["vsftpd"]
     for name, start in starters.items():
         server = start(_fast_hash)
         if name == "vsftpd":
@@ -313,6 +338,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
                 )
                 results[name].update({f"{label}_{k}": v for k, v in figures.items()})
                 time.sleep(2.0)
+            print(f"{name}: TLS handshake rate", file=sys.stderr)
+            results[name]["handshakes"] = handshake_rate(
+                server, cafile, args.handshakes, args.parallel
+            )
             if name == "ftps-server":  # again with the default hash, for the login rate
                 server.stop()
                 server = start(hash_password)
@@ -338,12 +367,14 @@ def table(results: dict[str, dict[str, float]], args: argparse.Namespace) -> str
     rows += [
         (f"RSS per idle TLS session, KiB ({args.idle} sessions)", "idle_rss", "{:.0f}"),
         (f"PSS per idle TLS session, KiB ({args.idle} sessions)", "idle_pss", "{:.0f}"),
+        ("TLS handshakes/s (connect+AUTH TLS+QUIT)", "handshakes", "{:.0f}"),
         ("logins/s, default hash (connect+AUTH TLS+login+QUIT)", "logins", "{:.1f}"),
     ]
     out = ["| metric | ftps-server | vsftpd | ratio |", "|---|---|---|---|"]
     for label, k, fmt in rows:
         ratio = f"{a[k] / b[k]:.2f}x" if b.get(k) else "-"
-        out.append(f"| {label} | {fmt.format(a[k])} | {fmt.format(b[k])} | {ratio} |")
+        theirs = fmt.format(b[k]) if k in b else "-"
+        out.append(f"| {label} | {fmt.format(a[k])} | {theirs} | {ratio} |")
     return "\n".join(out)
 
 
@@ -355,6 +386,8 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=500)
     parser.add_argument("--logins", type=int, default=48)
     parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--handshakes", type=int, default=500)
+    parser.add_argument("--ftps-only", action="store_true", help="skip vsftpd")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (it installs vsftpd and a system user for it)", file=sys.stderr)
@@ -368,8 +401,11 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(table(results, args))
-    return 1 if results["ftps-server"]["burst_failures"] or results["ftps-server"][
-        "ramp_failures"] else 0
+    return (
+        1
+        if results["ftps-server"]["burst_failures"] or results["ftps-server"]["ramp_failures"]
+        else 0
+    )
 
 
 if __name__ == "__main__":

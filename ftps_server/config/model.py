@@ -67,6 +67,7 @@ class ServerConfig:
     nat: tuple[NatRule, ...] = ()
     max_connections: int = 512
     max_connections_per_ip: int = 20
+    max_passive_per_address: int = 0  # 0: half of passive_ports, at least 1
     idle_timeout: int = 300
     handshake_timeout: int = 30
     allow_plain_ftp: bool = False
@@ -95,6 +96,7 @@ class PortsConfig:
 @dataclass(frozen=True)
 class TlsConfig:
     min_version: str = "TLSv1.2"
+    max_version: str = ""  # empty: the newest the TLS library has
     ciphers: str = ""
     client_ca: Path | None = None
     crl: Path | None = None
@@ -263,6 +265,9 @@ def _server(s: ini.Section) -> ServerConfig:
         max_connections_per_ip=s.get(
             "max_connections_per_ip", ini.int_range(1, 1_000_000), d.max_connections_per_ip
         ),
+        max_passive_per_address=s.get(
+            "max_passive_per_address", ini.int_range(0, 1_000_000), d.max_passive_per_address
+        ),
         idle_timeout=s.get("idle_timeout", ini.int_range(1, 86400), d.idle_timeout),
         handshake_timeout=s.get("handshake_timeout", ini.int_range(1, 3600), d.handshake_timeout),
         allow_plain_ftp=s.get("allow_plain_ftp", ini.boolean, False),
@@ -296,6 +301,7 @@ def _ports(s: ini.Section) -> PortsConfig:
 def _tls(s: ini.Section) -> TlsConfig:
     return TlsConfig(
         min_version=s.get("min_version", _min_version, "TLSv1.2"),
+        max_version=s.get("max_version", _min_version, ""),
         ciphers=s.get("ciphers", str, ""),
         client_ca=s.get("client_ca", ini.abs_path, None),
         crl=s.get("crl", ini.abs_path, None),
@@ -517,3 +523,13 @@ def _cross_checks(config: Config, sections: dict[str, ini.Section]) -> None:
         )
     if config.tls.crl and not config.tls.client_ca:
         raise ConfigError("crl needs client_ca", file=str(config.path), section="tls", key="crl")
+    tls_range = (config.tls.min_version, config.tls.max_version)
+    if config.tls.max_version and TLS_VERSIONS.index(tls_range[1]) < TLS_VERSIONS.index(
+        tls_range[0]
+    ):
+        raise ConfigError(
+            f"max_version {tls_range[1]} is below min_version {tls_range[0]}",
+            file=str(config.path),
+            section="tls",
+            key="max_version",
+        )

@@ -7,10 +7,12 @@ Only what FTPS changes is overridden here; login policy lives in `auth`, TLS plu
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import re
 import ssl
+from collections import Counter
 from typing import Any, ClassVar
 
 from cryptography import x509
@@ -21,7 +23,9 @@ from . import auth
 from .checksum_commands import PROTO_CMDS as CHECKSUM_CMDS
 from .checksum_commands import ChecksumCommands
 from .state import AcceptingListener, ServerState
-from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState
+from .tls import CONTROL_TICKETS
+from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState, _RetryError
+from .tls_openssl import new_session_ticket
 
 __all__ = ["FtpsDataHandler", "FtpsHandler"]
 
@@ -30,6 +34,14 @@ log = logging.getLogger(__name__)
 _BULK = 256 * 1024  # bytes per file read, TLS write and decrypt batch on data connections
 _EVENT_BUDGET = 8 * 1024 * 1024  # bytes moved per IOLoop event before yielding to others
 _DATA_COMMANDS = {"PASV", "EPSV", "PORT", "EPRT"}
+_NO_DATA_CONNECTION = "425 No data connection: send PASV, EPSV, PORT or EPRT first."
+_TRANSFER_COMMANDS = {"RETR", "STOR", "APPE", "STOU", "LIST", "NLST", "MLSD"}
+# queued reply bytes (clear or encrypted) above which a control connection is not read; a
+# reply is written whole, so one read's worth of commands can overshoot it (see FtpsHandler)
+OUTPUT_BOUND = 64 * 1024
+# seconds a connection may keep unsent output after its idle timeout before it is cut
+STUCK_OUTPUT_GRACE = 5
+_TLS_BUSY = (TlsState.HANDSHAKE, TlsState.CLOSING)
 _PRE_TLS_COMMANDS = {"AUTH", "FEAT", "QUIT", "NOOP", "SYST", "HELP", "OPTS"}
 
 
@@ -52,20 +64,62 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             timeout = cmd_channel.state.config.server.handshake_timeout
             self.start_tls(context, timeout)
 
+    # the first handshake step comes from the loop (see TlsChannel.start_tls)
+    tls_wrap_on_hello = True
+
+    def tls_wrap(self, context: ssl.SSLContext) -> ssl.SSLObject:
+        # No TLS 1.3 tickets on data connections: an uploading client never reads them, and
+        # closing a socket with unread data sends a reset that discards the end of its upload
+        # still queued at the server. Tickets go out on the control connection instead, one
+        # per resumed data connection (tls_established), which every client reads.
+        # OpenSSL copies the count into the connection when it is made.
+        context.num_tickets = 0
+        try:
+            return super().tls_wrap(context)
+        finally:
+            context.num_tickets = CONTROL_TICKETS
+
+    def _peer(self) -> str:
+        try:
+            return normalize_address(str(self.socket.getpeername()[0]))
+        except (OSError, AttributeError):
+            return "?"
+
     def tls_established(self) -> None:
         channel = self.cmd_channel
+        # Every control connection has contexts of its own (own session cache, own ticket
+        # keys; see tls.py), so a session resumed here can only be the control connection's:
+        # a session of any other connection, listener or client cannot be decrypted and
+        # gives a full handshake.
         reused = self.tls is not None and self.tls.session_reused
         if channel.state.config.tls.require_session_reuse and not reused:
+            data_peer = self._peer()
             log.warning(
-                "refused data connection from %s on %s: TLS session not resumed",
+                "refused data connection from %s for the session of user %s from %s on %s: "
+                "TLS session not resumed (a data connection must resume its own control "
+                "connection's session)",
+                data_peer,
+                channel.username or "(not logged in)",
                 channel.remote_ip,
                 channel.listener_name,
-                extra={"fields": {"REMOTE_ADDR": channel.remote_ip, "USER": channel.username}},
+                extra={
+                    "fields": {
+                        "REMOTE_ADDR": channel.remote_ip,
+                        "DATA_REMOTE_ADDR": data_peer,
+                        "USER": channel.username,
+                        "LISTENER": channel.listener_name,
+                    }
+                },
             )
-            self._abort(
+            self._refuse(
                 "522 Data connection must resume the TLS session of the control "
                 "connection (session reuse required)."
             )
+            return
+        if reused and channel.tls_active and channel.tls is not None:
+            # the client may have spent a ticket on this connection (Java uses each once):
+            # a fresh one goes out with the next reply on the control connection
+            new_session_ticket(channel.tls)
 
     def tls_failed(self, reason: str) -> None:
         log.info(
@@ -73,12 +127,16 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             self.cmd_channel.remote_ip,
             reason,
         )
+        self._refuse(f"522 TLS negotiation on the data connection failed: {reason}.")
+
+    def _refuse(self, reply: str) -> None:
+        """Close with `reply` as the transfer's final reply; before any transfer command
+        (a spare connection, a client that negotiates TLS first) the reply is kept for the
+        command: sent now, it would be read as the reply to the client's next command."""
         if self.cmd is None and not self._initialized:
-            # no transfer was asked on it yet (a client dropping a spare connection): a
-            # 522 now would be read as the reply to the client's next command
-            self._abort("")
-            return
-        self._abort(f"522 TLS negotiation on the data connection failed: {reason}.")
+            self.cmd_channel.data_connection_gone = reply
+            reply = ""
+        self._abort(reply)
 
     def _abort(self, reply: str) -> None:
         self._resp = (reply, log.warning) if reply else ()
@@ -150,7 +208,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
                 if self._initialized:
                     self.handle_close()  # the client went away in the middle of a download
                 else:
-                    self._abort("")  # a spare connection closed by the client
+                    self._refuse(_NO_DATA_CONNECTION)  # a spare connection closed by the client
 
     def enable_receiving(self, type: str, cmd: str) -> None:
         super().enable_receiving(type, cmd)
@@ -213,12 +271,44 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
 
 
 # PassiveDTP's module differs between pyftpdlib 2.0 and 2.2; the handler names it in both
+class PassiveRangeExhausted(OSError):
+    """Every port of passive_ports is in use."""
+
+
+# open passive listeners per client address, over every session and listener of the process
+# (sessions outlive reloads, so not per configuration generation)
+_passive_open: Counter[str] = Counter()
+
+
 class FtpsPassiveDTP(FTPHandler.passive_dtp):
-    """Passive data listener comparing addresses in one form.
+    """Passive data listener: addresses compared in one form, only ports of the range.
 
     On a dual-stack `*` listener the data connection comes from ::ffff:a.b.c.d while the
     session knows its client as a.b.c.d; pyftpdlib would refuse it as a foreign address.
+    With every port of the range in use pyftpdlib falls back to a kernel port outside it,
+    which firewalls drop: refused here instead.
     """
+
+    _counted: str | None = None
+
+    def __init__(self, cmd_channel: FtpsHandler, extmode: bool = False) -> None:
+        super().__init__(cmd_channel, extmode)
+        self._counted = cmd_channel.remote_ip
+        _passive_open[self._counted] += 1
+
+    def bind(self, address: Any) -> None:
+        if address[1] == 0 and self.cmd_channel.passive_ports is not None:
+            self.close()
+            raise PassiveRangeExhausted(errno.EADDRINUSE, "passive port range exhausted")
+        super().bind(address)
+
+    def close(self) -> None:
+        if self._counted is not None:
+            _passive_open[self._counted] -= 1
+            if _passive_open[self._counted] <= 0:
+                del _passive_open[self._counted]
+            self._counted = None
+        super().close()
 
     def handle_accepted(self, sock: Any, addr: Any) -> Any:
         addr = (normalize_address(addr[0]), *addr[1:])
@@ -261,6 +351,10 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         }
     )
     banner = "ftps-server ready."
+    # commands read per event: each may queue a reply of ~1 KiB (HELP), and all lines of one
+    # read are processed before the output bound is checked again
+    ac_in_buffer_size = 1024
+    _reading_paused = False
     server: AcceptingListener
     remote_ip: str
 
@@ -276,6 +370,9 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         self.session_context: ssl.SSLContext | None = None
         self._pbsz = False
         self._prot = False
+        # the final reply for the next transfer command when the data connection PASV/PORT
+        # made was refused or closed before that command came
+        self.data_connection_gone = ""
         settings = self.state.config.server
         self.timeout = settings.idle_timeout
         if settings.passive_ports:
@@ -289,10 +386,10 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             return
         self.local_ip = normalize_address(self.socket.getsockname()[0])
         self.remote_ip = normalize_address(str(self.remote_ip))
-        self.tls_context = self.state.tls.context_for(self.local_ip, self.listener_kind)
+        self.tls_usable = self.state.tls.usable(self.local_ip, self.listener_kind)
         self.tls_problem = self.state.tls.problem_for(self.local_ip)
         self.masquerade_address = self._nat_address()
-        if self.tls_context is not None:
+        if self.tls_usable:
             auth = [] if self._implicit else ["AUTH TLS", "AUTH SSL"]
             self._extra_feats = [*auth, "PBSZ", "PROT"]
             if self._ccc_allowed:
@@ -339,11 +436,11 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             self.close_when_done()
             return
         if not self._implicit:
-            if self.tls_context is None:
+            if not self.tls_usable:
                 self.banner = "ftps-server: TLS unavailable on this address (no valid certificate)."
             super().handle()
             return
-        if self.tls_context is None:
+        if not self.tls_usable:
             log.info(
                 "closing implicit connection from %s on %s: %s",
                 self.remote_ip,
@@ -352,13 +449,22 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             )
             self.close()
             return
-        self.start_tls(self.tls_context, self.state.config.server.handshake_timeout)
+        self.start_tls(self._own_context(), self.state.config.server.handshake_timeout)
+
+    def _own_context(self) -> ssl.SSLContext:
+        """This connection's own context (own session cache and ticket keys), made once.
+
+        Data connections start with it too, not with the one SNI may switch to: OpenSSL
+        keeps sessions and ticket keys in the context a handshake starts with. Still theirs
+        after CCC.
+        """
+        if self.session_context is None:
+            self.session_context = self.state.tls.context_for(self.local_ip, self.listener_kind)
+            assert self.session_context is not None
+        return self.session_context
 
     def tls_established(self) -> None:
         assert self.tls is not None
-        # data connections resume against the context the control connection ended up
-        # with (after SNI), and still may after CCC
-        self.session_context = self.tls.context
         der = self.tls.getpeercert(binary_form=True)
         self.peer_certificate = x509.load_der_x509_certificate(der) if der else None
         log.debug(
@@ -382,7 +488,11 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         super().tls_failed(reason)
 
     def tls_io_events(self) -> int:
-        return int(self.ioloop.READ | (self.ioloop.WRITE if self.producer_fifo else 0))
+        blocked = self._output_blocked()
+        if not blocked and self._reading_paused:
+            self._unpause_reading()
+        read = 0 if blocked else self.ioloop.READ
+        return int(read | (self.ioloop.WRITE if self.producer_fifo else 0))
 
     def initiate_send(self) -> None:
         super().initiate_send()
@@ -390,6 +500,50 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         if pending is not None and not self.producer_fifo and self.connected:
             self._tls_after_flush = None
             self.start_tls(pending, self.state.config.server.handshake_timeout)
+        self._gate_reading()
+
+    # --- output bound: a client that does not read its replies is not read either
+
+    def _output_backlog(self) -> int:
+        queued = sum(len(item) for item in self.producer_fifo if isinstance(item, bytes))
+        return queued + self.tls_backlog
+
+    def _output_blocked(self) -> bool:
+        return self._output_backlog() > OUTPUT_BOUND
+
+    def _gate_reading(self) -> None:
+        """Stop reading while the queued output is above OUTPUT_BOUND; start again below."""
+        if self._closed or not self.connected or self.tls_state in _TLS_BUSY:
+            return
+        if self._output_blocked():
+            events = self.ioloop.WRITE
+            self._reading_paused = True
+        elif self._reading_paused:
+            events = self.ioloop.READ | (self.ioloop.WRITE if self.producer_fifo else 0)
+            self._unpause_reading()
+        else:
+            return
+        # pyftpdlib keeps two records of the registered events; keep both right
+        current = getattr(self, "_current_io_events", None)
+        if events != current or events != self._wanted_io_events:
+            self.ioloop.modify(self._fileno, events)
+            self._current_io_events = self._wanted_io_events = events
+
+    def _unpause_reading(self) -> None:
+        self._reading_paused = False
+        if self.tls_active and self._tls_in is not None:
+            # records may wait in the BIO with nothing new on the socket to signal them
+            self.ioloop.call_later(0, self._resume_reading, _errback=self.handle_error)
+
+    def _resume_reading(self) -> None:
+        if self.connected and not self._closed and not self._reading_paused and self.tls_active:
+            self.handle_read_event()
+
+    def recv(self, buffer_size: int) -> bytes:
+        if self._output_blocked():
+            self._gate_reading()
+            raise _RetryError  # pyftpdlib's handle_read takes it as "nothing to read now"
+        return super().recv(buffer_size)
 
     # --- commands
 
@@ -399,7 +553,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             return
         clear_ok = self._plain_allowed or self._cleared_by_ccc
         if not self.tls_active and cmd not in _PRE_TLS_COMMANDS and not clear_ok:
-            if self.tls_context is None:
+            if not self.tls_usable:
                 why = "TLS is unavailable on this address (no valid certificate)"
                 self.respond(f"530 {why}; plain FTP is not allowed.")
             else:
@@ -408,7 +562,21 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         if cmd in _DATA_COMMANDS and self._protection_required and not self._prot:
             self.respond("521 Data connections must be protected: send PBSZ 0 and PROT P first.")
             return
+        if cmd in _DATA_COMMANDS:
+            self.data_connection_gone = ""
+        if cmd in _TRANSFER_COMMANDS and self._no_data_connection():
+            # pyftpdlib would answer 150 and wait for a connection that cannot come (the
+            # one PASV/PORT made was refused or closed before this command)
+            self.respond(self.data_connection_gone or _NO_DATA_CONNECTION, log.warning)
+            self.data_connection_gone = ""
+            return
         super().process_command(cmd, *args, **kwargs)
+
+    def _no_data_connection(self) -> bool:
+        if self.data_channel is not None or not self.authenticated:
+            return False
+        pending = self._dtp_acceptor is not None or self._dtp_connector is not None
+        return bool(self.data_connection_gone) or not pending
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         if "\x00" in line:
@@ -438,7 +606,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             self.respond("503 Already using TLS.")
         elif arg not in ("TLS", "TLS-C", "TLS-P", "SSL"):
             self.respond("504 AUTH type not supported (use TLS, TLS-C, TLS-P or SSL).")
-        elif self.tls_context is None:
+        elif not self.tls_usable:
             log.info(
                 "AUTH refused for %s on %s: %s",
                 self.remote_ip,
@@ -453,7 +621,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             if arg == "TLS-P":  # RFC 4217 TLS-P: data protected from the start
                 self._pbsz = self._prot = True
             self.respond(f"234 AUTH {arg} successful.")
-            self._tls_after_flush = self.tls_context
+            self._tls_after_flush = self._own_context()
             self.initiate_send()
 
     def ftp_PBSZ(self, line: str) -> None:
@@ -490,11 +658,52 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             self.respond("534 CCC is not allowed on this server.")
         else:
             self.respond("200 Command channel cleared; data protection level unchanged.")
-            self.clear_command_channel()
+            self.clear_command_channel(self.state.config.server.handshake_timeout)
 
     def tls_cleared(self) -> None:
         self._cleared_by_ccc = True
         log.info("control channel of %s cleared by CCC", self.remote_ip)
+
+    def _passive_cap(self) -> int:
+        settings = self.state.config.server
+        if settings.max_passive_per_address:
+            return settings.max_passive_per_address
+        return max(1, len(self.passive_ports) // 2) if self.passive_ports else 0
+
+    def _make_epasv(self, extmode: bool) -> None:
+        cap = self._passive_cap()
+        # PASV closes this session's own listener first: it does not count against it
+        own = vars(self).get("_dtp_acceptor")
+        held = _passive_open[self.remote_ip] - (own is not None)
+        if cap and held >= cap:
+            self._shutdown_connecting_dtp()
+            log.warning(
+                "refused PASV/EPSV from %s on %s (user %s): %d passive listeners open for "
+                "this address, the limit is %d",
+                self.remote_ip,
+                self.listener_name,
+                self.username or "-",
+                held,
+                cap,
+                extra={"fields": {"REMOTE_ADDR": self.remote_ip, "USER": self.username}},
+            )
+            self.respond("425 Too many passive connections open from your address.")
+            return
+        try:
+            super()._make_epasv(extmode)
+        except PassiveRangeExhausted:
+            self._dtp_acceptor = None
+            log.warning(
+                "refused PASV/EPSV from %s on %s (user %s): every port of the passive port "
+                "range %d-%d is in use",
+                self.remote_ip,
+                self.listener_name,
+                self.username or "-",
+                self.passive_ports[0],
+                self.passive_ports[-1],
+                extra={"fields": {"REMOTE_ADDR": self.remote_ip, "USER": self.username}},
+            )
+            self.respond("425 No passive port free; try again later.")
 
     def ftp_REIN(self, line: str) -> None:
         self.respond("502 REIN is not supported over TLS.")
@@ -503,4 +712,19 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         if self.tls_state is TlsState.HANDSHAKE:
             self.tls_failed("handshake timed out")
         else:
-            super().handle_timeout()
+            super().handle_timeout()  # queues 421 and closes once the output is sent
+            if self.connected:
+                # ... which never happens for a client that does not read
+                self.ioloop.call_later(
+                    STUCK_OUTPUT_GRACE, self._close_stuck, _errback=self.handle_error
+                )
+
+    def _close_stuck(self) -> None:
+        if self.connected and not self._closed:
+            log.info(
+                "closing the connection of %s on %s: its output could not be sent",
+                self.remote_ip,
+                self.listener_name,
+            )
+            self._tls_drop()  # no close_notify behind output that cannot drain
+            self.close()

@@ -1,20 +1,36 @@
-"""ssl.SSLContext per certificate entry and listener policy, SNI, client CA and CRL.
+"""ssl.SSLContext per control connection, from certificate material loaded once per reload.
 
-One `TlsContexts` is built per configuration generation (start, each reload). Sessions keep
-the contexts they started with, so a reload never changes a session's TLS state, and the data
-connections of a session resume against the very context its control connection used.
+One `TlsContexts` is built per configuration generation (start, each reload): it reads every
+certificate, key, client CA and CRL file once into memory. Each control connection then gets
+contexts of its own (`context_for`): their own session cache and their own ticket keys,
+so a TLS session can be resumed only by the data connections of the control connection that
+made it. A session resumed from anywhere else (another control connection, another listener,
+another client from the same address) fails to decrypt, gives a full handshake and is refused
+by the data handler. Sessions keep the generation they started with, so a reload never changes
+a session's TLS state.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import ssl
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config.model import PORT_KINDS, CertificateEntry, Config
 from ..pki.certs import EntryStatus, inspect_entry
+from .tls_openssl import set_groups
 
-__all__ = ["MOZILLA_INTERMEDIATE_CIPHERS", "TlsContexts", "build_contexts", "client_cert_mode"]
+__all__ = [
+    "CONTROL_TICKETS",
+    "MOZILLA_INTERMEDIATE_CIPHERS",
+    "TlsContexts",
+    "build_contexts",
+    "client_cert_mode",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +47,11 @@ MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
     ]
 )
 
-ECDH_CURVE = "prime256v1"
+_TLS_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+
+# TLS 1.3 session tickets a control connection gets after its handshake (OpenSSL's default);
+# data connections get none, and the control connection one more per data connection (ftp.py)
+CONTROL_TICKETS = 2
 
 # client-certificate policy of a context: None = not asked, OPTIONAL = asked (certificate
 # logins), REQUIRED = client-cert ports
@@ -48,14 +68,47 @@ def client_cert_mode(config: Config, kind: str) -> ssl.VerifyMode:
     return ssl.CERT_NONE
 
 
+class Material:
+    """File contents read once, served to OpenSSL by path from memory (a memfd).
+
+    Python's ssl loads certificates and keys only from paths; a memfd keeps this generation's
+    bytes even when a file on disk is replaced before the next reload. `certfile` holds the
+    key too when there is one (OpenSSL reads the key from the certfile when given no
+    keyfile). Where memfd_create is missing or refused (seccomp), the files themselves.
+    """
+
+    def __init__(self, path: Path, key: Path | None = None) -> None:
+        self.certfile, self.keyfile = str(path), (str(key) if key else None)
+        try:
+            fd = os.memfd_create(f"ftps-{path.name}", os.MFD_CLOEXEC)
+        except (AttributeError, OSError):
+            return
+        weakref.finalize(self, os.close, fd)
+        sources = [key, path] if key else [path]
+        view = memoryview(b"".join(_pem_file(p) for p in sources))
+        while view:
+            view = view[os.write(fd, view) :]
+        self.certfile, self.keyfile = f"/proc/self/fd/{fd}", None
+
+
+def _pem_file(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data if data.endswith(b"\n") else data + b"\n"
+
+
 @dataclass
 class TlsContexts:
-    """The usable server contexts of one configuration, keyed by entry name and verify mode."""
+    """The usable certificates of one configuration and the contexts made from them."""
 
     config: Config
     statuses: dict[str, EntryStatus]
     modes: dict[str, ssl.VerifyMode]  # listener kind -> client-certificate policy
+    # one probe context per (entry, mode), built at load time to find bad material early
     contexts: dict[tuple[str, ssl.VerifyMode], ssl.SSLContext] = field(default_factory=dict)
+    material: dict[str, Material] = field(default_factory=dict)  # entry name -> cert + key
+    client_ca: Material | None = None
+    crl: Material | None = None
+    by_name: dict[str, str] = field(default_factory=dict)  # SNI name -> entry name
 
     def entry_for(self, local_address: str) -> CertificateEntry | None:
         """The configured certificate section for a local address (usable or not)."""
@@ -71,57 +124,93 @@ class TlsContexts:
             return f"certificate [{entry.name}]: {status.problem}"
         return None
 
-    def context_for(self, local_address: str, kind: str) -> ssl.SSLContext | None:
-        """The context to serve on a connection to `local_address`, or None."""
+    def usable(self, local_address: str, kind: str) -> bool:
+        """True when connections of `kind` to `local_address` can get a context."""
         entry = self.entry_for(local_address)
-        if entry is None:
+        return entry is not None and (entry.name, self.modes[kind]) in self.contexts
+
+    def context_for(self, local_address: str, kind: str) -> ssl.SSLContext | None:
+        """A new context of its own for a control connection to `local_address`, or None."""
+        entry = self.entry_for(local_address)
+        if entry is None or (entry.name, self.modes[kind]) not in self.contexts:
             return None
-        return self.contexts.get((entry.name, self.modes[kind]))
+        return self._session_context(entry.name, self.modes[kind])
+
+    def _session_context(self, entry_name: str, mode: ssl.VerifyMode) -> ssl.SSLContext:
+        first = self._build(entry_name, mode)
+        if self.by_name:
+            first.sni_callback = self._sni_chooser(entry_name, mode)
+        return first
+
+    def _build(self, entry_name: str, mode: ssl.VerifyMode) -> ssl.SSLContext:
+        material = self.material[entry_name]
+        ctx = _new_context(self.config, material, mode, self.client_ca, self.crl)
+        ctx.num_tickets = CONTROL_TICKETS
+        return ctx
+
+    def _sni_chooser(
+        self, own_entry: str, mode: ssl.VerifyMode
+    ) -> Callable[[ssl.SSLObject, str | None, ssl.SSLContext], None]:
+        """The SNI callback of one control connection's first context.
+
+        It switches to contexts of that connection's own, built on first use and shared by
+        its data connections. Those start with the first context as well, never with one SNI
+        switched to: OpenSSL keeps sessions and ticket keys in the context a handshake starts
+        with. The closure holds no reference back to the first context, so a session's
+        contexts are freed with it, without waiting for the cycle collector."""
+        others: dict[str, ssl.SSLContext] = {}
+
+        def choose(sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
+            if not server_name:
+                return
+            wanted = self.by_name.get(server_name.lower().rstrip("."))
+            if wanted is None or wanted == own_entry or (wanted, mode) not in self.contexts:
+                return
+            target = others.get(wanted)
+            if target is None:
+                target = others[wanted] = self._build(wanted, mode)
+            if target is not sslobj.context:
+                sslobj.context = target
+
+        return choose
 
 
-def _new_context(config: Config, entry: CertificateEntry, mode: ssl.VerifyMode) -> ssl.SSLContext:
+def _new_context(
+    config: Config,
+    material: Material,
+    mode: ssl.VerifyMode,
+    client_ca: Material | None,
+    crl: Material | None,
+) -> ssl.SSLContext:
     tls = config.tls
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = (
-        ssl.TLSVersion.TLSv1_3 if tls.min_version == "TLSv1.3" else ssl.TLSVersion.TLSv1_2
-    )
+    ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
+    if tls.max_version:
+        ctx.maximum_version = _TLS_VERSIONS[tls.max_version]
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     ctx.set_ciphers(tls.ciphers or MOZILLA_INTERMEDIATE_CIPHERS)
-    # OpenSSL's default groups include secp521r1 and X448, which the Mozilla profile rejects.
-    # Python before 3.15 can set one group only; P-256 is the one every ECDHE client has
-    # (X25519 is missing in older Java and embedded stacks). TLS 1.3 clients that sent an
-    # X25519 key share get a HelloRetryRequest: one more round trip, no failure.
-    ctx.set_ecdh_curve(ECDH_CURVE)
-    ctx.load_cert_chain(str(entry.cert), str(entry.key))
-    if mode != ssl.CERT_NONE and tls.client_ca:
-        ctx.load_verify_locations(cafile=str(tls.client_ca))
-        if tls.crl:
-            ctx.load_verify_locations(cafile=str(tls.crl))
+    set_groups(ctx)
+    ctx.load_cert_chain(material.certfile, material.keyfile)
+    if mode != ssl.CERT_NONE and client_ca is not None:
+        ctx.load_verify_locations(cafile=client_ca.certfile)
+        if crl is not None:
+            ctx.load_verify_locations(cafile=crl.certfile)
             ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
         ctx.verify_mode = mode
-    # a session id context is required for resumption when client certificates are asked
     return ctx
 
 
-def _install_sni(tls: TlsContexts) -> None:
-    by_name = {name: entry.name for entry in tls.config.certificates for name in entry.server_names}
-    if not by_name:
-        return
-
-    def choose(sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
-        if not server_name:
-            return
-        wanted = by_name.get(server_name.lower().rstrip("."))
-        target = tls.contexts.get((wanted, ctx.verify_mode)) if wanted else None
-        if target is not None and target is not ctx:
-            sslobj.context = target
-
-    for ctx in tls.contexts.values():
-        ctx.sni_callback = choose
+def _load_material(tls: TlsContexts, modes: set[ssl.VerifyMode]) -> None:
+    """Read the client CA and CRL once; a missing file fails like the TLS library would."""
+    settings = tls.config.tls
+    if settings.client_ca and modes - {ssl.CERT_NONE}:
+        tls.client_ca = Material(settings.client_ca)
+        if settings.crl:
+            tls.crl = Material(settings.crl)
 
 
 def build_contexts(config: Config) -> TlsContexts:
-    """Inspect every certificate section and build contexts for the usable ones.
+    """Inspect every certificate section and load the material of the usable ones.
 
     Never raises for a bad certificate: its problem is kept in `statuses` so that the
     listeners it serves can explain themselves while every other listener works.
@@ -135,6 +224,11 @@ def build_contexts(config: Config) -> TlsContexts:
     )
     kinds = {kind for kind, _ in config.ports.enabled()} or {"explicit"}
     modes = {tls.modes[kind] for kind in kinds}
+    material_error: OSError | None = None
+    try:
+        _load_material(tls, modes)
+    except OSError as exc:
+        material_error = exc  # every certificate that asks for client certificates fails
     for entry in config.certificates:
         status = statuses[entry.name]
         if not status.usable:
@@ -145,14 +239,26 @@ def build_contexts(config: Config) -> TlsContexts:
                 extra={"fields": {"CERT_NAME": entry.name, "CERT_PATH": str(entry.cert)}},
             )
             continue
-        for mode in modes:
-            try:
-                tls.contexts[(entry.name, mode)] = _new_context(config, entry, mode)
-            except (ssl.SSLError, OSError) as exc:
-                reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
-                problem = f"TLS library refused {entry.cert} / {entry.key}: {reason}"
-                statuses[entry.name] = EntryStatus(entry, "invalid", problem, status.info)
-                log.critical("certificate [%s] cannot be served: %s", entry.name, problem)
-                break
-    _install_sni(tls)
+        try:
+            if material_error is not None:
+                raise material_error
+            # one memory file holding key and chain: OpenSSL reads the key from the certfile
+            combined = Material(entry.cert, entry.key)
+            for mode in modes:
+                ctx = _new_context(config, combined, mode, tls.client_ca, tls.crl)
+                tls.contexts[(entry.name, mode)] = ctx
+            tls.material[entry.name] = combined
+        except (ssl.SSLError, OSError) as exc:
+            for mode in modes:
+                tls.contexts.pop((entry.name, mode), None)
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+            problem = f"TLS library refused {entry.cert} / {entry.key}: {reason}"
+            statuses[entry.name] = EntryStatus(entry, "invalid", problem, status.info)
+            log.critical("certificate [%s] cannot be served: %s", entry.name, problem)
+    tls.by_name = {
+        name: entry.name
+        for entry in config.certificates
+        if entry.name in tls.material
+        for name in entry.server_names
+    }
     return tls

@@ -82,6 +82,10 @@ class TlsChannel:
     _tls_timer: Any = None
     _tls_progress = False
     _plain_leftover = b""  # clear text that arrived right behind the peer's close_notify
+    _tls_context: ssl.SSLContext | None = None  # until the client's first bytes (see below)
+    # True: the SSLObject is made when the ClientHello arrives, not at start_tls, so that
+    # `tls_wrap` can decide with what the client asked by then (data connections)
+    tls_wrap_on_hello = False
     socket: Any
     ioloop: Any
     connected: bool
@@ -99,6 +103,11 @@ class TlsChannel:
 
     def tls_cleared(self) -> None:
         """Called after CCC brought the connection back to clear text."""
+
+    def tls_wrap(self, context: ssl.SSLContext) -> ssl.SSLObject:
+        """Make the server-side SSLObject over the channel's memory BIOs."""
+        assert self._tls_in is not None and self._tls_out is not None
+        return context.wrap_bio(self._tls_in, self._tls_out, server_side=True)
 
     def tls_io_events(self) -> int:
         """The IOLoop events the channel wants once TLS has nothing pending."""
@@ -118,6 +127,7 @@ class TlsChannel:
     def _tls_drop(self) -> None:
         self.tls_state = TlsState.PLAIN
         self.tls = None
+        self._tls_context = None
 
     def start_tls(self, context: ssl.SSLContext, timeout: float | None = None) -> None:
         """Switch the connection to TLS as the server side and start the handshake."""
@@ -125,9 +135,15 @@ class TlsChannel:
         self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls_head = None
         self._tls_raw_eof = False
-        self.tls = context.wrap_bio(self._tls_in, self._tls_out, server_side=True)
         if timeout:
             self._tls_timer = self.ioloop.call_later(timeout, self._tls_handshake_timeout)
+        if self.tls_wrap_on_hello:
+            # first step from the loop, never from the caller: a handshake completing inside
+            # the constructor would report to a channel its owner does not know yet
+            self._tls_context = context
+            self._tls_update_events()
+            return
+        self.tls = self.tls_wrap(context)
         self._tls_handshake()
 
     def _tls_handshake_timeout(self) -> None:
@@ -202,8 +218,13 @@ class TlsChannel:
     # --- handshake and shutdown
 
     def _tls_handshake(self) -> None:
-        assert self.tls is not None
         try:
+            if self.tls is None:
+                if not self._tls_fill():
+                    self._tls_update_events()
+                    return
+                assert self._tls_context is not None
+                self.tls, self._tls_context = self.tls_wrap(self._tls_context), None
             if not self._tls_drive(self.tls.do_handshake):
                 return
         except (ssl.SSLError, OSError, TlsPeerGone) as exc:
@@ -266,6 +287,7 @@ class TlsChannel:
             return
         if self._tls_ccc:
             self._tls_ccc = False
+            self._tls_cancel_timer()
             assert self._tls_in is not None
             self._plain_leftover = self._tls_in.read()
             self._tls_drop()
@@ -275,11 +297,25 @@ class TlsChannel:
             self._tls_drop()
             self._tls_hard_close()
 
-    def clear_command_channel(self) -> None:
-        """CCC: end TLS on this connection but keep the TCP connection open."""
+    def clear_command_channel(self, timeout: float | None = None) -> None:
+        """CCC: end TLS on this connection but keep the TCP connection open.
+
+        The peer's close_notify must come within `timeout` seconds, or the connection is
+        closed: a client that never sends it would otherwise hold it open for ever (close()
+        cannot end a CCC in progress)."""
         self._tls_ccc = True
         self._tls_set_state(TlsState.CLOSING)
+        if timeout:
+            self._tls_timer = self.ioloop.call_later(timeout, self._tls_ccc_timeout)
         self._tls_shutdown()
+
+    def _tls_ccc_timeout(self) -> None:
+        self._tls_timer = None
+        if self.tls_state is TlsState.CLOSING and self._tls_ccc:
+            log.info("CCC: no close_notify from the peer in time; closing the connection")
+            self._tls_ccc = False
+            self._tls_drop()
+            self._tls_hard_close()
 
     def _tls_hard_close(self) -> None:
         self._tls_cancel_timer()
