@@ -14,8 +14,9 @@ import logging
 import math
 import os
 import time
+import unicodedata
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,20 +27,25 @@ from . import message_ids
 from .bans import BanPolicy, Clock, FailureTracker
 from .certs import cert_info, fingerprint, utcnow
 from .config import Config, UserConfig
-from .passwords import DEFAULT_PARAMS, HashParams, PasswordError, parse_hash
+from .passwords import DEFAULT_PARAMS, HashParams, PasswordError, VerifierCache, parse_hash
 from .passwords import verify_password as _verify_password
 from .pending import PendingStore
 from .users import JailedFS, UserAuthorizer, ensure_homes
 from .wakeup import LoopWaker
 
 __all__ = [
+    "CACHE_SECONDS",
+    "REPLY_ATTEMPTS",
     "REPLY_BANNED",
+    "REPLY_BAD_NAME",
+    "REPLY_BUSY",
     "REPLY_CERT_LOGIN",
     "REPLY_INCORRECT",
     "REPLY_UNREGISTERED",
     "Authenticator",
     "LoginHandler",
     "connection_refusal",
+    "log_safe",
     "pass_command",
     "user_command",
 ]
@@ -52,6 +58,13 @@ REPLY_OTHER_USER = "530 Not logged in: client certificate belongs to another use
 REPLY_NO_HOME = "530 Not logged in: home directory is not available."
 REPLY_CERT_LOGIN = "232 User logged in, authorized by security data exchange."
 REPLY_BANNED = "421 Too many failed logins from {ip}; try again in {seconds} seconds."
+REPLY_ATTEMPTS = "421 Too many logins from {ip} are being checked; try again later."
+REPLY_BUSY = "421 Too many logins are being checked; try again in a few seconds."
+REPLY_BAD_NAME = "501 Syntax error: control characters in user name."
+# How long a proved password is recognised without scrypt (see passwords.VerifierCache)
+CACHE_SECONDS = 900.0
+_PER_USER = 2  # hashes running at once for one user name
+_QUEUE_PER_WORKER = 32  # hashes waiting per worker before a PASS gets 421: ~10 s of work
 # no MESSAGE_ID for a lifted ban exists yet; use it as soon as message_ids defines one
 _UNBAN_ID: str | None = getattr(message_ids, "ADDRESS_UNBANNED", None)
 
@@ -90,9 +103,47 @@ class _Attempt:
     fingerprint: str | None = None
 
 
+@dataclass(eq=False)
+class _Check:
+    """One PASS waiting for the verdict of its job."""
+
+    handler: LoginHandler
+    user: UserConfig | None
+    attempt: _Attempt
+    reason: str | None
+
+
+@dataclass(eq=False)
+class _Job:
+    """One scrypt run; every PASS with the same (user, stored hash, password) waits on it."""
+
+    tag: bytes
+    name: str
+    address: str  # the ban key of the address whose PASS started it
+    password: str
+    stored: str
+    checks: list[_Check]
+
+
+def _closed(handler: LoginHandler) -> bool:
+    return bool(getattr(handler, "_closed", False))
+
+
+def _default_workers() -> int:
+    # scrypt releases the GIL (measured: two threads, two cores, the time of one hash), so
+    # threads use every core; the cap bounds memory, 32 MiB per running hash
+    return max(1, min(os.cpu_count() or 2, 8))
+
+
 def _policy(config: Config, delays: tuple[float, float]) -> BanPolicy:
     s = config.server
-    return BanPolicy(s.max_login_failures, float(s.failure_window), float(s.ban_time), *delays)
+    return BanPolicy(
+        s.max_login_failures,
+        float(s.failure_window),
+        float(s.ban_time),
+        *delays,
+        prefix_v6=s.ban_prefix_v6,
+    )
 
 
 def _dummy_hash(config: Config) -> str:
@@ -122,6 +173,20 @@ def _check_password(password: str, stored: str) -> tuple[bool, str | None]:
         return False, str(exc)
 
 
+def _has_control(text: str) -> bool:
+    """True for control characters, line/paragraph separators or undecodable bytes."""
+    return any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in text)
+
+
+def log_safe(text: str) -> str:
+    """`text` with every control character escaped, so it stays one honest log line."""
+    if not _has_control(text):
+        return text
+    return "".join(
+        repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c for c in text
+    )
+
+
 def _printable(name: str) -> str:
     # user names reach the journal: cut control characters and absurd lengths
     return "".join(c if c.isprintable() else "?" for c in name[:64])
@@ -135,11 +200,24 @@ class Authenticator:
         config: Config,
         *,
         clock: Clock = time.monotonic,
-        workers: int = min(4, os.cpu_count() or 2),
+        workers: int | None = None,
         delays: tuple[float, float] = (BanPolicy.first_delay, BanPolicy.max_delay),
+        queue_limit: int | None = None,
+        cache_seconds: float = CACHE_SECONDS,
     ) -> None:
         # delays: (first, max) seconds a failed login's reply is held back; tests shrink them
         self.config = config
+        self.workers = workers or _default_workers()
+        self.queue_limit = _QUEUE_PER_WORKER * self.workers if queue_limit is None else queue_limit
+        # one address hashes one password at a time on a small machine: a flood from one
+        # address then never holds more than one core
+        self.per_address = 2 if self.workers > 2 else 1
+        self.cache = VerifierCache(cache_seconds, clock)
+        self._waiting: deque[_Job] = deque()
+        self._jobs: dict[bytes, _Job] = {}  # waiting and running, by tag
+        self._running = 0
+        self._by_address: Counter[str] = Counter()
+        self._by_user: Counter[str] = Counter()
         self.delays = delays
         self.authorizer = UserAuthorizer(config.users)
         self.filesystem = JailedFS
@@ -147,8 +225,8 @@ class Authenticator:
         self.pending = PendingStore(config.server.state_dir)
         self.wall_clock = utcnow
         # each running verification holds 128*r*N bytes (32 MiB at the default cost), so the
-        # pool is small: a login storm queues here instead of exhausting memory or CPU
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ftps-auth")
+        # pool is small; jobs wait in self._waiting (bounded), never in the pool's own queue
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ftps-auth")
         self._waker: LoopWaker | None = None
         self._attempts: weakref.WeakKeyDictionary[Any, _Attempt] = weakref.WeakKeyDictionary()
         self._apply(config)
@@ -158,8 +236,13 @@ class Authenticator:
         self.authorizer.update(config.users)
         self.tracker.set_policy(_policy(config, self.delays))
         self._pinned = {fp: u.name for u in config.users for fp in u.certificates}
+        self._cn_owners: dict[str, set[str]] = {}
+        for u in config.users:
+            if u.certificate_cn:
+                self._cn_owners.setdefault(u.certificate_cn, set()).add(u.name)
         self._home_problems = ensure_homes(config)
         self._dummy = _dummy_hash(config)
+        self.cache.clear()  # users, hashes or the dummy may have changed
 
     def reload(self, config: Config) -> None:
         """Take new users and limits; bans and sessions in progress are kept."""
@@ -239,9 +322,23 @@ class Authenticator:
         if not name:
             handler.respond("501 Syntax error: USER needs a user name.")
             return
+        if _has_control(name):
+            # the name goes into every pyftpdlib log prefix: a line break would forge entries
+            handler.respond(REPLY_BAD_NAME)
+            return
         handler.username = name
         user = self.authorizer.user(name)
         cert = handler.peer_certificate
+        owners = self._owners(cert) if cert is not None else set()
+        if cert is not None and owners and name not in owners:
+            # registered to someone else: refused for any other name, whatever its policy
+            fp = fingerprint(cert)
+            attempt = _Attempt(name, user.auth if user else "password", fingerprint=fp)
+            self._attempts[handler] = attempt
+            owner = ", ".join(sorted(owners))
+            reason = f"client certificate of another user ({owner})"
+            self._fail(handler, attempt, reason, REPLY_OTHER_USER, CERT_OWNER=owner)
+            return
         if user is None or user.auth == "password" or cert is None:
             # unknown users look like known ones: 331 now, the same 530 after PASS
             self._attempts[handler] = _Attempt(name, user.auth if user else "password")
@@ -261,6 +358,16 @@ class Authenticator:
         else:
             attempt.cert_ok = True
             handler.respond("331 Certificate accepted, send password.")
+
+    def _owners(self, cert: x509.Certificate) -> set[str]:
+        """The users a certificate is registered to: pinned, or by a CA-verified CN."""
+        owners = set()
+        pinned = self._pinned.get(fingerprint(cert))
+        if pinned:
+            owners.add(pinned)
+        if self.config.tls.client_ca and self._cn_owners:
+            owners |= self._cn_owners.get(cert_info(cert).common_name or "", set())
+        return owners
 
     def _match(self, user: UserConfig, cert: x509.Certificate, fp: str) -> str:
         """'ok', 'other' (pinned by another user) or 'unregistered'."""
@@ -297,16 +404,41 @@ class Authenticator:
         if not handler.username or attempt is None or attempt.user != handler.username:
             handler.respond("503 Login with USER first.")
             return
+        refusal = self.connection_refusal(handler)  # a ban may have started since USER
+        if refusal:
+            handler.respond(refusal)
+            handler.close_when_done()
+            return
         user = self.authorizer.user(attempt.user)
         stored, reason = self._expected(user, attempt)
+        tag = self.cache.tag(attempt.user, stored, line)
+        if reason is None and user is not None and self.cache.matches(attempt.user, tag):
+            self._succeed(handler, user, attempt, None)  # proved recently: no scrypt again
+            return
+        job = self._jobs.get(tag)
+        if job is None and len(self._waiting) >= self.queue_limit:
+            log.warning(
+                "login of %s from %s refused: %d password checks already waiting",
+                _printable(attempt.user),
+                handler.remote_ip,
+                len(self._waiting),
+            )
+            handler.respond(REPLY_BUSY)
+            handler.close_when_done()
+            return
+        if not self.tracker.reserve(handler.remote_ip):
+            handler.respond(REPLY_ATTEMPTS.format(ip=handler.remote_ip))
+            handler.close_when_done()
+            return
         handler.login_pending = True
-        waker = self._loop_waker(handler.ioloop)
-        future = self._pool.submit(_check_password, line, stored)
-
-        def done(fut: Future[tuple[bool, str | None]]) -> None:
-            waker.call_soon_threadsafe(lambda: self._pass_done(handler, user, attempt, reason, fut))
-
-        future.add_done_callback(done)
+        self._loop_waker(handler.ioloop)
+        if job is None:
+            address = self.tracker.key(handler.remote_ip)
+            job = _Job(tag, attempt.user, address, line, stored, [])
+            self._jobs[tag] = job
+            self._waiting.append(job)
+        job.checks.append(_Check(handler, user, attempt, reason))
+        self._dispatch()
 
     def _expected(self, user: UserConfig | None, attempt: _Attempt) -> tuple[str, str | None]:
         """(hash to verify, failure reason or None when a match logs the user in)."""
@@ -327,24 +459,88 @@ class Authenticator:
             self._waker = LoopWaker(ioloop)
         return self._waker
 
-    def _pass_done(
-        self,
-        handler: LoginHandler,
-        user: UserConfig | None,
-        attempt: _Attempt,
-        reason: str | None,
-        fut: Future[tuple[bool, str | None]],
-    ) -> None:
+    # --- the hash queue (event loop thread only) ---------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Drop departed clients, answer from the cache, start jobs while there is room."""
+        kept: deque[_Job] = deque()
+        for job in self._waiting:
+            for check in [c for c in job.checks if _closed(c.handler)]:
+                job.checks.remove(check)
+                # submitted and abandoned: counted, never hashed (a flood that does not wait)
+                self._fail(check.handler, check.attempt, "client left before the check", "")
+            if not job.checks:
+                del self._jobs[job.tag]
+            elif all(c.reason is None for c in job.checks) and self.cache.matches(
+                job.name, job.tag
+            ):
+                del self._jobs[job.tag]
+                self._resolve(job, True, None)  # a job just before it proved this password
+            elif self._has_room(job):
+                self._start(job)
+            else:
+                kept.append(job)
+        self._waiting = kept
+
+    def _has_room(self, job: _Job) -> bool:
+        return (
+            self._running < self.workers
+            and self._by_address[job.address] < self.per_address
+            and self._by_user[job.name] < _PER_USER
+        )
+
+    def _start(self, job: _Job) -> None:
+        self._running += 1
+        self._by_address[job.address] += 1
+        self._by_user[job.name] += 1
+        waker = self._waker
+        assert waker is not None  # made by pass_command before any job exists
+        future = self._pool.submit(_check_password, job.password, job.stored)
+
+        def done(fut: Future[tuple[bool, str | None]]) -> None:
+            waker.call_soon_threadsafe(lambda: self._job_done(job, fut))
+
+        future.add_done_callback(done)
+
+    def _job_done(self, job: _Job, fut: Future[tuple[bool, str | None]]) -> None:
+        self._running -= 1
+        self._by_address[job.address] -= 1
+        self._by_user[job.name] -= 1
+        self._by_address += Counter()  # drops the zero counts, so idle addresses cost nothing
+        self._by_user += Counter()
+        self._jobs.pop(job.tag, None)
         try:
             ok, problem = fut.result()
         except Exception as exc:  # a crashed worker is a failed login, never a login
             ok, problem = False, f"verification crashed: {exc!r}"
         if problem:
-            log.error("user %s: password hash unusable: %s", _printable(attempt.user), problem)
-        if ok and reason is None and user is not None:
-            self._succeed(handler, user, attempt, None)
-        else:
-            self._fail(handler, attempt, reason or problem or "wrong password", REPLY_INCORRECT)
+            log.error("user %s: password hash unusable: %s", _printable(job.name), problem)
+        if ok:
+            current = self.authorizer.user(job.name)
+            if current is not None and current.password == job.stored:  # not changed meanwhile
+                self.cache.remember(job.name, job.tag)
+        self._resolve(job, ok, problem)
+        self._dispatch()
+
+    def _resolve(self, job: _Job, ok: bool, problem: str | None) -> None:
+        """Answer every PASS that waited on `job`."""
+        for check in job.checks:
+            handler = check.handler
+            if ok and check.reason is None and check.user is not None:
+                self.tracker.release(handler.remote_ip)
+                remaining = self.tracker.ban_remaining(handler.remote_ip)
+                if remaining > 0:  # the ban started while this was checked: no login after it
+                    handler.login_pending = False
+                    if not _closed(handler):
+                        seconds = math.ceil(remaining)
+                        handler.respond(REPLY_BANNED.format(ip=handler.remote_ip, seconds=seconds))
+                        handler.close_when_done()
+                    continue
+                self._succeed(handler, check.user, check.attempt, None)
+            else:
+                reason = check.reason or problem or "wrong password"
+                self._fail(handler, check.attempt, reason, REPLY_INCORRECT)
+
 
     # --- outcomes -------------------------------------------------------------------------
 
@@ -381,7 +577,9 @@ class Authenticator:
             attempt.fingerprint,
         )
 
-    def _fail(self, handler: LoginHandler, attempt: _Attempt, reason: str, reply: str) -> None:
+    def _fail(
+        self, handler: LoginHandler, attempt: _Attempt, reason: str, reply: str, **extra: str
+    ) -> None:
         verdict = self.tracker.failure(handler.remote_ip)
         handler.login_pending = True
         handler.username = ""
@@ -395,25 +593,28 @@ class Authenticator:
             attempt.fingerprint,
             REASON=reason,
             FAILURES=str(verdict.failures),
+            **extra,
         )
         if verdict.banned:
+            key = self.tracker.key(handler.remote_ip)
             self._event(
                 logging.WARNING,
                 message_ids.ADDRESS_BANNED,
-                f"address {handler.remote_ip} banned for {verdict.ban_seconds:.0f} s after "
-                f"{verdict.failures} failed logins",
+                f"address {handler.remote_ip}{f' ({key})' if key != handler.remote_ip else ''} "
+                f"banned for {verdict.ban_seconds:.0f} s after {verdict.failures} failed logins",
                 handler,
                 attempt.user,
                 attempt.method,
                 attempt.fingerprint,
                 BAN="imposed",
                 BAN_SECONDS=f"{verdict.ban_seconds:.0f}",
+                BAN_KEY=key,
             )
             handler.ioloop.call_later(verdict.ban_seconds + 0.5, self._sweep)
 
         def answer() -> None:
             handler.login_pending = False
-            if getattr(handler, "_closed", False):
+            if _closed(handler) or not reply:
                 return
             handler.respond(reply)
             if verdict.banned:
