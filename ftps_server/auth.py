@@ -468,7 +468,8 @@ class Authenticator:
             for check in [c for c in job.checks if _closed(c.handler)]:
                 job.checks.remove(check)
                 # submitted and abandoned: counted, never hashed (a flood that does not wait)
-                self._fail(check.handler, check.attempt, "client left before the check", "")
+                reason = "client left before the check"
+                self._fail(check.handler, check.attempt, reason, "", reserved=True)
             if not job.checks:
                 del self._jobs[job.tag]
             elif all(c.reason is None for c in job.checks) and self.cache.matches(
@@ -539,7 +540,7 @@ class Authenticator:
                 self._succeed(handler, check.user, check.attempt, None)
             else:
                 reason = check.reason or problem or "wrong password"
-                self._fail(handler, check.attempt, reason, REPLY_INCORRECT)
+                self._fail(handler, check.attempt, reason, REPLY_INCORRECT, reserved=True)
 
 
     # --- outcomes -------------------------------------------------------------------------
@@ -578,9 +579,16 @@ class Authenticator:
         )
 
     def _fail(
-        self, handler: LoginHandler, attempt: _Attempt, reason: str, reply: str, **extra: str
+        self,
+        handler: LoginHandler,
+        attempt: _Attempt,
+        reason: str,
+        reply: str,
+        *,
+        reserved: bool = False,
+        **extra: str,
     ) -> None:
-        verdict = self.tracker.failure(handler.remote_ip)
+        verdict = self.tracker.failure(handler.remote_ip, reserved=reserved)
         handler.login_pending = True
         handler.username = ""
         self._event(

@@ -116,12 +116,15 @@ class FailureTracker:
         if record is not None and record.pending > 0:
             record.pending -= 1
 
-    def failure(self, address: str) -> Verdict:
-        """Record one failed login from `address` and say how to answer it."""
+    def failure(self, address: str, *, reserved: bool = False) -> Verdict:
+        """Record one failed login from `address` and say how to answer it.
+
+        `reserved`: the login was counted by `reserve`; its reservation becomes this failure.
+        """
         now = self.clock()
         record = self._records.setdefault(self.key(address), _Record())
-        if record.pending > 0:
-            record.pending -= 1  # the reservation becomes this failure
+        if reserved and record.pending > 0:
+            record.pending -= 1
         self._prune(record, now)
         record.failures.append(now)
         count = len(record.failures)
