@@ -36,8 +36,8 @@ from .wakeup import LoopWaker
 __all__ = [
     "CACHE_SECONDS",
     "REPLY_ATTEMPTS",
-    "REPLY_BANNED",
     "REPLY_BAD_NAME",
+    "REPLY_BANNED",
     "REPLY_BUSY",
     "REPLY_CERT_LOGIN",
     "REPLY_INCORRECT",
@@ -541,7 +541,6 @@ class Authenticator:
             else:
                 reason = check.reason or problem or "wrong password"
                 self._fail(handler, check.attempt, reason, REPLY_INCORRECT, reserved=True)
-
 
     # --- outcomes -------------------------------------------------------------------------
 

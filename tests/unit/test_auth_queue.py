@@ -28,6 +28,7 @@ from pyftpdlib.ioloop import IOLoop
 
 from ftps_server import auth, message_ids
 from ftps_server.auth import Authenticator
+from ftps_server.errors import ConfigError
 from ftps_server.passwords import hash_password
 
 DELAYS = (0.0, 0.0)
@@ -75,7 +76,9 @@ def clock() -> FakeClock:
 
 def make_state(tmp: Path, pki: Any, clock: FakeClock, failures: int = 3, **kw: Any) -> State:
     path = write_config(tmp, pki)
-    path.write_text(path.read_text().replace("max_login_failures = 3", f"max_login_failures = {failures}"))
+    path.write_text(
+        path.read_text().replace("max_login_failures = 3", f"max_login_failures = {failures}")
+    )
     config = load(path)
     return State(config, Authenticator(config, clock=clock, delays=DELAYS, **kw))
 
@@ -310,3 +313,15 @@ def test_password_user_with_another_users_certificate(
     assert handler.replies[-1] == "503 Login with USER first." and not handler.authenticated
     (event,) = events(caplog, message_ids.LOGIN_FAILED)
     assert event["USER"] == "bob" and event["CERT_OWNER"] == owner
+
+
+def test_ban_prefix_v6_from_config(tmp_path: Path, pki: Any, clock: FakeClock) -> None:
+    config = load(write_config(tmp_path, pki, server="ban_prefix_v6 = 56"))
+    assert config.server.ban_prefix_v6 == 56
+    authenticator = Authenticator(config, clock=clock, delays=DELAYS)
+    try:
+        assert authenticator.tracker.key("2001:db8:0:ff::1") == "2001:db8::/56"
+    finally:
+        authenticator.close()
+    with pytest.raises(ConfigError, match="ban_prefix_v6"):
+        load(write_config(tmp_path, pki, server="ban_prefix_v6 = 129"))
