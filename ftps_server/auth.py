@@ -2,9 +2,12 @@
 
 The FTP handler calls `connection_refusal` on connect, `user_command` for USER and
 `pass_command` for PASS; each finds the `Authenticator` at `handler.server_state.auth`.
-Password hashes are checked in a worker pool and the verdict comes back to the event loop
-through `LoopWaker`, so a storm of logins never stalls transfers. While a PASS is checked or
-a failure reply is held back, `handler.login_pending` is True and the handler accepts only QUIT.
+Password hashes are checked by `password_queue` on worker threads and the verdict comes back
+to the event loop through `LoopWaker`, so a storm of logins never stalls transfers. A PASS
+counts against its address from the moment it is sent (`FailureTracker.reserve`), and a
+password proved right recently is recognised by `VerifierCache` without scrypt. While a PASS is
+checked or a failure reply is held back, `handler.login_pending` is True and the handler
+accepts only QUIT.
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ import os
 import time
 import unicodedata
 import weakref
-from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +29,7 @@ from . import message_ids
 from .bans import BanPolicy, Clock, FailureTracker
 from .certs import cert_info, fingerprint, utcnow
 from .config import Config, UserConfig
+from .password_queue import Job, PasswordQueue, default_workers
 from .passwords import DEFAULT_PARAMS, HashParams, PasswordError, VerifierCache, parse_hash
 from .passwords import verify_password as _verify_password
 from .pending import PendingStore
@@ -113,26 +116,8 @@ class _Check:
     reason: str | None
 
 
-@dataclass(eq=False)
-class _Job:
-    """One scrypt run; every PASS with the same (user, stored hash, password) waits on it."""
-
-    tag: bytes
-    name: str
-    address: str  # the ban key of the address whose PASS started it
-    password: str
-    stored: str
-    checks: list[_Check]
-
-
 def _closed(handler: LoginHandler) -> bool:
     return bool(getattr(handler, "_closed", False))
-
-
-def _default_workers() -> int:
-    # scrypt releases the GIL (measured: two threads, two cores, the time of one hash), so
-    # threads use every core; the cap bounds memory, 32 MiB per running hash
-    return max(1, min(os.cpu_count() or 2, 8))
 
 
 def _policy(config: Config, delays: tuple[float, float]) -> BanPolicy:
@@ -207,26 +192,25 @@ class Authenticator:
     ) -> None:
         # delays: (first, max) seconds a failed login's reply is held back; tests shrink them
         self.config = config
-        self.workers = workers or _default_workers()
-        self.queue_limit = _QUEUE_PER_WORKER * self.workers if queue_limit is None else queue_limit
-        # one address hashes one password at a time on a small machine: a flood from one
-        # address then never holds more than one core
-        self.per_address = 2 if self.workers > 2 else 1
         self.cache = VerifierCache(cache_seconds, clock)
-        self._waiting: deque[_Job] = deque()
-        self._jobs: dict[bytes, _Job] = {}  # waiting and running, by tag
-        self._running = 0
-        self._by_address: Counter[str] = Counter()
-        self._by_user: Counter[str] = Counter()
         self.delays = delays
         self.authorizer = UserAuthorizer(config.users)
         self.filesystem = JailedFS
         self.tracker = FailureTracker(_policy(config, delays), clock)
         self.pending = PendingStore(config.server.state_dir)
         self.wall_clock = utcnow
-        # each running verification holds 128*r*N bytes (32 MiB at the default cost), so the
-        # pool is small; jobs wait in self._waiting (bounded), never in the pool's own queue
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ftps-auth")
+        n = workers or default_workers()
+        self.queue = PasswordQueue(
+            _check_password,
+            workers=n,
+            limit=_QUEUE_PER_WORKER * n if queue_limit is None else queue_limit,
+            # one address hashes one password at a time on a small machine: a flood from one
+            # address then never holds more than one core
+            per_address=2 if n > 2 else 1,
+            per_user=_PER_USER,
+            settle=self._settle,
+            done=self._job_done,
+        )
         self._waker: LoopWaker | None = None
         self._attempts: weakref.WeakKeyDictionary[Any, _Attempt] = weakref.WeakKeyDictionary()
         self._apply(config)
@@ -251,7 +235,7 @@ class Authenticator:
 
     def close(self) -> None:
         """Stop the worker pool and unregister from the event loop."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.queue.close()
         if self._waker is not None:
             self._waker.close()
             self._waker = None
@@ -415,13 +399,13 @@ class Authenticator:
         if reason is None and user is not None and self.cache.matches(attempt.user, tag):
             self._succeed(handler, user, attempt, None)  # proved recently: no scrypt again
             return
-        job = self._jobs.get(tag)
-        if job is None and len(self._waiting) >= self.queue_limit:
+        job = self.queue.job(tag)
+        if job is None and self.queue.full():
             log.warning(
                 "login of %s from %s refused: %d password checks already waiting",
                 _printable(attempt.user),
                 handler.remote_ip,
-                len(self._waiting),
+                self.queue.waiting,
             )
             handler.respond(REPLY_BUSY)
             handler.close_when_done()
@@ -431,14 +415,12 @@ class Authenticator:
             handler.close_when_done()
             return
         handler.login_pending = True
-        self._loop_waker(handler.ioloop)
+        waker = self._loop_waker(handler.ioloop)
         if job is None:
-            address = self.tracker.key(handler.remote_ip)
-            job = _Job(tag, attempt.user, address, line, stored, [])
-            self._jobs[tag] = job
-            self._waiting.append(job)
+            job = Job(tag, attempt.user, self.tracker.key(handler.remote_ip), line, stored)
+            self.queue.add(job)
         job.checks.append(_Check(handler, user, attempt, reason))
-        self._dispatch()
+        self.queue.dispatch(waker)
 
     def _expected(self, user: UserConfig | None, attempt: _Attempt) -> tuple[str, str | None]:
         """(hash to verify, failure reason or None when a match logs the user in)."""
@@ -461,59 +443,22 @@ class Authenticator:
 
     # --- the hash queue (event loop thread only) ---------------------------------------------
 
-    def _dispatch(self) -> None:
-        """Drop departed clients, answer from the cache, start jobs while there is room."""
-        kept: deque[_Job] = deque()
-        for job in self._waiting:
-            for check in [c for c in job.checks if _closed(c.handler)]:
-                job.checks.remove(check)
-                # submitted and abandoned: counted, never hashed (a flood that does not wait)
-                reason = "client left before the check"
-                self._fail(check.handler, check.attempt, reason, "", reserved=True)
-            if not job.checks:
-                del self._jobs[job.tag]
-            elif all(c.reason is None for c in job.checks) and self.cache.matches(
-                job.name, job.tag
-            ):
-                del self._jobs[job.tag]
-                self._resolve(job, True, None)  # a job just before it proved this password
-            elif self._has_room(job):
-                self._start(job)
-            else:
-                kept.append(job)
-        self._waiting = kept
+    def _settle(self, job: Job) -> bool:
+        """Before a job starts: drop departed clients, answer from the cache. True if done."""
+        checks: list[_Check] = job.checks
+        for check in [c for c in checks if _closed(c.handler)]:
+            checks.remove(check)
+            # submitted and abandoned: counted, never hashed (a flood that does not wait)
+            reason = "client left before the check"
+            self._fail(check.handler, check.attempt, reason, "", reserved=True)
+        if not checks:
+            return True
+        if all(c.reason is None for c in checks) and self.cache.matches(job.name, job.tag):
+            self._resolve(job, True, None)  # a job just before it proved this password
+            return True
+        return False
 
-    def _has_room(self, job: _Job) -> bool:
-        return (
-            self._running < self.workers
-            and self._by_address[job.address] < self.per_address
-            and self._by_user[job.name] < _PER_USER
-        )
-
-    def _start(self, job: _Job) -> None:
-        self._running += 1
-        self._by_address[job.address] += 1
-        self._by_user[job.name] += 1
-        waker = self._waker
-        assert waker is not None  # made by pass_command before any job exists
-        future = self._pool.submit(_check_password, job.password, job.stored)
-
-        def done(fut: Future[tuple[bool, str | None]]) -> None:
-            waker.call_soon_threadsafe(lambda: self._job_done(job, fut))
-
-        future.add_done_callback(done)
-
-    def _job_done(self, job: _Job, fut: Future[tuple[bool, str | None]]) -> None:
-        self._running -= 1
-        self._by_address[job.address] -= 1
-        self._by_user[job.name] -= 1
-        self._by_address += Counter()  # drops the zero counts, so idle addresses cost nothing
-        self._by_user += Counter()
-        self._jobs.pop(job.tag, None)
-        try:
-            ok, problem = fut.result()
-        except Exception as exc:  # a crashed worker is a failed login, never a login
-            ok, problem = False, f"verification crashed: {exc!r}"
+    def _job_done(self, job: Job, ok: bool, problem: str | None) -> None:
         if problem:
             log.error("user %s: password hash unusable: %s", _printable(job.name), problem)
         if ok:
@@ -521,10 +466,10 @@ class Authenticator:
             if current is not None and current.password == job.stored:  # not changed meanwhile
                 self.cache.remember(job.name, job.tag)
         self._resolve(job, ok, problem)
-        self._dispatch()
 
-    def _resolve(self, job: _Job, ok: bool, problem: str | None) -> None:
+    def _resolve(self, job: Job, ok: bool, problem: str | None) -> None:
         """Answer every PASS that waited on `job`."""
+        check: _Check
         for check in job.checks:
             handler = check.handler
             if ok and check.reason is None and check.user is not None:
