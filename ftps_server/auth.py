@@ -114,6 +114,7 @@ class _Check:
     user: UserConfig | None
     attempt: _Attempt
     reason: str | None
+    reserved: bool  # counted by FailureTracker.reserve (False: joined a check in flight)
 
 
 def _closed(handler: LoginHandler) -> bool:
@@ -410,7 +411,11 @@ class Authenticator:
             handler.respond(REPLY_BUSY)
             handler.close_when_done()
             return
-        if not self.tracker.reserve(handler.remote_ip):
+        reserved = self.tracker.reserve(handler.remote_ip)
+        if not reserved and job is None:
+            # failures and checks in flight reach the limit: a new guess could overshoot it.
+            # The same password as a check in flight is no new guess: it joins that check
+            # (many parallel sessions of one partner behind one address still get in)
             handler.respond(REPLY_ATTEMPTS.format(ip=handler.remote_ip))
             handler.close_when_done()
             return
@@ -419,7 +424,7 @@ class Authenticator:
         if job is None:
             job = Job(tag, attempt.user, self.tracker.key(handler.remote_ip), line, stored)
             self.queue.add(job)
-        job.checks.append(_Check(handler, user, attempt, reason))
+        job.checks.append(_Check(handler, user, attempt, reason, reserved))
         self.queue.dispatch(waker)
 
     def _expected(self, user: UserConfig | None, attempt: _Attempt) -> tuple[str, str | None]:
@@ -450,7 +455,7 @@ class Authenticator:
             checks.remove(check)
             # submitted and abandoned: counted, never hashed (a flood that does not wait)
             reason = "client left before the check"
-            self._fail(check.handler, check.attempt, reason, "", reserved=True)
+            self._fail(check.handler, check.attempt, reason, "", reserved=check.reserved)
         if not checks:
             return True
         if all(c.reason is None for c in checks) and self.cache.matches(job.name, job.tag):
@@ -473,7 +478,8 @@ class Authenticator:
         for check in job.checks:
             handler = check.handler
             if ok and check.reason is None and check.user is not None:
-                self.tracker.release(handler.remote_ip)
+                if check.reserved:
+                    self.tracker.release(handler.remote_ip)
                 remaining = self.tracker.ban_remaining(handler.remote_ip)
                 if remaining > 0:  # the ban started while this was checked: no login after it
                     handler.login_pending = False
@@ -485,7 +491,7 @@ class Authenticator:
                 self._succeed(handler, check.user, check.attempt, None)
             else:
                 reason = check.reason or problem or "wrong password"
-                self._fail(handler, check.attempt, reason, REPLY_INCORRECT, reserved=True)
+                self._fail(handler, check.attempt, reason, REPLY_INCORRECT, reserved=check.reserved)
 
     # --- outcomes -------------------------------------------------------------------------
 

@@ -308,6 +308,38 @@ def test_ban_and_unban(tmp_path: Path) -> None:
         site.server.stop()
 
 
+def test_parallel_pass_cannot_overshoot_the_ban(tmp_path: Path) -> None:
+    # issue 12.4: 12 connections sending PASS at once (max_login_failures = 5) got eleven 530
+    # and then a 230 for the right password after the ban had started
+    site = start(tmp_path, TABLE_USERS)
+    attacker = next_source_ip()
+    barrier = threading.Barrier(12, timeout=20)
+
+    def attempt(n: int) -> str:
+        ftp = connect(site, "explicit", None, attacker)
+        command(ftp, "USER pw")
+        barrier.wait()
+        reply = command(ftp, f"PASS {RIGHT if n == 11 else f'{WRONG} {n}'}")
+        ftp.close()
+        return reply
+
+    try:
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            replies = list(pool.map(attempt, range(12)))
+        log = site.server.log()
+    finally:
+        site.server.stop()
+    wrong = replies.count(INCORRECT)
+    logged_in = [r for r in replies if r.startswith("230")]
+    refused = [r for r in replies if r.startswith("421 Too many")]
+    assert wrong <= 5, f"{wrong} guesses checked against a limit of 5"
+    assert len(logged_in) + wrong + len(refused) == 12, replies
+    banned_at = log.find(f"address {attacker} banned")
+    if logged_in and banned_at >= 0:
+        login_at = log.find(f"user pw logged in from {attacker}")
+        assert 0 <= login_at < banned_at, "230 after the ban had started"
+
+
 # --- jail and permissions -------------------------------------------------------------------
 
 JAIL_USERS = """

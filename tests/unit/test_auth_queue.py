@@ -207,6 +207,26 @@ def test_parallel_pass_cannot_overshoot_the_ban(
     assert len(events(caplog, message_ids.ADDRESS_BANNED)) == 1
 
 
+def test_same_password_from_one_address_joins_the_check_in_flight(
+    state: State, ioloop: IOLoop, hashes: Hashes, caplog: Any
+) -> None:
+    # many parallel sessions of one partner behind one address (max_login_failures = 3)
+    hashes.gate.clear()
+    right = [submit(state, ioloop, "bob", PASSWORD, "127.0.0.9") for _ in range(8)]
+    hashes.gate.set()
+    run_until(ioloop, lambda: not any(h.login_pending for h in right))
+    assert all(h.replies[-1].startswith("230") for h in right)
+    assert len(hashes.calls) == 1
+    # the same wrong password from one address: one hash, every session counted, banned
+    hashes.gate.clear()
+    wrong = [submit(state, ioloop, "bob", "wrong", "127.0.0.8") for _ in range(6)]
+    hashes.gate.set()
+    run_until(ioloop, lambda: not any(h.login_pending for h in wrong))
+    assert [h.replies[-1] for h in wrong] == [INCORRECT] * 6
+    assert len(hashes.calls) == 2
+    assert len(events(caplog, message_ids.ADDRESS_BANNED)) == 1
+
+
 def test_one_address_hashes_one_at_a_time_and_departed_checks_are_dropped(
     state: State, ioloop: IOLoop, hashes: Hashes, caplog: Any
 ) -> None:
