@@ -205,9 +205,9 @@ class Authenticator:
             _check_password,
             workers=n,
             limit=_QUEUE_PER_WORKER * n if queue_limit is None else queue_limit,
-            # one address hashes one password at a time on a small machine: a flood from one
-            # address then never holds more than one core
-            per_address=2 if n > 2 else 1,
+            # one address never holds more than half the workers (one on a 2-core machine):
+            # a flood from one address leaves the other cores to everyone else
+            per_address=max(1, min(2, n // 2)),
             per_user=_PER_USER,
             settle=self._settle,
             done=self._job_done,

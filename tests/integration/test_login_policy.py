@@ -531,7 +531,7 @@ FLOOD_USERS = """
 auth = password
 password = {pw}
 """
-PARTNERS = 4
+PARTNERS = 10
 
 
 def _flood(site: Site, source: str, worker: int, until: float, refused: list[str]) -> None:
@@ -568,7 +568,7 @@ def test_login_flood_from_one_address(tmp_path: Path) -> None:
     timings: list[float] = []
     refused: list[str] = []
     try:
-        until = time.monotonic() + 6
+        until = time.monotonic() + 8
         threads = [
             threading.Thread(target=_flood, args=(site, flooder, w, until, refused))
             for w in range(8)
@@ -576,7 +576,7 @@ def test_login_flood_from_one_address(tmp_path: Path) -> None:
         for thread in threads:
             thread.start()
         time.sleep(0.5)
-        for n in range(12):  # first logins of each partner pay scrypt, later ones may not
+        for n in range(12):  # the first login of each partner pays scrypt, repeats need not
             if time.monotonic() > until:
                 break
             started = time.monotonic()
@@ -591,7 +591,7 @@ def test_login_flood_from_one_address(tmp_path: Path) -> None:
         log = site.server.log()
     finally:
         site.server.stop()
-    assert len(timings) >= 6 and max(timings) < 2.0, timings
+    assert len(timings) >= 4 and max(timings) < 2.0, timings
     failures = log.count(f"failed login for alice from {flooder}")
     assert failures == 5, f"{failures} failed checks counted against {flooder}"
     assert f"address {flooder} banned for 900 s after 5 failed logins" in log
