@@ -25,6 +25,7 @@ __all__ = [
     "choice",
     "comma_list",
     "int_range",
+    "is_secret",
     "normalize_address",
     "port_range",
     "read_sections",
@@ -37,6 +38,11 @@ def normalize_address(text: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         return str(ip.ipv4_mapped)
     return str(ip)
+
+
+def is_secret(key: str) -> bool:
+    """Keys whose values no error message may echo."""
+    return key == "password" or key.startswith("smtp_password")
 
 
 T = TypeVar("T")
@@ -74,6 +80,9 @@ class Section:
         try:
             return parse(value)
         except ValueError as exc:
+            if is_secret(key):
+                # a plain password typed where a hash belongs must not reach a journal
+                raise self.error(key, f"{exc} (value not shown: it may be a secret)") from None
             raise self.error(key, f"{exc} (got {value!r})") from None
 
     def finish(self) -> None:

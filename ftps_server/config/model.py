@@ -77,6 +77,7 @@ class ServerConfig:
     max_login_failures: int = 5
     failure_window: int = 600
     ban_time: int = 900
+    ban_prefix_v6: int = 64
     include: tuple[str, ...] = ()
     checksum_algorithms: tuple[str, ...] = CHECKSUM_ALGORITHMS
 
@@ -279,6 +280,7 @@ def _server(s: ini.Section) -> ServerConfig:
         ),
         failure_window=s.get("failure_window", ini.int_range(1, 86400 * 7), d.failure_window),
         ban_time=s.get("ban_time", ini.int_range(0, 86400 * 30), d.ban_time),
+        ban_prefix_v6=s.get("ban_prefix_v6", ini.int_range(16, 128), d.ban_prefix_v6),
         include=s.get("include", ini.comma_list, ()),
         checksum_algorithms=s.get(
             "checksum_algorithms", _checksum_algorithms, d.checksum_algorithms

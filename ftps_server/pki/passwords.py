@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import FtpsServerError
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_PARAMS",
     "HashParams",
     "PasswordError",
+    "VerifierCache",
     "hash_password",
     "parse_hash",
     "register",
@@ -126,6 +128,58 @@ def verify_password(password: str, stored: str) -> bool:
     params, salt, key = parse_hash(stored)
     candidate = _derive(password.encode("utf-8", "surrogateescape"), salt, params, len(key))
     return hmac.compare_digest(candidate, key)
+
+
+class VerifierCache:
+    """Remembers, for a while, which password last proved right for each user.
+
+    An entry is HMAC-SHA256 under a secret made at start and never stored, over the user
+    name, the stored hash and the password: a repeat login with the same password is
+    recognised in microseconds instead of a 0.3 s scrypt. The stored hash is part of the
+    tag, so a changed hash misses; `clear` drops everything (on reload). Entries expire
+    `ttl` seconds after the full check that made them, whatever the hits in between.
+    Only right passwords are remembered: a wrong one never matches and always pays scrypt.
+    """
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._secret = os.urandom(32)
+        self._entries: dict[str, tuple[bytes, float]] = {}
+
+    def tag(self, user: str, stored: str, password: str) -> bytes:
+        """The keyed digest of one (user, stored hash, password) triple."""
+        mac = hmac.new(self._secret, digestmod=hashlib.sha256)
+        for part in (user, stored, password):
+            data = part.encode("utf-8", "surrogateescape")
+            mac.update(len(data).to_bytes(4, "big") + data)  # length-prefixed: no ambiguity
+        return mac.digest()
+
+    def matches(self, user: str, tag: bytes) -> bool:
+        """True when `tag` is the one remembered for `user` and not yet expired."""
+        entry = self._entries.get(user)
+        if entry is None:
+            return False
+        if entry[1] <= self.clock():
+            del self._entries[user]
+            return False
+        return hmac.compare_digest(entry[0], tag)
+
+    def remember(self, user: str, tag: bytes) -> None:
+        """Record a tag whose password a full check just proved right."""
+        if self.ttl > 0:
+            self._entries[user] = (tag, self.clock() + self.ttl)
+
+    def forget(self, user: str) -> None:
+        """Drop the entry of one user."""
+        self._entries.pop(user, None)
+
+    def clear(self) -> None:
+        """Drop every entry (on reload: hashes or users may have changed)."""
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 # --- ftps-server hash-password -------------------------------------------------------------

@@ -172,7 +172,8 @@ def read_password(alerts: AlertsConfig) -> str | None:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
+        # UnicodeDecodeError's text quotes the offending byte: name only the reason
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or "unreadable"
         raise ConfigError(
             f"cannot read password file {path}: {reason}", section="alerts", key=key
         ) from None

@@ -2,9 +2,12 @@
 
 The FTP handler calls `connection_refusal` on connect, `user_command` for USER and
 `pass_command` for PASS; each finds the `Authenticator` at `handler.server_state.auth`.
-Password hashes are checked in a worker pool and the verdict comes back to the event loop
-through `LoopWaker`, so a storm of logins never stalls transfers. While a PASS is checked or
-a failure reply is held back, `handler.login_pending` is True and the handler accepts only QUIT.
+Password hashes are checked by `password_queue` on worker threads and the verdict comes back
+to the event loop through `LoopWaker`, so a storm of logins never stalls transfers. A PASS
+counts against its address from the moment it is sent (`FailureTracker.reserve`), and a
+password proved right recently is recognised by `VerifierCache` without scrypt. While a PASS is
+checked or a failure reply is held back, `handler.login_pending` is True and the handler
+accepts only QUIT.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import logging
 import math
 import os
 import time
+import unicodedata
 import weakref
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,21 +28,27 @@ from cryptography import x509
 from ..config.model import Config, UserConfig
 from ..journal import message_ids
 from ..pki.certs import cert_info, fingerprint, utcnow
-from ..pki.passwords import DEFAULT_PARAMS, HashParams, PasswordError, parse_hash
+from ..pki.passwords import DEFAULT_PARAMS, HashParams, PasswordError, VerifierCache, parse_hash
 from ..pki.passwords import verify_password as _verify_password
 from .bans import BanPolicy, Clock, FailureTracker
+from .password_queue import Job, PasswordQueue, default_workers
 from .pending import PendingStore
 from .users import JailedFS, UserAuthorizer, ensure_homes
 from .wakeup import LoopWaker
 
 __all__ = [
+    "CACHE_SECONDS",
+    "REPLY_ATTEMPTS",
+    "REPLY_BAD_NAME",
     "REPLY_BANNED",
+    "REPLY_BUSY",
     "REPLY_CERT_LOGIN",
     "REPLY_INCORRECT",
     "REPLY_UNREGISTERED",
     "Authenticator",
     "LoginHandler",
     "connection_refusal",
+    "log_safe",
     "pass_command",
     "user_command",
 ]
@@ -52,6 +61,13 @@ REPLY_OTHER_USER = "530 Not logged in: client certificate belongs to another use
 REPLY_NO_HOME = "530 Not logged in: home directory is not available."
 REPLY_CERT_LOGIN = "232 User logged in, authorized by security data exchange."
 REPLY_BANNED = "421 Too many failed logins from {ip}; try again in {seconds} seconds."
+REPLY_ATTEMPTS = "421 Too many logins from {ip} are being checked; try again later."
+REPLY_BUSY = "421 Too many logins are being checked; try again in a few seconds."
+REPLY_BAD_NAME = "501 Syntax error: control characters in user name."
+# How long a proved password is recognised without scrypt (see passwords.VerifierCache)
+CACHE_SECONDS = 900.0
+_PER_USER = 2  # hashes running at once for one user name
+_QUEUE_PER_WORKER = 32  # hashes waiting per worker before a PASS gets 421: ~10 s of work
 # no MESSAGE_ID for a lifted ban exists yet; use it as soon as message_ids defines one
 _UNBAN_ID: str | None = getattr(message_ids, "ADDRESS_UNBANNED", None)
 
@@ -90,9 +106,30 @@ class _Attempt:
     fingerprint: str | None = None
 
 
+@dataclass(eq=False)
+class _Check:
+    """One PASS waiting for the verdict of its job."""
+
+    handler: LoginHandler
+    user: UserConfig | None
+    attempt: _Attempt
+    reason: str | None
+    reserved: bool  # counted by FailureTracker.reserve (False: joined a check in flight)
+
+
+def _closed(handler: LoginHandler) -> bool:
+    return bool(getattr(handler, "_closed", False))
+
+
 def _policy(config: Config, delays: tuple[float, float]) -> BanPolicy:
     s = config.server
-    return BanPolicy(s.max_login_failures, float(s.failure_window), float(s.ban_time), *delays)
+    return BanPolicy(
+        s.max_login_failures,
+        float(s.failure_window),
+        float(s.ban_time),
+        *delays,
+        prefix_v6=s.ban_prefix_v6,
+    )
 
 
 def _dummy_hash(config: Config) -> str:
@@ -122,6 +159,20 @@ def _check_password(password: str, stored: str) -> tuple[bool, str | None]:
         return False, str(exc)
 
 
+def _has_control(text: str) -> bool:
+    """True for control characters, line/paragraph separators or undecodable bytes."""
+    return any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in text)
+
+
+def log_safe(text: str) -> str:
+    """`text` with every control character escaped, so it stays one honest log line."""
+    if not _has_control(text):
+        return text
+    return "".join(
+        repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c for c in text
+    )
+
+
 def _printable(name: str) -> str:
     # user names reach the journal: cut control characters and absurd lengths
     return "".join(c if c.isprintable() else "?" for c in name[:64])
@@ -135,20 +186,32 @@ class Authenticator:
         config: Config,
         *,
         clock: Clock = time.monotonic,
-        workers: int = min(4, os.cpu_count() or 2),
+        workers: int | None = None,
         delays: tuple[float, float] = (BanPolicy.first_delay, BanPolicy.max_delay),
+        queue_limit: int | None = None,
+        cache_seconds: float = CACHE_SECONDS,
     ) -> None:
         # delays: (first, max) seconds a failed login's reply is held back; tests shrink them
         self.config = config
+        self.cache = VerifierCache(cache_seconds, clock)
         self.delays = delays
         self.authorizer = UserAuthorizer(config.users)
         self.filesystem = JailedFS
         self.tracker = FailureTracker(_policy(config, delays), clock)
         self.pending = PendingStore(config.server.state_dir)
         self.wall_clock = utcnow
-        # each running verification holds 128*r*N bytes (32 MiB at the default cost), so the
-        # pool is small: a login storm queues here instead of exhausting memory or CPU
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ftps-auth")
+        n = workers or default_workers()
+        self.queue = PasswordQueue(
+            _check_password,
+            workers=n,
+            limit=_QUEUE_PER_WORKER * n if queue_limit is None else queue_limit,
+            # one address never holds more than half the workers (one on a 2-core machine):
+            # a flood from one address leaves the other cores to everyone else
+            per_address=max(1, min(2, n // 2)),
+            per_user=_PER_USER,
+            settle=self._settle,
+            done=self._job_done,
+        )
         self._waker: LoopWaker | None = None
         self._attempts: weakref.WeakKeyDictionary[Any, _Attempt] = weakref.WeakKeyDictionary()
         self._apply(config)
@@ -158,8 +221,13 @@ class Authenticator:
         self.authorizer.update(config.users)
         self.tracker.set_policy(_policy(config, self.delays))
         self._pinned = {fp: u.name for u in config.users for fp in u.certificates}
+        self._cn_owners: dict[str, set[str]] = {}
+        for u in config.users:
+            if u.certificate_cn:
+                self._cn_owners.setdefault(u.certificate_cn, set()).add(u.name)
         self._home_problems = ensure_homes(config)
         self._dummy = _dummy_hash(config)
+        self.cache.clear()  # users, hashes or the dummy may have changed
 
     def reload(self, config: Config) -> None:
         """Take new users and limits; bans and sessions in progress are kept."""
@@ -168,7 +236,7 @@ class Authenticator:
 
     def close(self) -> None:
         """Stop the worker pool and unregister from the event loop."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.queue.close()
         if self._waker is not None:
             self._waker.close()
             self._waker = None
@@ -239,9 +307,23 @@ class Authenticator:
         if not name:
             handler.respond("501 Syntax error: USER needs a user name.")
             return
+        if _has_control(name):
+            # the name goes into every pyftpdlib log prefix: a line break would forge entries
+            handler.respond(REPLY_BAD_NAME)
+            return
         handler.username = name
         user = self.authorizer.user(name)
         cert = handler.peer_certificate
+        owners = self._owners(cert) if cert is not None else set()
+        if cert is not None and owners and name not in owners:
+            # registered to someone else: refused for any other name, whatever its policy
+            fp = fingerprint(cert)
+            attempt = _Attempt(name, user.auth if user else "password", fingerprint=fp)
+            self._attempts[handler] = attempt
+            owner = ", ".join(sorted(owners))
+            reason = f"client certificate of another user ({owner})"
+            self._fail(handler, attempt, reason, REPLY_OTHER_USER, CERT_OWNER=owner)
+            return
         if user is None or user.auth == "password" or cert is None:
             # unknown users look like known ones: 331 now, the same 530 after PASS
             self._attempts[handler] = _Attempt(name, user.auth if user else "password")
@@ -261,6 +343,16 @@ class Authenticator:
         else:
             attempt.cert_ok = True
             handler.respond("331 Certificate accepted, send password.")
+
+    def _owners(self, cert: x509.Certificate) -> set[str]:
+        """The users a certificate is registered to: pinned, or by a CA-verified CN."""
+        owners = set()
+        pinned = self._pinned.get(fingerprint(cert))
+        if pinned:
+            owners.add(pinned)
+        if self.config.tls.client_ca and self._cn_owners:
+            owners |= self._cn_owners.get(cert_info(cert).common_name or "", set())
+        return owners
 
     def _match(self, user: UserConfig, cert: x509.Certificate, fp: str) -> str:
         """'ok', 'other' (pinned by another user) or 'unregistered'."""
@@ -297,16 +389,43 @@ class Authenticator:
         if not handler.username or attempt is None or attempt.user != handler.username:
             handler.respond("503 Login with USER first.")
             return
+        refusal = self.connection_refusal(handler)  # a ban may have started since USER
+        if refusal:
+            handler.respond(refusal)
+            handler.close_when_done()
+            return
         user = self.authorizer.user(attempt.user)
         stored, reason = self._expected(user, attempt)
+        tag = self.cache.tag(attempt.user, stored, line)
+        if reason is None and user is not None and self.cache.matches(attempt.user, tag):
+            self._succeed(handler, user, attempt, None)  # proved recently: no scrypt again
+            return
+        job = self.queue.job(tag)
+        if job is None and self.queue.full():
+            log.warning(
+                "login of %s from %s refused: %d password checks already waiting",
+                _printable(attempt.user),
+                handler.remote_ip,
+                self.queue.waiting,
+            )
+            handler.respond(REPLY_BUSY)
+            handler.close_when_done()
+            return
+        reserved = self.tracker.reserve(handler.remote_ip)
+        if not reserved and job is None:
+            # failures and checks in flight reach the limit: a new guess could overshoot it.
+            # The same password as a check in flight is no new guess: it joins that check
+            # (many parallel sessions of one partner behind one address still get in)
+            handler.respond(REPLY_ATTEMPTS.format(ip=handler.remote_ip))
+            handler.close_when_done()
+            return
         handler.login_pending = True
         waker = self._loop_waker(handler.ioloop)
-        future = self._pool.submit(_check_password, line, stored)
-
-        def done(fut: Future[tuple[bool, str | None]]) -> None:
-            waker.call_soon_threadsafe(lambda: self._pass_done(handler, user, attempt, reason, fut))
-
-        future.add_done_callback(done)
+        if job is None:
+            job = Job(tag, attempt.user, self.tracker.key(handler.remote_ip), line, stored)
+            self.queue.add(job)
+        job.checks.append(_Check(handler, user, attempt, reason, reserved))
+        self.queue.dispatch(waker)
 
     def _expected(self, user: UserConfig | None, attempt: _Attempt) -> tuple[str, str | None]:
         """(hash to verify, failure reason or None when a match logs the user in)."""
@@ -327,24 +446,52 @@ class Authenticator:
             self._waker = LoopWaker(ioloop)
         return self._waker
 
-    def _pass_done(
-        self,
-        handler: LoginHandler,
-        user: UserConfig | None,
-        attempt: _Attempt,
-        reason: str | None,
-        fut: Future[tuple[bool, str | None]],
-    ) -> None:
-        try:
-            ok, problem = fut.result()
-        except Exception as exc:  # a crashed worker is a failed login, never a login
-            ok, problem = False, f"verification crashed: {exc!r}"
+    # --- the hash queue (event loop thread only) ---------------------------------------------
+
+    def _settle(self, job: Job) -> bool:
+        """Before a job starts: drop departed clients, answer from the cache. True if done."""
+        checks: list[_Check] = job.checks
+        for check in [c for c in checks if _closed(c.handler)]:
+            checks.remove(check)
+            # submitted and abandoned: counted, never hashed (a flood that does not wait)
+            reason = "client left before the check"
+            self._fail(check.handler, check.attempt, reason, "", reserved=check.reserved)
+        if not checks:
+            return True
+        if all(c.reason is None for c in checks) and self.cache.matches(job.name, job.tag):
+            self._resolve(job, True, None)  # a job just before it proved this password
+            return True
+        return False
+
+    def _job_done(self, job: Job, ok: bool, problem: str | None) -> None:
         if problem:
-            log.error("user %s: password hash unusable: %s", _printable(attempt.user), problem)
-        if ok and reason is None and user is not None:
-            self._succeed(handler, user, attempt, None)
-        else:
-            self._fail(handler, attempt, reason or problem or "wrong password", REPLY_INCORRECT)
+            log.error("user %s: password hash unusable: %s", _printable(job.name), problem)
+        if ok:
+            current = self.authorizer.user(job.name)
+            if current is not None and current.password == job.stored:  # not changed meanwhile
+                self.cache.remember(job.name, job.tag)
+        self._resolve(job, ok, problem)
+
+    def _resolve(self, job: Job, ok: bool, problem: str | None) -> None:
+        """Answer every PASS that waited on `job`."""
+        check: _Check
+        for check in job.checks:
+            handler = check.handler
+            if ok and check.reason is None and check.user is not None:
+                if check.reserved:
+                    self.tracker.release(handler.remote_ip)
+                remaining = self.tracker.ban_remaining(handler.remote_ip)
+                if remaining > 0:  # the ban started while this was checked: no login after it
+                    handler.login_pending = False
+                    if not _closed(handler):
+                        seconds = math.ceil(remaining)
+                        handler.respond(REPLY_BANNED.format(ip=handler.remote_ip, seconds=seconds))
+                        handler.close_when_done()
+                    continue
+                self._succeed(handler, check.user, check.attempt, None)
+            else:
+                reason = check.reason or problem or "wrong password"
+                self._fail(handler, check.attempt, reason, REPLY_INCORRECT, reserved=check.reserved)
 
     # --- outcomes -------------------------------------------------------------------------
 
@@ -381,8 +528,17 @@ class Authenticator:
             attempt.fingerprint,
         )
 
-    def _fail(self, handler: LoginHandler, attempt: _Attempt, reason: str, reply: str) -> None:
-        verdict = self.tracker.failure(handler.remote_ip)
+    def _fail(
+        self,
+        handler: LoginHandler,
+        attempt: _Attempt,
+        reason: str,
+        reply: str,
+        *,
+        reserved: bool = False,
+        **extra: str,
+    ) -> None:
+        verdict = self.tracker.failure(handler.remote_ip, reserved=reserved)
         handler.login_pending = True
         handler.username = ""
         self._event(
@@ -395,25 +551,28 @@ class Authenticator:
             attempt.fingerprint,
             REASON=reason,
             FAILURES=str(verdict.failures),
+            **extra,
         )
         if verdict.banned:
+            key = self.tracker.key(handler.remote_ip)
             self._event(
                 logging.WARNING,
                 message_ids.ADDRESS_BANNED,
-                f"address {handler.remote_ip} banned for {verdict.ban_seconds:.0f} s after "
-                f"{verdict.failures} failed logins",
+                f"address {handler.remote_ip}{f' ({key})' if key != handler.remote_ip else ''} "
+                f"banned for {verdict.ban_seconds:.0f} s after {verdict.failures} failed logins",
                 handler,
                 attempt.user,
                 attempt.method,
                 attempt.fingerprint,
                 BAN="imposed",
                 BAN_SECONDS=f"{verdict.ban_seconds:.0f}",
+                BAN_KEY=key,
             )
             handler.ioloop.call_later(verdict.ban_seconds + 0.5, self._sweep)
 
         def answer() -> None:
             handler.login_pending = False
-            if getattr(handler, "_closed", False):
+            if _closed(handler) or not reply:
                 return
             handler.respond(reply)
             if verdict.banned:

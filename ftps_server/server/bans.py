@@ -6,12 +6,13 @@ sleeping. The event loop owns the single instance; nothing here is thread safe o
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["BanPolicy", "Clock", "FailureTracker", "Verdict"]
+__all__ = ["BanPolicy", "Clock", "FailureTracker", "Verdict", "address_key"]
 
 Clock = Callable[[], float]
 
@@ -30,12 +31,28 @@ class BanPolicy:
     ban_time: float = 900.0
     first_delay: float = 0.5
     max_delay: float = 8.0
+    prefix_v6: int = 64
 
     def delay(self, failures: int) -> float:
         """Seconds to hold back the reply to the `failures`-th failure in the window."""
         if failures <= 0:
             return 0.0
         return min(self.first_delay * 2 ** (failures - 1), self.max_delay)
+
+
+def address_key(address: str, prefix_v6: int = 64) -> str:
+    """What failures are counted against: an IPv4 address, or its IPv6 /`prefix_v6` network.
+
+    One IPv6 host usually holds a whole /64, so counting single addresses would let it
+    guess passwords from 2**64 fresh addresses.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 4 or prefix_v6 >= 128:
+        return address
+    return str(ipaddress.ip_network(f"{ip}/{prefix_v6}", strict=False))
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,7 @@ class Verdict:
 class _Record:
     failures: deque[float] = field(default_factory=deque)
     banned_until: float | None = None
+    pending: int = 0  # logins submitted and not yet decided: each may still be a failure
 
 
 class FailureTracker:
@@ -71,10 +89,42 @@ class FailureTracker:
         while record.failures and record.failures[0] <= cutoff:
             record.failures.popleft()
 
-    def failure(self, address: str) -> Verdict:
-        """Record one failed login from `address` and say how to answer it."""
+    def key(self, address: str) -> str:
+        """The address or network `address` is counted under."""
+        return address_key(address, self.policy.prefix_v6)
+
+    def reserve(self, address: str) -> bool:
+        """Count a login about to be checked; False when the address may not try now.
+
+        A login still being checked counts as a failure until it is proven right, so
+        parallel attempts cannot overshoot `max_failures` while their checks run.
+        """
         now = self.clock()
-        record = self._records.setdefault(address, _Record())
+        record = self._records.setdefault(self.key(address), _Record())
+        self._prune(record, now)
+        if record.banned_until is not None and record.banned_until > now:
+            return False
+        limited = self.policy.ban_time > 0  # without bans, failures only slow answers down
+        if limited and len(record.failures) + record.pending >= self.policy.max_failures:
+            return False
+        record.pending += 1
+        return True
+
+    def release(self, address: str) -> None:
+        """A reserved login succeeded or was never checked: it no longer counts."""
+        record = self._records.get(self.key(address))
+        if record is not None and record.pending > 0:
+            record.pending -= 1
+
+    def failure(self, address: str, *, reserved: bool = False) -> Verdict:
+        """Record one failed login from `address` and say how to answer it.
+
+        `reserved`: the login was counted by `reserve`; its reservation becomes this failure.
+        """
+        now = self.clock()
+        record = self._records.setdefault(self.key(address), _Record())
+        if reserved and record.pending > 0:
+            record.pending -= 1
         self._prune(record, now)
         record.failures.append(now)
         count = len(record.failures)
@@ -89,7 +139,7 @@ class FailureTracker:
 
     def ban_remaining(self, address: str) -> float:
         """Seconds left on the ban of `address`, 0.0 when it is not banned."""
-        record = self._records.get(address)
+        record = self._records.get(self.key(address))
         if record is None or record.banned_until is None:
             return 0.0
         return max(0.0, record.banned_until - self.clock())
@@ -103,7 +153,7 @@ class FailureTracker:
                 record.banned_until = None
                 lifted.append(address)
             self._prune(record, now)
-            if record.banned_until is None and not record.failures:
+            if record.banned_until is None and not record.failures and not record.pending:
                 del self._records[address]
         return lifted
 

@@ -30,6 +30,7 @@ from .tls_openssl import new_session_ticket
 __all__ = ["FtpsDataHandler", "FtpsHandler"]
 
 log = logging.getLogger(__name__)
+_pyftpdlib_log = logging.getLogger("pyftpdlib")
 
 _BULK = 256 * 1024  # bytes per file read, TLS write and decrypt batch on data connections
 _EVENT_BUDGET = 8 * 1024 * 1024  # bytes moved per IOLoop event before yielding to others
@@ -593,6 +594,18 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             cmd = re.sub(r"[\x00-\x1f\x7f].*", "", cmd, flags=re.S)[:16]
             arg = f"<{len(arg)} characters withheld: control characters in the command line>"
         super().log_cmd(cmd, arg, respcode, respstr)
+
+    # pyftpdlib's log wrappers put the client's USER name (and its own messages, which quote
+    # paths) after `log_prefix`: escape the whole line, so no client text can forge entries
+    def log(self, msg: str, logfun: Any = _pyftpdlib_log.info) -> None:
+        logfun(auth.log_safe(f"{self.log_prefix % self.__dict__} {msg}"))
+
+    def logline(self, msg: str, logfun: Any = _pyftpdlib_log.debug) -> None:
+        if self._log_debug:
+            logfun(auth.log_safe(f"{self.log_prefix % self.__dict__} {msg}"))
+
+    def logerror(self, msg: str) -> None:
+        _pyftpdlib_log.error(auth.log_safe(f"{self.log_prefix % self.__dict__} {msg}"))
 
     def ftp_USER(self, line: str) -> None:
         auth.user_command(self, line)

@@ -2,7 +2,8 @@
 
 Covers issue 3's "Must show": the policy x listener kind x certificate x password table,
 the pending-certificate round trip with reload, ban and unban, path escapes and
-permissions, and a download that keeps flowing while 50 slow-hash logins run.
+permissions, and a download that keeps flowing through a storm of slow-hash logins; a login
+flood from one address (issue 19.1), another user's certificate (12.11), forged log lines (12.5).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import ftplib
 import io
 import itertools
+import re
 import shutil
 import socket
 import ssl
@@ -48,11 +50,13 @@ INCORRECT = "530 Login incorrect."
 CERT_LOGIN = "232 User logged in, authorized by security data exchange."
 
 _source_ips = (f"127.0.{a}.{b}" for a in range(10, 250) for b in range(1, 255))
+_source_lock = threading.Lock()  # a generator must not be advanced by two threads at once
 
 
 def next_source_ip() -> str:
     """A fresh client address, so one test's failures never delay or ban another's."""
-    return next(_source_ips)
+    with _source_lock:
+        return next(_source_ips)
 
 
 @dataclass
@@ -304,6 +308,38 @@ def test_ban_and_unban(tmp_path: Path) -> None:
         site.server.stop()
 
 
+def test_parallel_pass_cannot_overshoot_the_ban(tmp_path: Path) -> None:
+    # issue 12.4: 12 connections sending PASS at once (max_login_failures = 5) got eleven 530
+    # and then a 230 for the right password after the ban had started
+    site = start(tmp_path, TABLE_USERS)
+    attacker = next_source_ip()
+    barrier = threading.Barrier(12, timeout=20)
+
+    def attempt(n: int) -> str:
+        ftp = connect(site, "explicit", None, attacker)
+        command(ftp, "USER pw")
+        barrier.wait()
+        reply = command(ftp, f"PASS {RIGHT if n == 11 else f'{WRONG} {n}'}")
+        ftp.close()
+        return reply
+
+    try:
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            replies = list(pool.map(attempt, range(12)))
+        log = site.server.log()
+    finally:
+        site.server.stop()
+    wrong = replies.count(INCORRECT)
+    logged_in = [r for r in replies if r.startswith("230")]
+    refused = [r for r in replies if r.startswith("421 Too many")]
+    assert wrong <= 5, f"{wrong} guesses checked against a limit of 5"
+    assert len(logged_in) + wrong + len(refused) == 12, replies
+    banned_at = log.find(f"address {attacker} banned")
+    if logged_in and banned_at >= 0:
+        login_at = log.find(f"user pw logged in from {attacker}")
+        assert 0 <= login_at < banned_at, "230 after the ban had started"
+
+
 # --- jail and permissions -------------------------------------------------------------------
 
 JAIL_USERS = """
@@ -461,6 +497,108 @@ def test_curl_certificate_and_password_logins(table_site: Site) -> None:
     assert bad.returncode == 67, bad.stderr  # CURLE_LOGIN_DENIED
 
 
+def test_password_user_with_another_users_certificate(table_site: Site) -> None:
+    # issue 12.11: pw (auth = password) presents the certificate registered to user cert
+    ftp = connect(table_site, "client_cert_explicit", "cert-reg")
+    reply = command(ftp, "USER pw")
+    assert reply == "530 Not logged in: client certificate belongs to another user."
+    assert command(ftp, f"PASS {RIGHT}").startswith("503")
+    assert command(ftp, "PWD").startswith("530")
+    ftp.close()
+    log = table_site.server.log()
+    assert "failed login for pw from" in log and "client certificate of another user (cert)" in log
+    assert "CERT_OWNER=cert" in log
+
+
+def test_user_name_cannot_forge_log_lines(table_site: Site) -> None:
+    # issue 12.5: a bare LF inside USER used to reach pyftpdlib's log prefix
+    ftp = connect(table_site, "explicit", None)
+    forged = "FORGED 198.51.100.9:4444-[root] USER 'root' logged in."
+    for line in (f"USER pw\n{forged}", "USER pw\x1b]0;title\x07"):
+        ftp.sock.sendall(line.encode() + b"\r\n")  # ftplib itself refuses to send a bare LF
+        assert ftp.getmultiline() == "501 Syntax error: control characters in user name."
+    ftp.close()
+    time.sleep(0.2)  # the server logs the disconnect after our close
+    for line in table_site.server.log().splitlines():
+        text = line.split(": ", 1)[-1]
+        assert not text.startswith("FORGED") and "\x1b" not in line, line
+
+
+# --- a login flood from one address ---------------------------------------------------------
+
+FLOOD_USERS = """
+[user:alice]
+auth = password
+password = {pw}
+"""
+PARTNERS = 10
+
+
+def _flood(site: Site, source: str, worker: int, until: float, refused: list[str]) -> None:
+    """USER alice / PASS <a new wrong password> and close without waiting, again and again."""
+    for n in range(400):
+        if time.monotonic() > until:
+            return
+        try:
+            ftp = ReusingFTP_TLS(context=client_context(site.pki), timeout=5)
+            ftp.source_address = (source, 0)
+            ftp.connect(HOST, site.ports["explicit"])
+            ftp.auth()
+            ftp.putcmd("USER alice")
+            ftp.putcmd(f"PASS wrong {worker} {n}")  # all different: no check can be shared
+            ftp.sock.close()
+        except (ftplib.Error, OSError, EOFError) as exc:
+            refused.append(str(exc)[:60])
+            time.sleep(0.02)  # banned: the answer came at once, do not spin a core with it
+
+
+def test_login_flood_from_one_address(tmp_path: Path) -> None:
+    # issue 19.1 at the strong default hash: 8 threads from 127.0.0.2 queued 523 checks in
+    # 5 s and made a login from another address take 87 s
+    pw = {f"p{i}": hash_password(RIGHT) for i in range(PARTNERS)}
+    users = FLOOD_USERS.replace("{pw}", hash_password(RIGHT)) + "".join(
+        f"[user:{name}]\nauth = password\npassword = {h}\nhome = {{tmp}}/homes/{name}\n"
+        for name, h in pw.items()
+    )
+    for name in pw:
+        (tmp_path / "homes" / name).mkdir(parents=True)
+        (tmp_path / "homes" / name / "report.csv").write_text("a,b\n")
+    site = start(tmp_path, users)  # max_login_failures = 5, the default
+    flooder, partner = "127.0.0.2", "127.0.0.3"
+    timings: list[float] = []
+    refused: list[str] = []
+    try:
+        until = time.monotonic() + 8
+        threads = [
+            threading.Thread(target=_flood, args=(site, flooder, w, until, refused))
+            for w in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        for n in range(12):  # the first login of each partner pays scrypt, repeats need not
+            if time.monotonic() > until:
+                break
+            started = time.monotonic()
+            ftp = connect(site, "implicit", None, partner)
+            command(ftp, f"USER p{n % PARTNERS}")
+            assert command(ftp, f"PASS {RIGHT}").startswith("230")
+            assert ftp.nlst() == ["report.csv"]
+            ftp.quit()
+            timings.append(time.monotonic() - started)
+        for thread in threads:
+            thread.join(30)
+        log = site.server.log()
+    finally:
+        site.server.stop()
+    assert len(timings) >= 4 and max(timings) < 2.0, timings
+    failures = log.count(f"failed login for alice from {flooder}")
+    assert failures == 5, f"{failures} failed checks counted against {flooder}"
+    assert f"address {flooder} banned for 900 s after 5 failed logins" in log
+    assert refused, "the banned address was never refused"
+    assert not re.search(r"wrong \d+ \d+", log)  # no password reaches the log
+
+
 # --- a download keeps flowing during a login storm --------------------------------------------
 
 SLOW = HashParams(ln=16, r=8, p=1)  # ~0.2 s and 64 MiB per verification, by design
@@ -481,6 +619,7 @@ def test_download_keeps_flowing_during_slow_logins(tmp_path: Path) -> None:
     site = start(tmp_path, users, "max_connections_per_ip = 100")
     received: list[tuple[float, int]] = []
     logins: list[float] = []
+    wrong: list[float] = []
     try:
         downloader = login(site, "fetch")
         done = threading.Event()
@@ -497,23 +636,36 @@ def test_download_keeps_flowing_during_slow_logins(tmp_path: Path) -> None:
         thread.start()
         time.sleep(0.5)
 
-        def one_login(_: int) -> None:
-            ftp = connect(site, "implicit", None)
-            command(ftp, "USER fetch")
-            assert command(ftp, f"PASS {RIGHT}").startswith("230")
-            logins.append(time.monotonic())
-            ftp.close()
+        until = time.monotonic() + 90
+
+        def storm(worker: int) -> None:
+            # Repeat logins of one user are answered from the verifier cache, so half the
+            # storm sends wrong passwords, each different: every one of those pays scrypt.
+            # The storm lasts as long as the download (bounded), so their overlap does not
+            # hang on how fast this machine happens to hash.
+            for n in range(60):
+                if done.is_set() or time.monotonic() > until:
+                    return
+                ftp = connect(site, "implicit", None)
+                command(ftp, "USER fetch")
+                if n % 2:
+                    assert command(ftp, f"PASS {WRONG} {worker} {n}") == INCORRECT
+                    wrong.append(time.monotonic())
+                else:
+                    assert command(ftp, f"PASS {RIGHT}").startswith("230")
+                    logins.append(time.monotonic())
+                ftp.close()
 
         with ThreadPoolExecutor(max_workers=10) as pool:
-            list(pool.map(one_login, range(50)))
+            list(pool.map(storm, range(10)))
         thread.join(120)
         assert done.is_set()
     finally:
         site.server.stop()
     assert sum(n for _, n in received) == 100 * 1024 * 1024
-    assert len(logins) == 50
+    assert len(logins) >= 20 and len(wrong) >= 20, (len(logins), len(wrong))
     start_t, end_t = received[0][0], received[-1][0]
-    storm = (min(logins), max(logins))
+    storm = (min(logins + wrong), max(logins + wrong))
     overlap_seconds = int(min(end_t, storm[1]) - max(start_t, storm[0]))
     assert overlap_seconds >= 5, f"download and logins overlapped only {overlap_seconds} s"
     per_second = [0] * (int(end_t - start_t) + 1)

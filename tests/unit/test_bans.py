@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ftps_server.server.bans import BanPolicy, FailureTracker
+from ftps_server.server.bans import BanPolicy, FailureTracker, address_key
 
 
 class Clock:
@@ -70,3 +70,41 @@ def test_expire_forgets_quiet_addresses() -> None:
     clock.now = 11
     tracker.expire()
     assert tracker._records == {}
+
+
+def test_logins_being_checked_count_toward_the_limit() -> None:
+    tracker = FailureTracker(BanPolicy(max_failures=3, ban_time=900), Clock())
+    assert all(tracker.reserve("192.0.2.1") for _ in range(3))
+    assert not tracker.reserve("192.0.2.1")  # three in flight could already be the ban
+    assert tracker.reserve("192.0.2.2")  # another address is not affected
+    tracker.release("192.0.2.1")  # one proved right
+    assert tracker.failure("192.0.2.1", reserved=True).failures == 1
+    assert tracker.reserve("192.0.2.1")
+    tracker.failure("192.0.2.1", reserved=True)
+    verdict = tracker.failure("192.0.2.1", reserved=True)
+    assert verdict.banned and verdict.failures == 3
+    assert not tracker.reserve("192.0.2.1")  # banned
+
+
+def test_reservations_without_bans_never_lock_out() -> None:
+    tracker = FailureTracker(BanPolicy(max_failures=1, ban_time=0), Clock())
+    for _ in range(5):
+        assert tracker.reserve("192.0.2.1")
+        tracker.failure("192.0.2.1", reserved=True)
+
+
+def test_ipv6_counted_per_64_by_default() -> None:
+    tracker = FailureTracker(BanPolicy(max_failures=2, ban_time=900), Clock())
+    tracker.failure("2001:db8:1:2::1")
+    assert tracker.failure("2001:db8:1:2:ffff::9").banned  # same /64, another address
+    assert tracker.ban_remaining("2001:db8:1:2::77") > 0
+    assert tracker.ban_remaining("2001:db8:1:3::1") == 0  # the next /64 is someone else
+    assert tracker.banned() == {"2001:db8:1:2::/64": 900}
+
+
+def test_ipv6_prefix_is_configurable() -> None:
+    tracker = FailureTracker(BanPolicy(max_failures=1, ban_time=900, prefix_v6=128), Clock())
+    assert tracker.failure("2001:db8::1").banned
+    assert tracker.ban_remaining("2001:db8::2") == 0
+    assert address_key("2001:db8::1", 48) == "2001:db8::/48"
+    assert address_key("192.0.2.7", 48) == "192.0.2.7"
