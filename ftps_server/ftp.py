@@ -18,7 +18,8 @@ from pyftpdlib.handlers import DTPHandler, FTPHandler
 
 from . import auth
 from .config import normalize_address
-from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState
+from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState, describe_ssl_error
+from .users import DeferredFile
 
 if TYPE_CHECKING:
     from .listeners import ListenerServer, ServerState
@@ -31,6 +32,7 @@ _BULK = 256 * 1024  # bytes per file read, TLS write and decrypt batch on data c
 _EVENT_BUDGET = 8 * 1024 * 1024  # bytes moved per IOLoop event before yielding to others
 _DATA_COMMANDS = {"PASV", "EPSV", "PORT", "EPRT"}
 _PRE_TLS_COMMANDS = {"AUTH", "FEAT", "QUIT", "NOOP", "SYST", "HELP", "OPTS"}
+_TRANSFER_COMMANDS = {"LIST", "NLST", "MLSD", "RETR", "STOR", "STOU", "APPE"}
 
 
 def _has_control(text: str) -> bool:
@@ -46,11 +48,16 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
     def __init__(self, sock: Any, cmd_channel: FtpsHandler) -> None:
         self._rbuf: bytearray | None = None
         self._read_scheduled = False
+        self._read_error = ""
+        self._accepted = False  # TLS up and the session check passed (or PROT C, connected)
         super().__init__(sock, cmd_channel)
+        cmd_channel.data_failure = None
         context = cmd_channel.session_context
         if self.connected and cmd_channel.data_protected and context is not None:
             timeout = cmd_channel.state.config.server.handshake_timeout
             self.start_tls(context, timeout)
+        elif self.connected:
+            self._accepted = True
 
     def tls_established(self) -> None:
         channel = self.cmd_channel
@@ -66,6 +73,23 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
                 "522 Data connection must resume the TLS session of the control "
                 "connection (session reuse required)."
             )
+        if not self._closed:
+            self._transfer_accepted()
+
+    def _transfer_accepted(self) -> None:
+        """The connection can carry the transfer: only now may an upload touch its file."""
+        self._accepted = True
+        if self.receive:
+            self._open_upload()
+
+    def _open_upload(self) -> None:
+        file = self.file_obj
+        if not isinstance(file, DeferredFile) or file.opened:
+            return
+        try:
+            file.open()
+        except OSError as err:
+            self._abort(f"553 Cannot open file: {err.strerror or err}.")
 
     def tls_failed(self, reason: str) -> None:
         log.info(
@@ -74,8 +98,11 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             reason,
         )
         if self.cmd is None and not self._initialized:
-            # no transfer was asked on it yet (a client dropping a spare connection): a
-            # 522 now would be read as the reply to the client's next command
+            # no transfer was asked on it yet (a client dropping a spare connection, or a
+            # handshake that failed before the command arrived): a 522 now would be read as
+            # the reply to the client's next command, which gets a 425 saying why instead
+            failure = f"TLS negotiation on the data connection failed: {reason}"
+            self.cmd_channel.data_failure = failure
             self._abort("")
             return
         self._abort(f"522 TLS negotiation on the data connection failed: {reason}.")
@@ -154,6 +181,10 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
 
     def enable_receiving(self, type: str, cmd: str) -> None:
         super().enable_receiving(type, cmd)
+        if self._accepted:
+            self._open_upload()
+            if self._closed:
+                return
         if self.tls_state is TlsState.ESTABLISHED and self._tls_in and self._tls_in.pending:
             self._schedule_read()
 
@@ -167,8 +198,10 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             while filled < len(view):
                 try:
                     n = self.tls_read_into(view[filled:])
-                except (ssl.SSLError, OSError):
-                    n = 0  # a broken stream ends the upload like an EOF; the log says how much
+                except (ssl.SSLError, OSError) as exc:
+                    # a broken stream ends the upload, as incomplete
+                    self._read_error = f"read error ({describe_ssl_error(exc)})"
+                    n = 0
                 if n is None:
                     break
                 if n == 0:
@@ -181,10 +214,43 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             if not self._store(view[:filled]):
                 return
         if eof:
-            self.transfer_finished = True
-            self.handle_close()
+            self._end_upload()
         elif moved >= _EVENT_BUDGET:
             self._schedule_read()
+
+    def _end_upload(self) -> None:
+        """Decide from how the stream ended whether the upload arrived whole: 226 or 426."""
+        received = self.tot_bytes_received
+        if self.tls_peer_reset or self._read_error:
+            why = self._read_error or "connection reset by the client"
+        elif self.tls_close_notify or self.cmd_channel.state.config.tls.upload_eof == "lenient":
+            why = ""
+        else:
+            why = "the data connection closed without TLS close_notify"
+        if why:
+            self.transfer_finished = False
+            self._resp = (
+                f"426 Upload incomplete: {why}; {received} bytes received and kept.",
+                log.warning,
+            )
+        else:
+            self.transfer_finished = True
+            self._resp = ("226 Transfer complete.", log.debug)
+        self.close()
+
+    def handle_close(self) -> None:
+        if self.receive and self.tls_state is not TlsState.PLAIN and not self._closed:
+            # on a TLS upload the normal end goes through _end_upload; anything else that
+            # closes the connection (a failed write, a reset) ends it incomplete, never 226
+            if self.tls_state is TlsState.ESTABLISHED:
+                self._read_error = self._read_error or "the data connection failed"
+                self._end_upload()
+                return
+            if not self._resp:
+                self._resp = ("426 Data connection closed; transfer aborted.", log.warning)
+            self.close()
+            return
+        super().handle_close()
 
     def _schedule_read(self) -> None:
         """Come back without a socket event: records may wait in memory, the socket drained."""
@@ -273,6 +339,7 @@ class FtpsHandler(TlsChannel, FTPHandler):
         self._tls_after_flush: ssl.SSLContext | None = None
         self._cleared_by_ccc = False
         self.session_context: ssl.SSLContext | None = None
+        self.data_failure: str | None = None  # why the last data connection died unused
         self._pbsz = False
         self._prot = False
         settings = self.state.config.server
@@ -406,7 +473,48 @@ class FtpsHandler(TlsChannel, FTPHandler):
         if cmd in _DATA_COMMANDS and self._protection_required and not self._prot:
             self.respond("521 Data connections must be protected: send PBSZ 0 and PROT P first.")
             return
+        if cmd in _TRANSFER_COMMANDS and self.authenticated and not self._data_path_open():
+            # pyftpdlib would answer 150 and wait for a connection nobody will make (the
+            # passive listener is gone): one final reply now instead of none
+            why = self.data_failure or "no data connection is open or being opened"
+            self.data_failure = None
+            self.respond(f"425 Can't open data connection: {why}; send PASV/EPSV or PORT/EPRT.")
+            return
         super().process_command(cmd, *args, **kwargs)
+
+    def _virtual(self, filename: str) -> str:
+        fs = getattr(self, "fs", None)
+        return str(fs.fs2ftp(filename)) if fs is not None else filename
+
+    def _data_path_open(self) -> bool:
+        return (
+            self.data_channel is not None
+            or self._dtp_acceptor is not None
+            or self._dtp_connector is not None
+        )
+
+    def log_transfer(
+        self, cmd: str, filename: str, receive: bool, completed: bool, elapsed: float, bytes: int
+    ) -> None:
+        result = "completed" if completed else "aborted"
+        log.log(
+            logging.INFO if completed else logging.WARNING,
+            "%s %r %s %s bytes in %.3f s",  # %r: a file name may hold control characters
+            cmd,
+            self._virtual(filename),
+            result,
+            bytes,
+            elapsed,
+            extra={
+                "fields": {
+                    "REMOTE_ADDR": self.remote_ip,
+                    "USER": self.username,
+                    "COMMAND": cmd,
+                    "RESULT": result,
+                    "BYTES": str(bytes),
+                }
+            },
+        )
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         if "\x00" in line:
