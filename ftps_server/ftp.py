@@ -97,15 +97,32 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             self.cmd_channel.remote_ip,
             reason,
         )
-        if self.cmd is None and not self._initialized:
+        failure = f"TLS negotiation on the data connection failed: {reason}"
+        channel = self.cmd_channel
+        # this PASV/PORT is spent (pyftpdlib has already closed the passive listener): a
+        # later transfer command must not be told 150 and wait for a connection that
+        # cannot come
+        channel._shutdown_connecting_dtp()
+        queued = channel._in_dtp_queue or channel._out_dtp_queue
+        if self.cmd is None and not self._initialized and not queued:
             # no transfer was asked on it yet (a client dropping a spare connection, or a
             # handshake that failed before the command arrived): a 522 now would be read as
             # the reply to the client's next command, which gets a 425 saying why instead
-            failure = f"TLS negotiation on the data connection failed: {reason}"
-            self.cmd_channel.data_failure = failure
+            channel.data_failure = failure
             self._abort("")
             return
-        self._abort(f"522 TLS negotiation on the data connection failed: {reason}.")
+        if queued:  # 150 went out and the transfer waited for this connection
+            self._discard_queued_transfer()
+        self._abort(f"522 {failure}.")
+
+    def _discard_queued_transfer(self) -> None:
+        channel = self.cmd_channel
+        if channel._in_dtp_queue is not None:
+            self.file_obj, self.cmd = channel._in_dtp_queue
+            self.receive = True  # logged as the upload it was, never opened
+        elif channel._out_dtp_queue is not None:
+            _, _, self.file_obj, self.cmd = channel._out_dtp_queue
+        channel._in_dtp_queue = channel._out_dtp_queue = None
 
     def _abort(self, reply: str) -> None:
         self._resp = (reply, log.warning) if reply else ()

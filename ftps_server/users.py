@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from typing import Any
 
 from pyftpdlib.authorizers import AuthenticationFailed
@@ -132,9 +133,10 @@ class DeferredFile:
     would leave the old content destroyed. Until `open()` nothing on disk changes.
     """
 
-    def __init__(self, name: str, mode: str) -> None:
+    def __init__(self, name: str, mode: str, inside: Callable[[str], bool]) -> None:
         self.name = name
         self.mode = mode
+        self._inside = inside
         self._file: Any = None
         self._offset: int | None = None
         self._closed = False
@@ -150,6 +152,10 @@ class DeferredFile:
     def open(self) -> None:
         """Create/truncate/append now; OSError when the file can no longer be opened."""
         if self._file is None:
+            if self._closed:
+                raise OSError(9, "upload destination already closed", self.name)
+            if not self._inside(self.name):  # a link swapped in since the command
+                raise PermissionError(13, "Path is outside the home directory", self.name)
             self._file = open(self.name, self.mode)  # noqa: SIM115 - closed by close()
             if self._offset is not None:
                 self._file.seek(self._offset)
@@ -235,7 +241,7 @@ class JailedFS(AbstractedFS):
             raise PermissionError(13, "Path is outside the home directory", filename)
         if mode in ("wb", "ab"):
             _check_writable(filename, create=True)
-            return DeferredFile(filename, mode)
+            return DeferredFile(filename, mode, self.validpath)
         return super().open(filename, mode)
 
     def mkstemp(
@@ -243,13 +249,14 @@ class JailedFS(AbstractedFS):
     ) -> Any:
         """STOU: a fresh unique name, created (exclusively) only when the transfer starts."""
         directory = dir or self.root
-        if not self.validpath(directory):
-            raise PermissionError(13, "Path is outside the home directory", directory)
         for _ in range(50):
             name = os.path.join(directory, f"{prefix}{secrets.token_hex(4)}{suffix}")
             if not os.path.lexists(name):
-                _check_writable(name, create=True)
-                return DeferredFile(name, "xb")
+                if self.validpath(directory):
+                    _check_writable(name, create=True)
+                # outside the home: pyftpdlib's permission check on the name answers 550;
+                # nothing was created, and open() would refuse it again
+                return DeferredFile(name, "xb", self.validpath)
         raise FileExistsError(17, "No usable unique file name found", directory)
 
     def readlink(self, path: str) -> str:
