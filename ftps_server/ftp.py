@@ -8,16 +8,23 @@ Only what FTPS changes is overridden here; login policy lives in `auth`, TLS plu
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import re
 import ssl
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cryptography import x509
+from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer
+from pyftpdlib.utils import strerror
 
 from . import auth
 from .config import normalize_address
+from .listing import DirectoryReader
 from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState, describe_ssl_error
 from .users import DeferredFile
 
@@ -33,6 +40,9 @@ _EVENT_BUDGET = 8 * 1024 * 1024  # bytes moved per IOLoop event before yielding 
 _DATA_COMMANDS = {"PASV", "EPSV", "PORT", "EPRT"}
 _PRE_TLS_COMMANDS = {"AUTH", "FEAT", "QUIT", "NOOP", "SYST", "HELP", "OPTS"}
 _TRANSFER_COMMANDS = {"LIST", "NLST", "MLSD", "RETR", "STOR", "STOU", "APPE"}
+_LISTING_COMMANDS = {"LIST", "NLST", "MLSD"}
+_LISTING_SLICE = 0.01  # seconds of listing formatting per loop turn (lstat per entry)
+STAT_LIST_LIMIT = 1000  # entries a STAT <dir> reply shows on the control connection
 
 
 def _has_control(text: str) -> bool:
@@ -162,8 +172,12 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         if self.tls_state is not TlsState.ESTABLISHED or self.tls is None:
             return  # the handshake's own events drive the channel until it is done
         moved = 0
+        # a listing costs an lstat per line, not AES per byte: bound it by time instead
+        deadline = time.monotonic() + _LISTING_SLICE if self.cmd in _LISTING_COMMANDS else None
         try:
             while moved < _EVENT_BUDGET and self.connected:
+                if deadline is not None and time.monotonic() > deadline:
+                    break  # the loop comes back: the socket is still writable
                 if self.tls_backlog >= HIGH_WATER and not self._tls_flush():
                     break  # the socket is full: wait for it to drain
                 chunk = self._next_chunk()
@@ -357,6 +371,7 @@ class FtpsHandler(TlsChannel, FTPHandler):
         self._cleared_by_ccc = False
         self.session_context: ssl.SSLContext | None = None
         self.data_failure: str | None = None  # why the last data connection died unused
+        self._listing: DirectoryReader | None = None  # a directory being read for a reply
         self._pbsz = False
         self._prot = False
         settings = self.state.config.server
@@ -490,6 +505,9 @@ class FtpsHandler(TlsChannel, FTPHandler):
         if cmd in _DATA_COMMANDS and self._protection_required and not self._prot:
             self.respond("521 Data connections must be protected: send PBSZ 0 and PROT P first.")
             return
+        if self._listing is not None and (cmd in _TRANSFER_COMMANDS or cmd == "STAT"):
+            self.respond("503 A directory listing is still being read; wait for its reply.")
+            return
         if cmd in _TRANSFER_COMMANDS and self.authenticated and not self._data_path_open():
             # pyftpdlib would answer 150 and wait for a connection nobody will make (the
             # passive listener is gone): one final reply now instead of none
@@ -618,6 +636,122 @@ class FtpsHandler(TlsChannel, FTPHandler):
     def tls_cleared(self) -> None:
         self._cleared_by_ccc = True
         log.info("control channel of %s cleared by CCC", self.remote_ip)
+
+    # --- listings: the directory is read in slices (listing.py), not in one loop turn
+
+    def _read_directory(self, path: str, deliver: Callable[[Iterator[str], int], None]) -> None:
+        def done(names: Iterator[str], count: int) -> None:
+            self._listing = None
+            if self.connected and not self._closed:
+                deliver(names, count)
+
+        def failed(err: OSError) -> None:
+            self._listing = None
+            if self.connected and not self._closed:
+                self.respond(f"550 {strerror(err)}.")
+
+        self._listing = DirectoryReader(self.ioloop, path, done, failed)
+
+    def _is_listable_dir(self, path: str) -> bool | None:
+        """True for a directory inside the home; None after answering an error."""
+        try:
+            isdir = bool(self.fs.isdir(path))
+        except (OSError, FilesystemError) as err:
+            self.respond(f"550 {strerror(err)}.")
+            return None
+        if isdir and not self.fs.validpath(path):
+            self.respond("550 Path is outside the home directory.")
+            return None
+        return isdir
+
+    def _push_listing(self, cmd: str, lines: Iterator[bytes]) -> None:
+        if not self._data_path_open():  # e.g. the passive listener timed out meanwhile
+            self.respond("425 Can't open data connection: it closed while the listing was read.")
+            return
+        self.push_dtp_data(BufferedIteratorProducer(lines), isproducer=True, cmd=cmd)
+
+    def ftp_LIST(self, path: str) -> Any:
+        isdir = self._is_listable_dir(path)
+        if isdir is None:
+            return None
+        if not isdir:
+            return super().ftp_LIST(path)
+        self._read_directory(
+            path, lambda names, _: self._push_listing("LIST", self.fs.format_list(path, names))
+        )
+        return path
+
+    def ftp_NLST(self, path: str) -> Any:
+        isdir = self._is_listable_dir(path)
+        if isdir is None:
+            return None
+        if not isdir:
+            return super().ftp_NLST(path)
+
+        def lines(names: Iterator[str]) -> Iterator[bytes]:
+            for name in names:
+                yield f"{name}\r\n".encode(self.encoding, self.unicode_errors)
+
+        self._read_directory(path, lambda names, _: self._push_listing("NLST", lines(names)))
+        return path
+
+    def ftp_MLSD(self, path: str) -> Any:
+        isdir = self._is_listable_dir(path)
+        if isdir is None:
+            return None
+        if not isdir:
+            self.respond("501 No such directory.")
+            return None
+        perms = self.authorizer.get_perms(self.username)
+        facts = self._current_facts
+        self._read_directory(
+            path,
+            lambda names, _: self._push_listing(
+                "MLSD", self.fs.format_mlsx(path, names, perms, facts)
+            ),
+        )
+        return path
+
+    def ftp_STAT(self, path: str) -> Any:
+        if not path:
+            return super().ftp_STAT(path)
+        isdir = self._is_listable_dir(path)
+        if isdir is None:
+            return None
+        if not isdir:
+            return super().ftp_STAT(path)
+        line = self.fs.fs2ftp(path)
+
+        def deliver(names: Iterator[str], count: int) -> None:
+            # on the control connection: bounded, whatever the directory holds
+            shown = list(itertools.islice(names, STAT_LIST_LIMIT))
+            self.push(f'213-Status of "{line}":\r\n')
+            for entry in self.fs.format_list(path, shown):
+                self.push(entry.decode(self.encoding, self.unicode_errors))
+            if count > len(shown):
+                hidden = count - len(shown)
+                self.push(f" ... {hidden} more entries not shown; use LIST or MLSD.\r\n")
+            self.respond("213 End of status.")
+
+        self._read_directory(path, deliver)
+        return path
+
+    def close(self) -> None:
+        if self._listing is not None:
+            self._listing.cancel()
+            self._listing = None
+        super().close()
+
+    def ftp_SITE_CHMOD(self, path: str, mode: str) -> Any:
+        try:
+            too_high = int(mode, 8) > 0o777
+        except ValueError:
+            too_high = False  # pyftpdlib answers the syntax error
+        if too_high:
+            # setuid/setgid/sticky on files every user's service account owns
+            self.respond("501 SITE CHMOD: modes above 0777 (setuid, setgid, sticky) are refused.")
+            return None
+        return super().ftp_SITE_CHMOD(path, mode)
 
     def ftp_REIN(self, line: str) -> None:
         self.respond("502 REIN is not supported over TLS.")
