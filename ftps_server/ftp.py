@@ -41,7 +41,7 @@ _DATA_COMMANDS = {"PASV", "EPSV", "PORT", "EPRT"}
 _PRE_TLS_COMMANDS = {"AUTH", "FEAT", "QUIT", "NOOP", "SYST", "HELP", "OPTS"}
 _TRANSFER_COMMANDS = {"LIST", "NLST", "MLSD", "RETR", "STOR", "STOU", "APPE"}
 _LISTING_COMMANDS = {"LIST", "NLST", "MLSD"}
-_LISTING_SLICE = 0.01  # seconds of listing formatting per loop turn (lstat per entry)
+_LISTING_SLICE = 0.003  # seconds of listing formatting per loop turn (an lstat per entry)
 STAT_LIST_LIMIT = 1000  # entries a STAT <dir> reply shows on the control connection
 
 
@@ -59,6 +59,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         self._rbuf: bytearray | None = None
         self._read_scheduled = False
         self._read_error = ""
+        self._listing = False  # sending a listing (formatting costs time, not bytes)
         self._accepted = False  # TLS up and the session check passed (or PROT C, connected)
         super().__init__(sock, cmd_channel)
         cmd_channel.data_failure = None
@@ -143,6 +144,9 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         return self.tls_state is TlsState.PLAIN and bool(super().use_sendfile())
 
     def push_with_producer(self, producer: Any) -> None:
+        # set before pushing: push_with_producer starts sending at once, and pyftpdlib sets
+        # self.cmd only afterwards when the data connection was already open (125)
+        self._listing = isinstance(producer, BufferedIteratorProducer)
         if hasattr(producer, "buffer_size"):
             producer.buffer_size = _BULK
         super().push_with_producer(producer)
@@ -173,7 +177,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             return  # the handshake's own events drive the channel until it is done
         moved = 0
         # a listing costs an lstat per line, not AES per byte: bound it by time instead
-        deadline = time.monotonic() + _LISTING_SLICE if self.cmd in _LISTING_COMMANDS else None
+        deadline = time.monotonic() + _LISTING_SLICE if self._listing else None
         try:
             while moved < _EVENT_BUDGET and self.connected:
                 if deadline is not None and time.monotonic() > deadline:
