@@ -60,6 +60,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         self._read_scheduled = False
         self._read_error = ""
         self._listing = False  # sending a listing (formatting costs time, not bytes)
+        self.tls_summary = ("none", "none")  # negotiated TLS version and cipher
         self._accepted = False  # TLS up and the session check passed (or PROT C, connected)
         super().__init__(sock, cmd_channel)
         cmd_channel.data_failure = None
@@ -90,6 +91,8 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
     def _transfer_accepted(self) -> None:
         """The connection can carry the transfer: only now may an upload touch its file."""
         self._accepted = True
+        if self.tls is not None:  # kept for the transfer's log entry (tls is gone by then)
+            self.tls_summary = (str(self.tls.version()), (self.tls.cipher() or ("?",))[0])
         if self.receive:
             self._open_upload()
 
@@ -536,6 +539,7 @@ class FtpsHandler(TlsChannel, FTPHandler):
         self, cmd: str, filename: str, receive: bool, completed: bool, elapsed: float, bytes: int
     ) -> None:
         result = "completed" if completed else "aborted"
+        version, cipher = getattr(self.data_channel, "tls_summary", ("none", "none"))
         log.log(
             logging.INFO if completed else logging.WARNING,
             "%s %r %s %s bytes in %.3f s",  # %r: a file name may hold control characters
@@ -551,6 +555,8 @@ class FtpsHandler(TlsChannel, FTPHandler):
                     "COMMAND": cmd,
                     "RESULT": result,
                     "BYTES": str(bytes),
+                    "TLS_VERSION": version,
+                    "TLS_CIPHER": cipher,
                 }
             },
         )
