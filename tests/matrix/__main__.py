@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep files and logs here")
     args = parser.parse_args(argv)
     wanted = [w.strip().lower() for w in args.clients.split(",") if w.strip()]
-    clients = tuple(c for c in CLIENTS if not wanted or any(c.name.lower().startswith(w) for w in wanted))
+    clients = tuple(
+        c for c in CLIENTS if not wanted or any(c.name.lower().startswith(w) for w in wanted)
+    )
     if not clients:
         parser.error(f"no client matches {args.clients!r}")
     start = time.monotonic()

@@ -19,11 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import support  # noqa: E402
+import support
 
 HERE = Path(__file__).resolve().parent
 COMMONS_NET = Path("/usr/share/java/commons-net.jar")
-NODE_MODULES = Path(os.environ.get("FTPS_MATRIX_NODE_MODULES", "/var/cache/ftps-server-matrix/node"))
+NODE_MODULES = Path(
+    os.environ.get("FTPS_MATRIX_NODE_MODULES", "/var/cache/ftps-server-matrix/node")
+)
 STEPS = ("list", "upload", "download")
 
 
@@ -61,7 +63,9 @@ class Client:
     hint: str  # when it fails: why, and which server setting helps
 
 
-def _cmd(args: list[str], env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str]:
+def _cmd(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str]:
     try:
         done = subprocess.run(
             args,
@@ -115,15 +119,18 @@ def run_curl(cell: Cell) -> Outcome:
     if cell.pin_client and cell.tls == "1.2":
         args += ["--tls-max", "1.2"]
     outcome = Outcome()
-    for step, extra in (
-        ("list", [base]),
-        ("upload", ["-T", str(cell.local), base + cell.remote]),
-        ("download", ["-o", str(cell.out), base + cell.remote]),
-    ):
-        code, text = _cmd([*args, *extra])
-        outcome.steps[step] = code == 0
-        if code:
-            outcome.errors.append(f"{step}: curl exit {code}: {_tail(text)}")
+    try:
+        for step, extra in (
+            ("list", [base]),
+            ("upload", ["-T", str(cell.local), base + cell.remote]),
+            ("download", ["-o", str(cell.out), base + cell.remote]),
+        ):
+            code, text = _cmd([*args, *extra])
+            outcome.steps[step] = code == 0
+            if code:
+                outcome.errors.append(f"{step}: curl exit {code}: {_tail(text)}")
+    finally:
+        netrc.unlink()  # no password left behind in the work directory
     return outcome
 
 
@@ -219,13 +226,14 @@ def run_rclone(cell: Cell) -> Outcome:
         "RCLONE_CONFIG_M_USER": cell.user,
         "RCLONE_CONFIG_M_PASS": obscured,
         "RCLONE_CONFIG": str(cell.workdir / "rclone.conf"),  # none: everything from env
+        "SSL_CERT_FILE": str(cell.ca),  # the FTP backend ignores --ca-cert; Go reads this
     }
     env["RCLONE_CONFIG_M_EXPLICIT_TLS" if cell.mode == "explicit" else "RCLONE_CONFIG_M_TLS"] = (
         "true"
     )
     if cell.pin_client and cell.tls == "1.2":
         env["RCLONE_CONFIG_M_DISABLE_TLS13"] = "true"
-    base = ["rclone", "--ca-cert", str(cell.ca), "--retries", "1", "--low-level-retries", "1"]
+    base = ["rclone", "--retries", "1", "--low-level-retries", "1"]
     base += ["--contimeout", "15s", "--timeout", "30s"]
     outcome = Outcome()
     for step, args in (
@@ -252,12 +260,18 @@ def _java_classes(workdir: Path) -> Path | str:
         return "javac not installed (Debian package default-jdk-headless)"
     if not COMMONS_NET.exists():
         return f"{COMMONS_NET} missing (Debian package libcommons-net-java)"
+    failed = workdir / "javac-failed.txt"
+    if failed.exists():  # compile once per run, also when it fails
+        return failed.read_text()
     classes.mkdir(parents=True, exist_ok=True)
     code, text = _cmd(
         ["javac", "-cp", str(COMMONS_NET), "-d", str(classes), str(HERE / "MatrixFtp.java")],
         timeout=120,
     )
-    return classes if code == 0 else f"javac failed: {_tail(text)}"
+    if code == 0:
+        return classes
+    failed.write_text(f"javac failed: {_tail(text)}")
+    return failed.read_text()
 
 
 def _run_java(kind: str) -> Callable[[Cell], Outcome]:
@@ -267,7 +281,7 @@ def _run_java(kind: str) -> Callable[[Cell], Outcome]:
             return Outcome(skipped=classes)
         args = ["java", "-cp", f"{classes}:{COMMONS_NET}"]
         if kind == "commons-reuse":
-            args.append("--add-opens=java.base/sun.security.ssl=ALL-UNNAMED")
+            args += [f"--add-opens=java.base/sun.security.{p}=ALL-UNNAMED" for p in ("ssl", "util")]
         if cell.pin_client and cell.tls == "1.2":
             args.append("-Djdk.tls.client.protocols=TLSv1.2")
         args += ["MatrixFtp", kind, cell.host, str(cell.port), cell.mode, str(cell.ca)]
@@ -290,7 +304,9 @@ def run_basic_ftp(cell: Cell) -> Outcome:
         return Outcome(skipped="node not installed (Debian package nodejs)")
     modules = NODE_MODULES / "node_modules"
     if not (modules / "basic-ftp").is_dir():
-        return Outcome(skipped=f"basic-ftp not installed: npm install basic-ftp --prefix {NODE_MODULES}")
+        return Outcome(
+            skipped=f"basic-ftp not installed: npm install basic-ftp --prefix {NODE_MODULES}"
+        )
     args = ["node", str(HERE / "basic_ftp_client.js"), cell.host, str(cell.port), cell.mode]
     args += [str(cell.ca), cell.user, str(cell.local), cell.remote, str(cell.out)]
     if cell.pin_client and cell.tls == "1.2":
@@ -340,7 +356,8 @@ CLIENTS: tuple[Client, ...] = (
         lambda: _first_line(["lftp", "--version"]).replace("| ", "").split(" Copyright")[0],
         run_lftp,
         "`set ftp:ssl-force true; set ftp:ssl-protect-data true; set ssl:ca-file CA`; implicit: "
-        '`ftps://`. Resumes sessions by itself. TLS 1.2 only: `set ssl:priority "NORMAL:-VERS-TLS1.3"`.',
+        "`ftps://`. Resumes sessions by itself. TLS 1.2 only: "
+        '`set ssl:priority "NORMAL:-VERS-TLS1.3"`.',
         "lftp/GnuTLS ends TLS 1.3 uploads early when post-handshake tickets on the data "
         'connection are left unread; `set ssl:priority "NORMAL:-VERS-TLS1.3"` on the client '
         "(or `[tls] max_version = TLSv1.2` on the server) avoids it.",
@@ -360,27 +377,19 @@ CLIENTS: tuple[Client, ...] = (
         "rclone",
         lambda: _first_line(["rclone", "version"]),
         run_rclone,
-        "`type = ftp`, `explicit_tls = true` (explicit) or `tls = true` (implicit), `--ca-cert CA` "
-        "(or `no_check_certificate`). Resumes sessions. TLS 1.2 only: `disable_tls13 = true`.",
+        "`type = ftp`, `explicit_tls = true` (explicit) or `tls = true` (implicit). A private CA: "
+        "`SSL_CERT_FILE=ca.pem` (the FTP backend ignores `--ca-cert`). Resumes sessions. "
+        "TLS 1.2 only: `disable_tls13 = true`. It sets modification times after an upload "
+        "(`MFMT`): the user needs permission `T`, or the upload is reported failed.",
         "Go's crypto/tls fails TLS 1.3 resumption after a HelloRetryRequest (`binder does not "
         "verify`): the server must offer X25519 (fixed by the curve change of issue 18.4); "
         "until then `disable_tls13 = true` on the client, or `[tls] max_version = TLSv1.2`.",
     ),
     Client(
-        "Java JSSE (SSLSocket)",
-        _java_version,
-        _run_java("jsse"),
-        "Layer each data socket with `createSocket(raw, host, CONTROL_PORT, true)`: JSSE keys "
-        "its session cache by host:port, so this offers the control session "
-        "(`tests/matrix/MatrixFtp.java`). TLS 1.2 only: `-Djdk.tls.client.protocols=TLSv1.2`.",
-        "JSSE spends one TLS 1.3 ticket per resumption; with too few tickets from the server "
-        "later data connections are refused (`522`).",
-    ),
-    Client(
         "Java Commons Net FTPSClient",
         _commons_version,
         _run_java("commons"),
-        "`new FTPSClient(implicit, sslContext)`, `execPBSZ(0)`, `execPROT(\"P\")`. Does not "
+        '`new FTPSClient(implicit, sslContext)`, `execPBSZ(0)`, `execPROT("P")`. Does not '
         "resume the control session on data connections.",
         "Fails by design with `require_session_reuse = yes` (`522`): use the session-cache "
         "workaround (next row) or, weaker, `[tls] require_session_reuse = no`.",
@@ -391,16 +400,20 @@ CLIENTS: tuple[Client, ...] = (
         _run_java("commons-reuse"),
         "Subclass `FTPSClient`, override `_prepareDataSocket_` to put the control session into "
         "JSSE's `sessionHostPortCache` under the data host:port (reflection; needs "
-        "`--add-opens java.base/sun.security.ssl=ALL-UNNAMED`).",
-        "The workaround reuses a TLS 1.2 session; on TLS 1.3 JSSE does not resume from that "
-        "cache entry. Use TLS 1.2 for this client (`-Djdk.tls.client.protocols=TLSv1.2` or "
-        "`[tls] max_version = TLSv1.2`).",
+        "`--add-opens java.base/sun.security.ssl=ALL-UNNAMED` and the same for "
+        "`sun.security.util`). This probe copies the cache entry of the control host:port "
+        "(with TLS 1.3, the ticket) rather than `getSession()` (`tests/matrix/MatrixFtp.java`).",
+        "On TLS 1.3 the classic `getSession()` copy never resumes; copying the control "
+        "host:port cache entry (the ticket) resumes while tickets last: JSSE spends one ticket "
+        "per data connection and the server sends two at login, so the third transfer gets "
+        "`522` (server side: more tickets, issue 18.3). Until then TLS 1.2 for this client "
+        "(`-Djdk.tls.client.protocols=TLSv1.2`).",
     ),
     Client(
         "Node basic-ftp",
         _basic_ftp_version,
         run_basic_ftp,
-        "`client.access({secure: true})` (explicit) or `secure: \"implicit\"`, "
+        '`client.access({secure: true})` (explicit) or `secure: "implicit"`, '
         "`secureOptions: {ca}`. Resumes sessions by itself. TLS 1.2 only: "
         '`secureOptions.maxVersion = "TLSv1.2"`.',
         "",

@@ -22,12 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import support  # noqa: E402
-from ftps_server import __version__  # noqa: E402
-from ftps_server.config import TlsConfig  # noqa: E402
-from ftps_server.passwords import HashParams, hash_password  # noqa: E402
+import support
 
-from .clients import CLIENTS, DOCUMENTED, STEPS, Cell, Client, Outcome  # noqa: E402
+from ftps_server import __version__
+from ftps_server.config import TlsConfig
+from ftps_server.passwords import HashParams, hash_password
+
+from .clients import CLIENTS, DOCUMENTED, STEPS, Cell, Client, Outcome
 
 USER, PASSWORD = "matrix", "Matrix-Password-42"
 HOST = "127.0.0.1"
@@ -92,7 +93,7 @@ def _server(pki: support.Pki, root: Path, tls: str) -> tuple[support.ServerProce
         default = yes
         [user:{USER}]
         home = {home}
-        permissions = elradfmw
+        permissions = elradfmwT
         password = {hashed}
         """,
     )
@@ -109,6 +110,16 @@ def _negotiated(log: str, remote: str) -> str:
             if version and cipher:
                 found.add(f"{version.group(1)} {cipher.group(1)}")
     return " / ".join(sorted(found))
+
+
+def _aborted(log: str, remote: str) -> str:
+    """What the server logged for transfers of `remote` that it did not count complete."""
+    notes = []
+    for line in log.splitlines():
+        match = re.search(rf"(\w+) '/{re.escape(remote)}' aborted (\d+) bytes", line)
+        if match:
+            notes.append(f"server: {match.group(1)} aborted after {match.group(2)} bytes")
+    return "; ".join(notes)
 
 
 def run_matrix(
@@ -155,7 +166,13 @@ def run_matrix(
                     result.upload_exact = stored.exists() and stored.read_bytes() == source
                     result.download_exact = cell.out.exists() and cell.out.read_bytes() == source
                     time.sleep(0.05)  # the transfer entry may trail the client's last reply
-                    result.negotiated = _negotiated(server.log(), cell.remote)
+                    log = server.log()
+                    result.negotiated = _negotiated(log, cell.remote)
+                    aborted = _aborted(log, cell.remote)
+                    if aborted and not result.passed:
+                        outcome.errors.append(aborted)
+                    # the report names no temporary paths
+                    outcome.errors = [e.replace(str(cell_dir), "CELL") for e in outcome.errors]
                     results.append(result)
                     if verbose:
                         state = "skip" if outcome.skipped else ("ok" if result.passed else "FAIL")
@@ -218,7 +235,8 @@ def render(results: list[Result], seconds: float) -> str:
         "",
         "Regenerate: `python3 -m tests.matrix` (writes this file; `--help` for options).",
         "",
-        "| Client | Mode | TLS | Result | list / upload / download | Negotiated (data) | Why it fails |",
+        "| Client | Mode | TLS | Result | list / upload / download | Negotiated (data) "
+        "| Why it fails |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
