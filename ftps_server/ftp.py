@@ -7,10 +7,12 @@ Only what FTPS changes is overridden here; login policy lives in `auth`, TLS plu
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import itertools
 import logging
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -19,8 +21,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from cryptography import x509
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import DTPHandler, FTPHandler
-from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer
-from pyftpdlib.utils import strerror
+from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
+
+try:  # pyftpdlib >= 2.1
+    from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer
+    from pyftpdlib.ioloop import _RetryError
+except ImportError:  # pyftpdlib 2.0 (Debian 13)
+    from pyftpdlib.handlers import BufferedIteratorProducer
+    from pyftpdlib.ioloop import RetryError as _RetryError
 
 from . import auth
 from .config import normalize_address
@@ -40,7 +48,13 @@ _EVENT_BUDGET = 8 * 1024 * 1024  # bytes moved per IOLoop event before yielding 
 _DATA_COMMANDS = {"PASV", "EPSV", "PORT", "EPRT"}
 _PRE_TLS_COMMANDS = {"AUTH", "FEAT", "QUIT", "NOOP", "SYST", "HELP", "OPTS"}
 _TRANSFER_COMMANDS = {"LIST", "NLST", "MLSD", "RETR", "STOR", "STOU", "APPE"}
-_LISTING_COMMANDS = {"LIST", "NLST", "MLSD"}
+
+
+def strerror(err: BaseException) -> str:
+    """pyftpdlib's wording of a filesystem error."""
+    return getattr(err, "strerror", None) or str(err)
+
+
 _LISTING_SLICE = 0.003  # seconds of listing formatting per loop turn (an lstat per entry)
 STAT_LIST_LIMIT = 1000  # entries a STAT <dir> reply shows on the control connection
 
@@ -261,7 +275,11 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         received = self.tot_bytes_received
         if self.tls_peer_reset or self._read_error:
             why = self._read_error or "connection reset by the client"
-        elif self.tls_close_notify or self.cmd_channel.state.config.tls.upload_eof == "lenient":
+        elif (
+            self.tls_state is TlsState.PLAIN  # PROT C: a FIN is the only end there is
+            or self.tls_close_notify
+            or self.cmd_channel.state.config.tls.upload_eof == "lenient"
+        ):
             why = ""
         else:
             why = "the data connection closed without TLS close_notify"
@@ -275,6 +293,24 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             self.transfer_finished = True
             self._resp = ("226 Transfer complete.", log.debug)
         self.close()
+
+    def recv(self, buffer_size: int) -> bytes:
+        if self.tls_state is not TlsState.PLAIN or not self.receive:
+            return bytes(super().recv(buffer_size))
+        # a PROT C upload: asyncore turns a reset into an ordinary EOF (and 226)
+        try:
+            data = socket.socket.recv(self.socket, buffer_size)
+        except OSError as exc:
+            if exc.errno in _ERRNOS_DISCONNECTED:
+                self._read_error = "connection reset by the client"
+                self._end_upload()
+                return b""
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                raise _RetryError from exc
+            raise
+        if not data:
+            self._end_upload()
+        return data
 
     def handle_close(self) -> None:
         if self.receive and self.tls_state is not TlsState.PLAIN and not self._closed:

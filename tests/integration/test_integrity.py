@@ -202,6 +202,27 @@ def test_upload_ended_by_reset_is_426_and_logged_aborted(
     ftp.quit()
 
 
+def test_clear_data_upload_ended_by_reset_is_426(
+    pki: support.Pki, tmp_path: Path, start_server: Any
+) -> None:
+    """PROT C: asyncore reported a reset as an ordinary EOF, so 226 for a cut upload."""
+    server, port, home = _server(
+        pki, tmp_path, start_server, tls_extra="require_data_protection = no"
+    )
+    ftp = _login(pki, port)
+    ftp.prot_c()
+    ftp.voidcmd("TYPE I")
+    conn, _ = ftp.ntransfercmd("STOR clear.bin")
+    conn.sendall(os.urandom(2 * 1024 * 1024))
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+    with pytest.raises(ftplib.error_temp, match=r"^426 .*reset"):
+        ftp.voidresp()
+    assert server.wait_log("RESULT=aborted")
+    support.store_and_fetch(ftp, 100_000, "clear-ok.bin")  # a clean PROT C upload: 226
+    ftp.quit()
+
+
 def _upload_without_close_notify(pki: support.Pki, port: int, data: bytes) -> str:
     """TLS 1.2 upload whose data connection ends with a FIN but no close_notify."""
     ftp = _tls12_client(pki, port)
