@@ -76,6 +76,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         self._listing = False  # sending a listing (formatting costs time, not bytes)
         self.tls_summary = ("none", "none")  # negotiated TLS version and cipher
         self._accepted = False  # TLS up and the session check passed (or PROT C, connected)
+        self._constructing = True
         super().__init__(sock, cmd_channel)
         cmd_channel.data_failure = None
         context = cmd_channel.session_context
@@ -84,6 +85,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             self.start_tls(context, timeout)
         elif self.connected:
             self._accepted = True
+        self._constructing = False
 
     def tls_established(self) -> None:
         channel = self.cmd_channel
@@ -120,6 +122,16 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             self._abort(f"553 Cannot open file: {err.strerror or err}.")
 
     def tls_failed(self, reason: str) -> None:
+        if self._closed:
+            return
+        if self._constructing:
+            # the ClientHello came with the connection and failed inside __init__: closing
+            # now would close the socket under pyftpdlib's active connector, which then
+            # answers a stray "425 Can't connect"; fail on the next loop turn instead
+            self.modify_ioloop_events(0)
+            self.ioloop.call_later(0, self.tls_failed, reason, _errback=self.handle_error)
+            self._constructing = False
+            return
         log.info(
             "TLS handshake on data connection from %s failed: %s",
             self.cmd_channel.remote_ip,
@@ -129,8 +141,12 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         channel = self.cmd_channel
         # this PASV/PORT is spent (pyftpdlib has already closed the passive listener): a
         # later transfer command must not be told 150 and wait for a connection that
-        # cannot come
-        channel._shutdown_connecting_dtp()
+        # cannot come. An active connector handed its socket to this handler: forget it,
+        # closing it would close (and unregister) this handler's socket under it.
+        if channel._dtp_acceptor is not None:
+            channel._dtp_acceptor.close()
+            channel._dtp_acceptor = None
+        channel._dtp_connector = None
         queued = channel._in_dtp_queue or channel._out_dtp_queue
         if self.cmd is None and not self._initialized and not queued:
             # no transfer was asked on it yet (a client dropping a spare connection, or a

@@ -140,6 +140,29 @@ def test_data_handshake_failing_before_the_command_gets_one_final_reply(
     ftp.quit()
 
 
+def test_active_data_handshake_failing_before_the_command_gets_425(
+    pki: support.Pki, tmp_path: Path, start_server: Any
+) -> None:
+    """The same with EPRT: the server connects, the handshake fails, the command gets 425."""
+    _, port, _ = _server(pki, tmp_path, start_server)
+    ftp = _login(pki, port)
+    with socket.create_server((HOST, 0)) as listener:
+        listener.settimeout(10)
+        assert ftp.sendcmd(f"EPRT |1|{HOST}|{listener.getsockname()[1]}|").startswith("200")
+        raw, _ = listener.accept()
+        with raw:
+            raw.settimeout(10)
+            raw.sendall(b"this is not a TLS ClientHello\r\n" * 4)
+            while raw.recv(4096):
+                pass
+    ftp.sock.settimeout(5)
+    with pytest.raises(ftplib.error_temp, match=r"^425 .*TLS negotiation"):
+        ftp.sendcmd("MLSD")
+    assert ftp.voidcmd("NOOP").startswith("200")
+    assert [name for name, _ in ftp.mlsd()] == []
+    ftp.quit()
+
+
 def test_data_handshake_failing_after_150_gets_one_final_reply(
     pki: support.Pki, tmp_path: Path, start_server: Any
 ) -> None:
@@ -206,9 +229,7 @@ def test_clear_data_upload_ended_by_reset_is_426(
     pki: support.Pki, tmp_path: Path, start_server: Any
 ) -> None:
     """PROT C: asyncore reported a reset as an ordinary EOF, so 226 for a cut upload."""
-    server, port, home = _server(
-        pki, tmp_path, start_server, tls_extra="require_data_protection = no"
-    )
+    server, port, _ = _server(pki, tmp_path, start_server, tls_extra="require_data_protection = no")
     ftp = _login(pki, port)
     ftp.prot_c()
     ftp.voidcmd("TYPE I")
