@@ -564,7 +564,8 @@ class FtpsHandler(TlsChannel, FTPHandler):
         if cmd in _DATA_COMMANDS and self._protection_required and not self._prot:
             self.respond("521 Data connections must be protected: send PBSZ 0 and PROT P first.")
             return
-        if self._listing is not None and (cmd in _TRANSFER_COMMANDS or cmd == "STAT"):
+        listing_cmd = cmd in _TRANSFER_COMMANDS or (cmd == "STAT" and bool(args and args[0]))
+        if self._listing is not None and listing_cmd:
             self.respond("503 A directory listing is still being read; wait for its reply.")
             return
         if cmd in _TRANSFER_COMMANDS and self.authenticated and not self._data_path_open():
