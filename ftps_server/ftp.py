@@ -55,7 +55,7 @@ def strerror(err: BaseException) -> str:
     return getattr(err, "strerror", None) or str(err)
 
 
-_LISTING_SLICE = 0.003  # seconds of listing formatting per loop turn (an lstat per entry)
+_LISTING_SLICE = 0.0015  # seconds of listing formatting per loop turn (an lstat per entry)
 STAT_LIST_LIMIT = 1000  # entries a STAT <dir> reply shows on the control connection
 
 
