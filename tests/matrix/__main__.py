@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     if not clients:
         parser.error(f"no client matches {args.clients!r}")
     start = time.monotonic()
-    results = run_matrix(clients, args.workdir)
+    if args.workdir is not None:
+        results = run_matrix(clients, args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ftps-matrix-") as workdir:
+            results = run_matrix(clients, Path(workdir))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(render(results, time.monotonic() - start))
     print(f"wrote {args.output}")
