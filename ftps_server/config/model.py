@@ -104,6 +104,7 @@ class TlsConfig:
     require_data_protection: bool = True
     require_session_reuse: bool = True
     allow_ccc: bool = False
+    upload_eof: str = "strict"  # an upload ending without close_notify: strict = 426
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,7 @@ def _tls(s: ini.Section) -> TlsConfig:
         require_data_protection=s.get("require_data_protection", ini.boolean, True),
         require_session_reuse=s.get("require_session_reuse", ini.boolean, True),
         allow_ccc=s.get("allow_ccc", ini.boolean, False),
+        upload_eof=s.get("upload_eof", ini.choice(("strict", "lenient")), "strict"),
     )
 
 

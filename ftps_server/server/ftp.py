@@ -9,23 +9,38 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import itertools
 import logging
 import re
+import socket
 import ssl
+import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 from cryptography import x509
+from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
+
+try:  # pyftpdlib >= 2.1
+    from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer
+    from pyftpdlib.ioloop import _RetryError
+except ImportError:  # pyftpdlib 2.0 (Debian 13)
+    from pyftpdlib.handlers import BufferedIteratorProducer
+    from pyftpdlib.ioloop import RetryError as _RetryError
 
 from ..config.model import normalize_address
 from . import auth
 from .checksum_commands import PROTO_CMDS as CHECKSUM_CMDS
 from .checksum_commands import ChecksumCommands
+from .listing import DirectoryReader
 from .state import AcceptingListener, ServerState
 from .tls import CONTROL_TICKETS
-from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState, _RetryError
+from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState, describe_ssl_error
 from .tls_openssl import new_session_ticket
+from .users import DeferredFile
 
 __all__ = ["FtpsDataHandler", "FtpsHandler"]
 
@@ -46,6 +61,15 @@ _TLS_BUSY = (TlsState.HANDSHAKE, TlsState.CLOSING)
 _PRE_TLS_COMMANDS = {"AUTH", "FEAT", "QUIT", "NOOP", "SYST", "HELP", "OPTS"}
 
 
+def strerror(err: BaseException) -> str:
+    """pyftpdlib's wording of a filesystem error."""
+    return getattr(err, "strerror", None) or str(err)
+
+
+_LISTING_SLICE = 0.0015  # seconds of listing formatting per loop turn (an lstat per entry)
+STAT_LIST_LIMIT = 1000  # entries a STAT <dir> reply shows on the control connection
+
+
 def _has_control(text: str) -> bool:
     """True when `text` holds a C0 control character or DEL."""
     return any(ch < " " or ch == "\x7f" for ch in text)
@@ -59,11 +83,19 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
     def __init__(self, sock: Any, cmd_channel: FtpsHandler) -> None:
         self._rbuf: bytearray | None = None
         self._read_scheduled = False
+        self._read_error = ""
+        self._listing = False  # sending a listing (formatting costs time, not bytes)
+        self.tls_summary = ("none", "none")  # negotiated TLS version and cipher
+        self._accepted = False  # TLS up and the session check passed (or PROT C, connected)
+        self._constructing = True
         super().__init__(sock, cmd_channel)
         context = cmd_channel.session_context
         if self.connected and cmd_channel.data_protected and context is not None:
             timeout = cmd_channel.state.config.server.handshake_timeout
             self.start_tls(context, timeout)
+        elif self.connected:
+            self._accepted = True
+        self._constructing = False
 
     # the first handshake step comes from the loop (see TlsChannel.start_tls)
     tls_wrap_on_hello = True
@@ -121,14 +153,65 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             # the client may have spent a ticket on this connection (Java uses each once):
             # a fresh one goes out with the next reply on the control connection
             new_session_ticket(channel.tls)
+        if not self._closed:
+            self._transfer_accepted()
+
+    def _transfer_accepted(self) -> None:
+        """The connection can carry the transfer: only now may an upload touch its file."""
+        self._accepted = True
+        if self.tls is not None:  # kept for the transfer's log entry (tls is gone by then)
+            self.tls_summary = (str(self.tls.version()), (self.tls.cipher() or ("?",))[0])
+        if self.receive:
+            self._open_upload()
+
+    def _open_upload(self) -> None:
+        file = self.file_obj
+        if not isinstance(file, DeferredFile) or file.opened:
+            return
+        try:
+            file.open()
+        except OSError as err:
+            self._abort(f"553 Cannot open file: {err.strerror or err}.")
 
     def tls_failed(self, reason: str) -> None:
+        if self._closed:
+            return
+        if self._constructing:
+            # the ClientHello came with the connection and failed inside __init__: closing
+            # now would close the socket under pyftpdlib's active connector, which then
+            # answers a stray "425 Can't connect"; fail on the next loop turn instead
+            self.modify_ioloop_events(0)
+            self.ioloop.call_later(0, self.tls_failed, reason, _errback=self.handle_error)
+            self._constructing = False
+            return
         log.info(
             "TLS handshake on data connection from %s failed: %s",
             self.cmd_channel.remote_ip,
             reason,
         )
-        self._refuse(f"522 TLS negotiation on the data connection failed: {reason}.")
+        failure = f"TLS negotiation on the data connection failed: {reason}"
+        channel = self.cmd_channel
+        # this PASV/PORT is spent (pyftpdlib has already closed the passive listener): a
+        # later transfer command must not be told 150 and wait for a connection that
+        # cannot come. An active connector handed its socket to this handler: forget it,
+        # closing it would close (and unregister) this handler's socket under it.
+        if channel._dtp_acceptor is not None:
+            channel._dtp_acceptor.close()
+            channel._dtp_acceptor = None
+        channel._dtp_connector = None
+        if channel._in_dtp_queue or channel._out_dtp_queue:
+            # 150 went out and the transfer waited for this connection
+            self._discard_queued_transfer()
+        self._refuse(f"522 {failure}.")
+
+    def _discard_queued_transfer(self) -> None:
+        channel = self.cmd_channel
+        if channel._in_dtp_queue is not None:
+            self.file_obj, self.cmd = channel._in_dtp_queue
+            self.receive = True  # logged as the upload it was, never opened
+        elif channel._out_dtp_queue is not None:
+            _, _, self.file_obj, self.cmd = channel._out_dtp_queue
+        channel._in_dtp_queue = channel._out_dtp_queue = None
 
     def _refuse(self, reply: str) -> None:
         """Close with `reply` as the transfer's final reply; before any transfer command
@@ -148,6 +231,9 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         return self.tls_state is TlsState.PLAIN and bool(super().use_sendfile())
 
     def push_with_producer(self, producer: Any) -> None:
+        # set before pushing: push_with_producer starts sending at once, and pyftpdlib sets
+        # self.cmd only afterwards when the data connection was already open (125)
+        self._listing = isinstance(producer, BufferedIteratorProducer)
         if hasattr(producer, "buffer_size"):
             producer.buffer_size = _BULK
         super().push_with_producer(producer)
@@ -177,8 +263,12 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         if self.tls_state is not TlsState.ESTABLISHED or self.tls is None:
             return  # the handshake's own events drive the channel until it is done
         moved = 0
+        # a listing costs an lstat per line, not AES per byte: bound it by time instead
+        deadline = time.monotonic() + _LISTING_SLICE if self._listing else None
         try:
             while moved < _EVENT_BUDGET and self.connected:
+                if deadline is not None and time.monotonic() > deadline:
+                    break  # the loop comes back: the socket is still writable
                 if self.tls_backlog >= HIGH_WATER and not self._tls_flush():
                     break  # the socket is full: wait for it to drain
                 chunk = self._next_chunk()
@@ -213,6 +303,10 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
 
     def enable_receiving(self, type: str, cmd: str) -> None:
         super().enable_receiving(type, cmd)
+        if self._accepted:
+            self._open_upload()
+            if self._closed:
+                return
         if self.tls_state is TlsState.ESTABLISHED and self._tls_in and self._tls_in.pending:
             self._schedule_read()
 
@@ -226,8 +320,10 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             while filled < len(view):
                 try:
                     n = self.tls_read_into(view[filled:])
-                except (ssl.SSLError, OSError):
-                    n = 0  # a broken stream ends the upload like an EOF; the log says how much
+                except (ssl.SSLError, OSError) as exc:
+                    # a broken stream ends the upload, as incomplete
+                    self._read_error = f"read error ({describe_ssl_error(exc)})"
+                    n = 0
                 if n is None:
                     break
                 if n == 0:
@@ -240,10 +336,65 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             if not self._store(view[:filled]):
                 return
         if eof:
-            self.transfer_finished = True
-            self.handle_close()
+            self._end_upload()
         elif moved >= _EVENT_BUDGET:
             self._schedule_read()
+
+    def _end_upload(self) -> None:
+        """Decide from how the stream ended whether the upload arrived whole: 226 or 426."""
+        received = self.tot_bytes_received
+        if self.tls_peer_reset or self._read_error:
+            why = self._read_error or "connection reset by the client"
+        elif (
+            self.tls_state is TlsState.PLAIN  # PROT C: a FIN is the only end there is
+            or self.tls_close_notify
+            or self.cmd_channel.state.config.tls.upload_eof == "lenient"
+        ):
+            why = ""
+        else:
+            why = "the data connection closed without TLS close_notify"
+        if why:
+            self.transfer_finished = False
+            self._resp = (
+                f"426 Upload incomplete: {why}; {received} bytes received and kept.",
+                log.warning,
+            )
+        else:
+            self.transfer_finished = True
+            self._resp = ("226 Transfer complete.", log.debug)
+        self.close()
+
+    def recv(self, buffer_size: int) -> bytes:
+        if self.tls_state is not TlsState.PLAIN or not self.receive:
+            return bytes(super().recv(buffer_size))
+        # a PROT C upload: asyncore turns a reset into an ordinary EOF (and 226)
+        try:
+            data = socket.socket.recv(self.socket, buffer_size)
+        except OSError as exc:
+            if exc.errno in _ERRNOS_DISCONNECTED:
+                self._read_error = "connection reset by the client"
+                self._end_upload()
+                return b""
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                raise _RetryError from exc
+            raise
+        if not data:
+            self._end_upload()
+        return data
+
+    def handle_close(self) -> None:
+        if self.receive and self.tls_state is not TlsState.PLAIN and not self._closed:
+            # on a TLS upload the normal end goes through _end_upload; anything else that
+            # closes the connection (a failed write, a reset) ends it incomplete, never 226
+            if self.tls_state is TlsState.ESTABLISHED:
+                self._read_error = self._read_error or "the data connection failed"
+                self._end_upload()
+                return
+            if not self._resp:
+                self._resp = ("426 Data connection closed; transfer aborted.", log.warning)
+            self.close()
+            return
+        super().handle_close()
 
     def _schedule_read(self) -> None:
         """Come back without a socket event: records may wait in memory, the socket drained."""
@@ -369,6 +520,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         self._tls_after_flush: ssl.SSLContext | None = None
         self._cleared_by_ccc = False
         self.session_context: ssl.SSLContext | None = None
+        self._listing: DirectoryReader | None = None  # a directory being read for a reply
         self._pbsz = False
         self._prot = False
         # the final reply for the next transfer command when the data connection PASV/PORT
@@ -563,6 +715,10 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         if cmd in _DATA_COMMANDS and self._protection_required and not self._prot:
             self.respond("521 Data connections must be protected: send PBSZ 0 and PROT P first.")
             return
+        listing_cmd = cmd in _TRANSFER_COMMANDS or (cmd == "STAT" and bool(args and args[0]))
+        if self._listing is not None and listing_cmd:
+            self.respond("503 A directory listing is still being read; wait for its reply.")
+            return
         if cmd in _DATA_COMMANDS:
             self.data_connection_gone = ""
         if cmd in _TRANSFER_COMMANDS and self._no_data_connection():
@@ -573,11 +729,47 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             return
         super().process_command(cmd, *args, **kwargs)
 
+    def _data_path_open(self) -> bool:
+        return (
+            self.data_channel is not None
+            or self._dtp_acceptor is not None
+            or self._dtp_connector is not None
+        )
+
     def _no_data_connection(self) -> bool:
         if self.data_channel is not None or not self.authenticated:
             return False
-        pending = self._dtp_acceptor is not None or self._dtp_connector is not None
-        return bool(self.data_connection_gone) or not pending
+        return bool(self.data_connection_gone) or not self._data_path_open()
+
+    def _virtual(self, filename: str) -> str:
+        fs = getattr(self, "fs", None)
+        return str(fs.fs2ftp(filename)) if fs is not None else filename
+
+    def log_transfer(
+        self, cmd: str, filename: str, receive: bool, completed: bool, elapsed: float, bytes: int
+    ) -> None:
+        result = "completed" if completed else "aborted"
+        version, cipher = getattr(self.data_channel, "tls_summary", ("none", "none"))
+        log.log(
+            logging.INFO if completed else logging.WARNING,
+            "%s %r %s %s bytes in %.3f s",  # %r: a file name may hold control characters
+            cmd,
+            self._virtual(filename),
+            result,
+            bytes,
+            elapsed,
+            extra={
+                "fields": {
+                    "REMOTE_ADDR": self.remote_ip,
+                    "USER": self.username,
+                    "COMMAND": cmd,
+                    "RESULT": result,
+                    "BYTES": str(bytes),
+                    "TLS_VERSION": version,
+                    "TLS_CIPHER": cipher,
+                }
+            },
+        )
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         if "\x00" in line:
@@ -717,6 +909,122 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
                 extra={"fields": {"REMOTE_ADDR": self.remote_ip, "USER": self.username}},
             )
             self.respond("425 No passive port free; try again later.")
+
+    # --- listings: the directory is read in slices (listing.py), not in one loop turn
+
+    def _read_directory(self, path: str, deliver: Callable[[Iterator[str], int], None]) -> None:
+        def done(names: Iterator[str], count: int) -> None:
+            self._listing = None
+            if self.connected and not self._closed:
+                deliver(names, count)
+
+        def failed(err: OSError) -> None:
+            self._listing = None
+            if self.connected and not self._closed:
+                self.respond(f"550 {strerror(err)}.")
+
+        self._listing = DirectoryReader(self.ioloop, path, done, failed)
+
+    def _is_listable_dir(self, path: str) -> bool | None:
+        """True for a directory inside the home; None after answering an error."""
+        try:
+            isdir = bool(self.fs.isdir(path))
+        except (OSError, FilesystemError) as err:
+            self.respond(f"550 {strerror(err)}.")
+            return None
+        if isdir and not self.fs.validpath(path):
+            self.respond("550 Path is outside the home directory.")
+            return None
+        return isdir
+
+    def _push_listing(self, cmd: str, lines: Iterator[bytes]) -> None:
+        if not self._data_path_open():  # e.g. the passive listener timed out meanwhile
+            self.respond("425 Can't open data connection: it closed while the listing was read.")
+            return
+        self.push_dtp_data(BufferedIteratorProducer(lines), isproducer=True, cmd=cmd)
+
+    def ftp_LIST(self, path: str) -> Any:
+        isdir = self._is_listable_dir(path)
+        if isdir is None:
+            return None
+        if not isdir:
+            return super().ftp_LIST(path)
+        self._read_directory(
+            path, lambda names, _: self._push_listing("LIST", self.fs.format_list(path, names))
+        )
+        return path
+
+    def ftp_NLST(self, path: str) -> Any:
+        isdir = self._is_listable_dir(path)
+        if isdir is None:
+            return None
+        if not isdir:
+            return super().ftp_NLST(path)
+
+        def lines(names: Iterator[str]) -> Iterator[bytes]:
+            for name in names:
+                yield f"{name}\r\n".encode(self.encoding, self.unicode_errors)
+
+        self._read_directory(path, lambda names, _: self._push_listing("NLST", lines(names)))
+        return path
+
+    def ftp_MLSD(self, path: str) -> Any:
+        isdir = self._is_listable_dir(path)
+        if isdir is None:
+            return None
+        if not isdir:
+            self.respond("501 No such directory.")
+            return None
+        perms = self.authorizer.get_perms(self.username)
+        facts = self._current_facts
+        self._read_directory(
+            path,
+            lambda names, _: self._push_listing(
+                "MLSD", self.fs.format_mlsx(path, names, perms, facts)
+            ),
+        )
+        return path
+
+    def ftp_STAT(self, path: str) -> Any:
+        if not path:
+            return super().ftp_STAT(path)
+        isdir = self._is_listable_dir(path)
+        if isdir is None:
+            return None
+        if not isdir:
+            return super().ftp_STAT(path)
+        line = self.fs.fs2ftp(path)
+
+        def deliver(names: Iterator[str], count: int) -> None:
+            # on the control connection: bounded, whatever the directory holds
+            shown = list(itertools.islice(names, STAT_LIST_LIMIT))
+            self.push(f'213-Status of "{line}":\r\n')
+            for entry in self.fs.format_list(path, shown):
+                self.push(entry.decode(self.encoding, self.unicode_errors))
+            if count > len(shown):
+                hidden = count - len(shown)
+                self.push(f" ... {hidden} more entries not shown; use LIST or MLSD.\r\n")
+            self.respond("213 End of status.")
+
+        self._read_directory(path, deliver)
+        return path
+
+    def close(self) -> None:
+        if self._listing is not None:
+            self._listing.cancel()
+            self._listing = None
+        super().close()
+
+    def ftp_SITE_CHMOD(self, path: str, mode: str) -> Any:
+        try:
+            too_high = int(mode, 8) > 0o777
+        except ValueError:
+            too_high = False  # pyftpdlib answers the syntax error
+        if too_high:
+            # setuid/setgid/sticky on files every user's service account owns
+            self.respond("501 SITE CHMOD: modes above 0777 (setuid, setgid, sticky) are refused.")
+            return None
+        return super().ftp_SITE_CHMOD(path, mode)
 
     def ftp_REIN(self, line: str) -> None:
         self.respond("502 REIN is not supported over TLS.")

@@ -78,6 +78,8 @@ class TlsChannel:
     _tls_out: ssl.MemoryBIO | None = None
     _tls_head: memoryview | None = None  # the part of a send the socket did not take
     _tls_raw_eof = False
+    tls_peer_reset = False  # the raw EOF was a reset (data the peer sent may be lost)
+    tls_close_notify = False  # the peer ended TLS with close_notify (a clean end of data)
     _tls_ccc = False
     _tls_timer: Any = None
     _tls_progress = False
@@ -168,6 +170,7 @@ class TlsChannel:
             if exc.errno in _AGAIN:
                 return False
             if exc.errno in _ERRNOS_DISCONNECTED:
+                self.tls_peer_reset = True
                 data = b""
             else:
                 raise
@@ -416,8 +419,13 @@ class TlsChannel:
                 if not self._tls_fill():
                     return None
                 continue
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            except ssl.SSLZeroReturnError:
+                self.tls_close_notify = True
                 return 0
+            except ssl.SSLEOFError:
+                return 0  # TCP closed without close_notify: tls_close_notify stays False
+            if not n and len(buffer):
+                self.tls_close_notify = True  # SSLObject.read reports close_notify as 0
             self._tls_progress = True
             return int(n)
 

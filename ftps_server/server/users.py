@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import stat
+from collections.abc import Callable
 from typing import Any
 
 from pyftpdlib.authorizers import AuthenticationFailed
@@ -17,7 +20,7 @@ from pyftpdlib.filesystems import AbstractedFS
 
 from ..config.model import Config, UserConfig
 
-__all__ = ["JailedFS", "UserAuthorizer", "ensure_homes", "outside_sentinel"]
+__all__ = ["DeferredFile", "JailedFS", "UserAuthorizer", "ensure_homes", "outside_sentinel"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,77 @@ def outside_sentinel() -> str:
     return "/.."
 
 
+class DeferredFile:
+    """The destination of an upload, opened only once its data connection is accepted.
+
+    pyftpdlib opens (and for STOR truncates) the file when the command arrives, before any
+    data connection exists; a connection refused afterwards (522, TLS failure, never made)
+    would leave the old content destroyed. Until `open()` nothing on disk changes.
+    """
+
+    def __init__(self, name: str, mode: str, inside: Callable[[str], bool]) -> None:
+        self.name = name
+        self.mode = mode
+        self._inside = inside
+        self._file: Any = None
+        self._offset: int | None = None
+        self._closed = False
+
+    @property
+    def opened(self) -> bool:
+        return self._file is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def open(self) -> None:
+        """Create/truncate/append now; OSError when the file can no longer be opened."""
+        if self._file is None:
+            if self._closed:
+                raise OSError(9, "upload destination already closed", self.name)
+            if not self._inside(self.name):  # a link swapped in since the command
+                raise PermissionError(13, "Path is outside the home directory", self.name)
+            self._file = open(self.name, self.mode)  # noqa: SIM115 - closed by close()
+            if self._offset is not None:
+                self._file.seek(self._offset)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if self._file is not None:
+            return int(self._file.seek(offset, whence))
+        self._offset = offset  # REST: applied when the file is opened
+        return offset
+
+    def write(self, data: Any) -> int:
+        if self._file is None:
+            raise OSError(0, "upload destination not opened yet")
+        return int(self._file.write(data))
+
+    def close(self) -> None:
+        self._closed = True
+        if self._file is not None:
+            self._file.close()
+
+
+def _check_writable(path: str, create: bool) -> None:
+    """Raise what open(path, "wb"/"ab") would, without creating or truncating anything."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if not create:
+            raise
+        parent = os.path.dirname(path) or "."
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(2, "No such file or directory", path) from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", path) from None
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(21, "Is a directory", path)
+    if not os.access(path, os.W_OK):
+        raise PermissionError(13, "Permission denied", path)
+
+
 class JailedFS(AbstractedFS):
     """AbstractedFS that refuses, rather than clamps, every way out of the home.
 
@@ -153,10 +227,56 @@ class JailedFS(AbstractedFS):
         return _inside(self.root, path)
 
     def open(self, filename: str, mode: str) -> Any:
-        """Open a file, refusing (again, at the last moment) a path resolving outside."""
+        """Open a file, refusing (again, at the last moment) a path resolving outside.
+
+        Modes that create or truncate ("wb" for STOR, "ab" for APPE) give a `DeferredFile`:
+        the checks run now, so a refusal is still a 550, but the file changes only when the
+        data connection is accepted. "r+b" (STOR after REST) changes nothing by opening.
+        """
         if not self.validpath(filename):
             raise PermissionError(13, "Path is outside the home directory", filename)
+        if mode in ("wb", "ab"):
+            _check_writable(filename, create=True)
+            return DeferredFile(filename, mode, self.validpath)
         return super().open(filename, mode)
+
+    def mkstemp(
+        self, suffix: str = "", prefix: str = "", dir: str | None = None, mode: str = "wb"
+    ) -> Any:
+        """STOU: a fresh unique name, created (exclusively) only when the transfer starts."""
+        directory = dir or self.root
+        for _ in range(50):
+            name = os.path.join(directory, f"{prefix}{secrets.token_hex(4)}{suffix}")
+            if not os.path.lexists(name):
+                if self.validpath(directory):
+                    _check_writable(name, create=True)
+                # outside the home: pyftpdlib's permission check on the name answers 550;
+                # nothing was created, and open() would refuse it again
+                return DeferredFile(name, "xb", self.validpath)
+        raise FileExistsError(17, "No usable unique file name found", directory)
+
+    def readlink(self, path: str) -> str:
+        """A link's target as the client sees it; targets outside the home are withheld.
+
+        format_list shows a link whose readlink fails without a target (like a broken
+        link); an absolute target inside the home is shown as its virtual path, so the
+        real location of the home is not disclosed either.
+        """
+        if not self.validpath(path):
+            raise PermissionError(13, "Link target is outside the home directory", path)
+        target = os.readlink(path)
+        if os.path.isabs(target):
+            return str(self.fs2ftp(os.path.realpath(path)))
+        return target
+
+    def stat(self, path: str) -> Any:
+        """stat() that refuses paths (links) resolving outside the home.
+
+        MLSD lists entries through stat(); a refused one is skipped like a broken link.
+        """
+        if not self.validpath(path):
+            raise PermissionError(13, "Path is outside the home directory", path)
+        return super().stat(path)
 
     def listdir(self, path: str) -> list[str]:
         """List a directory inside the home."""

@@ -33,6 +33,7 @@ def test_empty_file_gives_documented_defaults(tmp_path: Path) -> None:
     assert c.tls.min_version == "TLSv1.2"
     assert c.tls.require_data_protection and c.tls.require_session_reuse
     assert not c.tls.allow_ccc and not c.server.allow_plain_ftp
+    assert c.tls.upload_eof == "strict"
     assert c.alerts.warn_days == (14,)
     assert c.certificates == () and c.users == ()
 
@@ -87,6 +88,7 @@ warn_days = 1, 14, 7
         ("[server]\nallow_plain_ftp = maybe\n", "server", "allow_plain_ftp", "yes or no"),
         ("[tls]\nmin_version = SSLv3\n", "tls", "min_version", "TLSv1.2"),
         ("[tls]\nclient_ca = relative.pem\n", "tls", "client_ca", "absolute"),
+        ("[tls]\nupload_eof = sloppy\n", "tls", "upload_eof", "strict, lenient"),
         ("[certificate:a]\nkey = /k\n", "certificate:a", "cert", "required"),
         ("[user:bob]\nauth = magic\npassword = x\n", "user:bob", "auth", "one of"),
         ("[user:bob]\npassword = plaintext\n", "user:bob", "password", "hash-password"),
@@ -161,3 +163,7 @@ def test_included_user_files(tmp_path: Path) -> None:
     (users / "bad.ini").write_text("[ports]\nexplicit = 1\n")
     err = _error(tmp_path, f"[server]\ninclude = {users}/*.ini\n")
     assert err.file == str(users / "bad.ini")
+
+
+def test_upload_eof_lenient(tmp_path: Path) -> None:
+    assert _load(tmp_path, "[tls]\nupload_eof = Lenient\n").tls.upload_eof == "lenient"

@@ -115,3 +115,68 @@ def test_ensure_homes_creates_0750_and_reports(tmp_path: Path) -> None:
     assert set(problems) == {"bad", "worse"}
     assert "not a directory" in problems["bad"]
     assert "cannot create home directory" in problems["worse"]
+
+
+# --- uploads open late; links out of the home are not described ---------------------------
+
+
+@pytest.mark.parametrize("mode", ["wb", "ab"])
+def test_upload_destination_changes_only_when_opened(home: Path, mode: str) -> None:
+    fs = fs_for(home)
+    target = home / "precious.bin"
+    target.write_bytes(b"keep me")
+    deferred = fs.open(str(target), mode)
+    assert target.read_bytes() == b"keep me"  # nothing truncated or created yet
+    deferred.close()  # a refused data connection: closed unopened
+    assert target.read_bytes() == b"keep me"
+    new = fs.open(str(home / "new.bin"), mode)
+    assert not (home / "new.bin").exists()
+    new.open()
+    new.write(b"data")
+    new.close()
+    assert (home / "new.bin").read_bytes() == b"data"
+
+
+def test_upload_destination_checks_at_command_time(home: Path) -> None:
+    fs = fs_for(home)
+    with pytest.raises(IsADirectoryError):
+        fs.open(str(home / "sub"), "wb")
+    with pytest.raises(FileNotFoundError):
+        fs.open(str(home / "missing" / "f"), "wb")
+
+
+def test_rest_offset_is_applied_when_opened(home: Path) -> None:
+    target = home / "part.bin"
+    target.write_bytes(b"0123456789")
+    deferred = fs_for(home).open(str(target), "ab")
+    deferred.seek(4)
+    deferred.open()
+    deferred.write(b"xy")
+    deferred.close()
+    assert target.read_bytes() == b"0123456789xy"  # "ab" appends whatever the offset
+
+
+def test_stou_name_is_created_only_when_opened(home: Path) -> None:
+    fs = fs_for(home)
+    deferred = fs.mkstemp(prefix="up.", dir=str(home))
+    assert os.path.dirname(deferred.name) == str(home)
+    assert not os.path.lexists(deferred.name)
+    deferred.open()
+    assert os.path.exists(deferred.name)
+    deferred.close()
+
+
+def test_readlink_withholds_targets_outside_and_virtualizes_inside(
+    home: Path, tmp_path: Path
+) -> None:
+    fs = fs_for(home)
+    (home / "inside.txt").write_text("x")
+    (home / "in").symlink_to(home / "inside.txt")
+    (home / "rel").symlink_to("inside.txt")
+    (home / "out").symlink_to(tmp_path)
+    assert fs.readlink(str(home / "in")) == "/inside.txt"
+    assert fs.readlink(str(home / "rel")) == "inside.txt"
+    with pytest.raises(PermissionError):
+        fs.readlink(str(home / "out"))
+    with pytest.raises(PermissionError):
+        fs.stat(str(home / "out"))
