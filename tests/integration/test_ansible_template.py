@@ -592,3 +592,115 @@ def test_tls_purge_removes_only_unnamed_files(ansible: Ansible) -> None:
     assert first.recap("localhost")["changed"] == 1
     second = _local_run(ansible, "purge", play, args=extra)
     assert second.returncode == 0 and second.recap("localhost")["changed"] == 0
+
+
+def _run_validate_tasks(
+    ansible: Ansible, name: str, variables: dict[str, Any]
+) -> ansible_support.PlaybookRun:
+    """The role's validate.yml (the first tasks of tasks/main.yml) with `variables`."""
+    play = [
+        {
+            "name": "Run the role's own variable checks",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars": {"ansible_python_interpreter": "{{ ansible_playbook_python }}", **variables},
+            "tasks": [
+                {
+                    "ansible.builtin.include_role": {
+                        "name": "ftps_server.ftps.ftps_server",
+                        "tasks_from": "validate.yml",
+                    }
+                }
+            ],
+        }
+    ]
+    return _local_run(ansible, f"inject-{name}", play)
+
+
+def test_validation_runs_before_anything_changes() -> None:
+    """validate.yml is the role's first task: a refused value changes nothing on the host."""
+    yaml = pytest.importorskip("yaml")
+    tasks = yaml.safe_load((ROLE / "tasks" / "main.yml").read_text())
+    assert tasks[0]["ansible.builtin.import_tasks"] == "validate.yml"
+
+
+def test_valid_values_pass_the_injection_checks(ansible: Ansible) -> None:
+    run = _run_validate_tasks(ansible, "valid", _full_vars("/etc/ftps-server/tls"))
+    assert run.returncode == 0, run.tail()
+
+
+_EVE = "eve\npermissions = elradfmwMT\nhome = /"
+_CLEAR = "hunter2-clear-password"
+
+
+def _user(**fields: Any) -> dict[str, Any]:
+    return {"ftps_server_users": [{"name": "bob", "password": _HASH, **fields}]}
+
+
+# (case, variables, text the failure message must contain)
+_INJECTIONS: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "certificate_cn-newline",
+        _user(auth="certificate", password="", certificate_cn=_EVE),
+        "no value may hold a control character",
+    ),
+    ("home-relative", _user(home="srv/ftp/bob"), "home must be an absolute path"),
+    ("home-newline", _user(home="/srv/ftp/bob\n[user:eve]"), "control character"),
+    ("permissions-letters", _user(permissions="elradfmwX"), "elradfmwMT"),
+    ("permissions-newline", _user(permissions="elr\nhome = /"), "elradfmwMT"),
+    ("password-clear", _user(password=_CLEAR), "never the clear password"),
+    ("password-hash-newline", _user(password=_HASH + "\n[user:eve]"), "control character"),
+    ("password-carriage-return", _user(password=_HASH + "\r"), "control character"),
+    ("user-certificates-newline", _user(certificates=[_FP + "\nhome = /"]), "control character"),
+    (
+        "certificate-server-name",
+        {
+            "ftps_server_certificates": [
+                {"name": "m", "cert_content": "x", "key_content": "y", "server_names": ["a\nb"]}
+            ]
+        },
+        "server name holds a control character",
+    ),
+    (
+        "address-newline",
+        {"ftps_server_addresses": ["192.0.2.1\nroot = /"]},
+        "ftps_server_addresses",
+    ),
+    ("address-shell", {"ftps_server_addresses": ["192.0.2.1';reboot;'"]}, "IP addresses"),
+    (
+        "nat-newline",
+        {"ftps_server_nat": [{"network": "0.0.0.0/0", "address": "1.2.3.4\nx=y"}]},
+        "ftps_server_nat",
+    ),
+    ("root-relative", {"ftps_server_root": "srv"}, "must be absolute paths"),
+    (
+        "email-from-c1",
+        {"ftps_server_alerts_email_from": "a@example.com\x85x"},
+        "ftps_server_alerts_email_from",
+    ),
+    (
+        "extra-setting-value",
+        {"ftps_server_extra_settings": {"server": {"banner": "hi\n[user:eve]"}}},
+        "ftps_server_extra_settings",
+    ),
+    (
+        "extra-setting-key",
+        {"ftps_server_extra_settings": {"server": {"a\nhome": "/"}}},
+        "ftps_server_extra_settings",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [pytest.param(v, m, id=case) for case, v, m in _INJECTIONS],
+)
+def test_injected_value_is_refused_by_the_role(
+    ansible: Ansible, request: pytest.FixtureRequest, variables: dict[str, Any], message: str
+) -> None:
+    """issue 12.10: each bad value fails the role's validation, and no secret is echoed."""
+    run = _run_validate_tasks(ansible, request.node.callspec.id, variables)
+    assert run.returncode != 0, run.tail()
+    assert message in run.output, run.tail()
+    assert _CLEAR not in run.output
+    assert _HASH not in run.output
