@@ -9,10 +9,15 @@ and checked with ``ftps-server check-config``.
 from __future__ import annotations
 
 import configparser
+import datetime
+import grp
 import importlib.util
 import json
+import os
+import pwd
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -704,3 +709,98 @@ def test_injected_value_is_refused_by_the_role(
     assert message in run.output, run.tail()
     assert _CLEAR not in run.output
     assert _HASH not in run.output
+
+
+@pytest.fixture(scope="module")
+def check_config_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bin/ directory whose `ftps-server` is this tree's CLI (the role calls it by name)."""
+    bin_dir = tmp_path_factory.mktemp("shim")
+    shim = bin_dir / "ftps-server"
+    shim.write_text(
+        f'#!/bin/sh\nPYTHONPATH={ansible_support.REPO} exec {sys.executable} -m ftps_server "$@"\n'
+    )
+    shim.chmod(0o755)
+    return bin_dir
+
+
+def _stage(
+    ansible: Ansible, shim: Path, name: str, certificates: list[dict[str, Any]], **extra: Any
+) -> ansible_support.PlaybookRun:
+    """The role's stage.yml on this machine (root-owned files, group root)."""
+    bin_dir, env, work = ansible
+    play = [
+        {
+            "name": "Stage and validate",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars": {
+                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                "ftps_server_tls_group": grp.getgrgid(os.getgid()).gr_name,
+                "ftps_server_tls_owner": pwd.getpwuid(os.getuid()).pw_name,
+                "ftps_server_certificates": certificates,
+                "ftps_server_state_dir": str(work / "state"),
+                "ftps_server_root": str(work / "root"),
+                "ftps_server_users": [],
+                **extra,
+            },
+            "tasks": [
+                {
+                    "ansible.builtin.include_role": {
+                        "name": "ftps_server.ftps.ftps_server",
+                        "tasks_from": "stage.yml",
+                    }
+                }
+            ],
+        }
+    ]
+    playbook = work / f"stage-{name}.yml"
+    playbook.write_text(json.dumps(play))
+    inventory = work / "localhost.ini"
+    inventory.write_text("localhost ansible_connection=local\n")
+    env = {**env, "PATH": f"{shim}:{env['PATH']}"}
+    return ansible_support.run_playbook(bin_dir, env, playbook, inventory, cwd=work)
+
+
+def _cert_entry(name: str, leaf: Any, key: Any = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "cert_content": b"".join(p.bytes() for p in leaf.cert_chain_pems).decode(),
+        "key_content": (key or leaf).private_key_pem.bytes().decode(),
+        "default": True,
+    }
+
+
+def test_staging_refuses_broken_certificates(ansible: Ansible, check_config_shim: Path) -> None:
+    """issue 13.1 (controller side): the staged set is judged by check-config --certificates;
+    an expired pair, a mismatched key or a key readable by others fail with the reason."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    now = datetime.datetime.now(datetime.UTC)
+    good, other = ca.issue_cert("192.0.2.10"), ca.issue_cert("192.0.2.11")
+    expired = ca.issue_cert(
+        "192.0.2.10",
+        not_before=now - datetime.timedelta(days=30),
+        not_after=now - datetime.timedelta(days=1),
+    )
+    run = _stage(ansible, check_config_shim, "good", [_cert_entry("main", good)])
+    assert run.returncode == 0, run.tail()
+    assert run.recap("localhost")["changed"] == 0
+
+    cases = [
+        ("expired", [_cert_entry("main", expired)], {}, "staged main.pem expired on"),
+        ("mismatch", [_cert_entry("main", good, other)], {}, "does not match certificate"),
+        (
+            "mode",
+            [_cert_entry("main", good)],
+            {"ftps_server_key_mode": "0644"},
+            "accessible by others",
+        ),
+    ]
+    for name, certificates, extra, reason in cases:
+        run = _stage(ansible, check_config_shim, name, certificates, **extra)
+        assert run.returncode != 0, f"{name}: {run.tail()}"
+        assert "nothing live was changed" in run.output, run.tail()
+        assert reason in run.output, f"{name}: {run.tail()}"
+        assert good.private_key_pem.bytes().decode().splitlines()[2] not in run.output
+    # The staging directory is gone after each run, failed or not.
+    assert not list(Path(tempfile.gettempdir()).glob("ftps-server-staging.*"))
