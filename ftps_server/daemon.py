@@ -103,6 +103,8 @@ class Daemon:
         config = config_mod.load(self.config_path)
         self.state = build_state(config)
         self.listeners.apply(self.state)
+        if not self.listeners.servers:
+            self._fail_unbound()
         self._signals = _SignalPipe(
             self.ioloop,
             {signal.SIGHUP: self.reload, signal.SIGTERM: self.stop, signal.SIGINT: self.stop},
@@ -116,6 +118,16 @@ class Daemon:
             extra={"fields": {"MESSAGE_ID": message_ids.SERVICE_READY}},
         )
         self._remind_in_background(config)
+
+    def _fail_unbound(self) -> None:
+        """Ready means serving: with no listener bound, exit non-zero so systemd shows it."""
+        failed = ", ".join(
+            f"{config_mod.listener_name(address, port, kind)} ({why})"
+            for (address, kind, port), why in sorted(self.listeners.failed.items())
+        )
+        reason = f"no listener could be bound: {failed or 'none configured'}"
+        notify(f"STATUS={reason}")
+        raise FtpsServerError(reason)
 
     def _start_watchdog(self) -> None:
         usec = os.environ.get("WATCHDOG_USEC")
