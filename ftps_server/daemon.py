@@ -117,7 +117,21 @@ class Daemon:
             status,
             extra={"fields": {"MESSAGE_ID": message_ids.SERVICE_READY}},
         )
-        self._remind_in_background(config)
+        self._remind_or_hint(config)
+
+    def _remind_or_hint(self, config: config_mod.Config) -> None:
+        """Run the reminders, or, with no certificate configured at all (a fresh install), log
+        one line saying what to do instead of a CRITICAL line per listener and condition."""
+        if config.certificates:
+            self._remind_in_background(config)
+            return
+        log.warning(
+            "no certificate configured yet: FTPS clients are refused until you add a "
+            "[certificate:NAME] section (cert, key, default = yes) to %s and run "
+            "`systemctl reload ftps-server` (see man ftps-server)",
+            self.config_path,
+            extra={"fields": {"MESSAGE_ID": message_ids.LISTENER_NO_CERT}},
+        )
 
     def _fail_unbound(self) -> None:
         """Ready means serving: with no listener bound, exit non-zero so systemd shows it."""
@@ -163,7 +177,7 @@ class Daemon:
         )
         notify("READY=1", f"STATUS={status}")
         if self.state is not None:
-            self._remind_in_background(self.state.config)
+            self._remind_or_hint(self.state.config)
 
     def stop(self) -> None:
         """Close listeners and sessions; the loop ends when nothing is left."""

@@ -1,5 +1,7 @@
-"""Ready means serving (issue 13.3): a `serve` that can bind no listener exits non-zero
-before READY=1; one that binds some is ready and says in STATUS= how many failed.
+"""How `serve` starts. Ready means serving (issue 13.3): a `serve` that can bind no listener
+exits non-zero before READY=1; one that binds some is ready and says in STATUS= how many failed.
+A fresh install (issue 13.5): no certificate configured gives one clear line, not a CRITICAL
+per listener.
 
 The ports are taken by plain listening sockets on 127.0.0.3, as another FTP server would.
 """
@@ -7,6 +9,7 @@ The ports are taken by plain listening sockets on 127.0.0.3, as another FTP serv
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,8 +25,11 @@ from test_ftps import FAST_HASH, PASSWORD
 HOST = "127.0.0.3"
 
 
-def _config(pki: support.Pki, tmp_path: Path) -> tuple[Path, dict[str, int]]:
+def _config(
+    pki: support.Pki, tmp_path: Path, with_cert: bool = True
+) -> tuple[Path, dict[str, int]]:
     cert = pki.server("bind", HOST)
+    section = f"[certificate:main]\ncert = {cert.cert}\nkey = {cert.key}\ndefault = yes"
     (tmp_path / "home" / "alice").mkdir(parents=True, exist_ok=True)
     ports = {"explicit": support.free_port(HOST), "implicit": support.free_port(HOST)}
     path = support.write_config(
@@ -36,10 +42,7 @@ def _config(pki: support.Pki, tmp_path: Path) -> tuple[Path, dict[str, int]]:
         [ports]
         explicit = {ports["explicit"]}
         implicit = {ports["implicit"]}
-        [certificate:main]
-        cert = {cert.cert}
-        key = {cert.key}
-        default = yes
+        {section if with_cert else ""}
         [user:alice]
         password = {FAST_HASH}
         """,
@@ -114,3 +117,19 @@ def test_some_listeners_bound_is_ready_and_status_counts_the_failed(
         assert ftp.login("alice", PASSWORD).startswith("230")
     finally:
         ftp.close()
+
+
+def test_no_certificate_configured_logs_one_clear_line(
+    pki: support.Pki, tmp_path: Path, start_server: Any
+) -> None:
+    config, _ = _config(pki, tmp_path, with_cert=False)
+    server = start_server(config)
+    assert server.wait_log("no certificate configured yet", timeout=10), server.log()
+    os.kill(server.pid, signal.SIGTERM)  # the log is complete once the server has exited
+    server.proc.wait(20)
+    log = server.log()
+    hint = [line for line in log.splitlines() if "certificate" in line and "ready:" not in line]
+    assert len(hint) == 1, log
+    assert "[certificate:NAME]" in hint[0] and "systemctl reload ftps-server" in hint[0]
+    assert str(config) in hint[0]
+    assert "CRITICAL" not in log, log
