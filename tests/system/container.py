@@ -89,6 +89,18 @@ ROOTFS_PACKAGES = (
     "curl",
     "ca-certificates",
     "man-db",  # systemd-analyze verify checks the units' Documentation=man: pages
+    # dpkg-buildpackage by the book, unit tests at build time (debian/control Build-Depends)
+    "build-essential",
+    "debhelper",
+    "dh-python",
+    "pybuild-plugin-pyproject",
+    "python3-all",
+    "python3-setuptools",
+    "python3-aiosmtpd",
+    "python3-jsonschema",
+    "python3-pytest",
+    "python3-pytest-timeout",
+    "python3-trustme",
 )
 # Bump when the hooks below change, so that the cached root file system is rebuilt.
 _ROOTFS_RECIPE = "4"

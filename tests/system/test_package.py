@@ -9,7 +9,7 @@ from pathlib import Path
 
 import helpers
 import pytest
-from conftest import build_deb, wait_active
+from conftest import REPO, build_deb, wait_active
 from container import CT_ADDR, EXTRA_ADDRS, Container
 
 from ftps_server import message_ids
@@ -103,6 +103,63 @@ def test_two_certificates_after_reload(
         assert wrong.returncode != 0
 
 
+def test_autopkgtest_service_check(container: Container, installed: str) -> None:
+    """issue 15.6: debian/tests/service-check (the autopkgtest) passes on the installed
+    package: the service starts, serves a certificate made there, `ftps-server check` is OK,
+    and the shipped configuration is put back."""
+    ct = container
+    control = (REPO / "packaging" / "debian" / "tests" / "control").read_text()
+    assert "Tests: service-check" in control and "Depends: @" in control
+    before = _config_digest(ct)
+    script = ct.copy_in(REPO / "packaging" / "debian" / "tests" / "service-check", mode=0o755)
+    proc = ct.run([script], check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ftps-server: check OK" in proc.stdout
+    assert re.search(r"^FTPS OK\b", proc.stdout, re.M), proc.stdout
+    assert _config_digest(ct) == before
+    wait_active(ct)
+
+
+def test_source_builds_by_the_book_with_unit_tests(container: Container, tmp_path: Path) -> None:
+    """issue 15.6: a copy of the source tree builds as is with `dpkg-buildpackage -us -uc -b`
+    inside the container, whose Debian python3-* packages run the unit tests at build time;
+    with DEB_BUILD_OPTIONS=nocheck they are skipped."""
+    ct = container
+    tarball = tmp_path / "src.tar"
+    subprocess.run(
+        [
+            "tar", "-C", str(REPO), "--exclude=./.git", "--exclude=./dist", "--exclude=./build",
+            "--exclude=*.egg-info", "--exclude=__pycache__", "--exclude=./.pybuild",
+            "--exclude=./.venv", "--exclude=./.mypy_cache", "--exclude=./.ruff_cache",
+            "--exclude=./.pytest_cache", "--exclude=./packaging/debian/.debhelper",
+            "-cf", str(tarball), ".",
+        ],
+        check=True,
+    )  # fmt: skip
+    inside = ct.copy_in(tarball, "/root/build/src.tar")
+    ct.run(
+        f"rm -rf /root/build/src && mkdir /root/build/src && tar -C /root/build/src -xf {inside}"
+    )
+    build = ct.run(
+        "cd /root/build/src && dpkg-buildpackage -us -uc -b 2>&1",
+        check=False,
+        timeout=900,
+    )
+    log = build.stdout
+    assert build.returncode == 0, log[-5000:]
+    assert "python3 -m pytest" in log and re.search(r"\d+ passed", log), log[-5000:]
+    assert "ftps-server_" in ct.run("ls /root/build").stdout
+    nocheck = ct.run(
+        "cd /root/build/src && DEB_BUILD_OPTIONS=nocheck "
+        "dpkg-buildpackage -us -uc -b -Pnocheck 2>&1",
+        check=False,
+        timeout=900,
+    )
+    assert nocheck.returncode == 0, nocheck.stdout[-5000:]
+    assert "python3 -m pytest" not in nocheck.stdout
+    ct.run("rm -rf /root/build")
+
+
 def _config_digest(ct: Container) -> str:
     return ct.run(["sha256sum", helpers.CONFIG]).stdout.split()[0]
 
@@ -122,10 +179,9 @@ def test_upgrade_keeps_config_and_restarts(
         ct.run(["dpkg-query", "-W", "-f=${Version}", "ftps-server"]).stdout
         == f"{old_version}+systest1"
     )
-    assert "running 'ftps-server check" in output, output[-3000:]
-    # Two listeners per address, each serving its own certificate: the check is all OK.
-    assert re.search(r"^FTPS OK\b", output, re.M), output[-3000:]
-    assert "WARNING: the check" not in output, output[-3000:]
+    # Two listeners per address, each serving its own certificate: the check's summary is OK.
+    assert re.search(r"^ftps-server: FTPS OK\b", output, re.M), output[-3000:]
+    assert "ftps-server: details:" not in output, output[-3000:]
     assert _config_digest(ct) == before_digest, "upgrade changed the edited config"
     assert not ct.path(helpers.CONFIG + ".dpkg-dist").exists()
     wait_active(ct)
