@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import subprocess
@@ -158,6 +159,94 @@ def test_source_builds_by_the_book_with_unit_tests(container: Container, tmp_pat
     assert nocheck.returncode == 0, nocheck.stdout[-5000:]
     assert "python3 -m pytest" not in nocheck.stdout
     ct.run("rm -rf /root/build")
+
+
+def _served_fingerprint(address: str, port: int = 990) -> str:
+    """SHA-256 of the leaf `address:port` serves (implicit TLS; not verified: just read)."""
+    proc = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{address}:{port}"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+    )
+    der = subprocess.run(
+        ["openssl", "x509", "-outform", "DER"], input=proc.stdout, capture_output=True, check=True
+    ).stdout
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, 64, 2))
+
+
+def _reloads(ct: Container, cursor: str) -> list[str]:
+    out = ct.run(
+        ["journalctl", "--no-pager", "-o", "cat", "-u", "ftps-server", f"--after-cursor={cursor}"],
+        check=False,
+    ).stdout
+    return [line for line in out.splitlines() if line.startswith("Reload")]
+
+
+def _cursor(ct: Container) -> str:
+    out = ct.run(["journalctl", "--no-pager", "-n", "0", "--show-cursor"]).stdout
+    return out.strip().rsplit("-- cursor: ", 1)[-1]
+
+
+def test_certbot_deploy_hook(container: Container, site: helpers.Site) -> None:
+    """issue 13.8: the shipped hook installs a fake renewed lineage (made now) into
+    [certificate:site-a] with owner and mode and reloads; a broken renewal (mismatched key)
+    leaves the old files, the served certificate and the process alone."""
+    trustme = pytest.importorskip("trustme")
+    ct = container
+    hook = "/usr/share/ftps-server/certbot-deploy-hook"
+    assert ct.run(["test", "-x", hook], check=False).returncode == 0
+    cert = site.certs["site-a"]
+    saved = {p: ct.path(p).read_bytes() for p in (cert.cert, cert.key)}
+    assert _served_fingerprint(CT_ADDR) == cert.fingerprint
+    ca = trustme.CA()
+    renewed, stranger = ca.issue_cert(CT_ADDR), ca.issue_cert(CT_ADDR)
+    lineage = "/etc/letsencrypt/live/site-a"
+
+    def make_lineage(leaf: object, key_of: object) -> None:
+        chain = b"".join(p.bytes() for p in leaf.cert_chain_pems)  # type: ignore[attr-defined]
+        ct.write_file(f"{lineage}/fullchain.pem", chain)
+        ct.write_file(f"{lineage}/privkey.pem", key_of.private_key_pem.bytes(), mode=0o600)  # type: ignore[attr-defined]
+
+    env = ["env", f"RENEWED_LINEAGE={lineage}", hook]
+    pid = ct.systemctl_show("ftps-server", "MainPID")
+    try:
+        # A broken renewal first: nothing changes, nothing reloads.
+        make_lineage(renewed, stranger)
+        cursor = _cursor(ct)
+        proc = ct.run(env, check=False)
+        assert proc.returncode != 0 and "does not match certificate" in proc.stderr, proc.stderr
+        assert {p: ct.path(p).read_bytes() for p in saved} == saved
+        assert _served_fingerprint(CT_ADDR) == cert.fingerprint
+        assert _reloads(ct, cursor) == []
+
+        # The good renewal: installed with owner and mode, reloaded, served.
+        make_lineage(renewed, renewed)
+        cursor = _cursor(ct)
+        proc = ct.run(env, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        stat = ct.run(["stat", "-c", "%U:%G %a", cert.key, cert.cert]).stdout.split("\n")
+        assert stat[:2] == ["root:ftps-server 640", "root:ftps-server 644"]
+        wait_active(ct)
+        assert _reloads(ct, cursor), "no reload"
+        leaf_der = subprocess.run(
+            ["openssl", "x509", "-outform", "DER"],
+            input=renewed.cert_chain_pems[0].bytes(),
+            capture_output=True,
+            check=True,
+        ).stdout
+        digest = hashlib.sha256(leaf_der).hexdigest().upper()
+        assert _served_fingerprint(CT_ADDR) == ":".join(digest[i : i + 2] for i in range(0, 64, 2))
+        assert ct.systemctl_show("ftps-server", "MainPID") == pid
+    finally:
+        for path, data in saved.items():
+            ct.write_file(
+                path, data, mode=0o640 if path.endswith(".key") else 0o644, owner="root:ftps-server"
+            )
+        ct.run(["rm", "-rf", "/etc/letsencrypt"])
+        ct.run(["systemctl", "reload", "ftps-server"])
+        wait_active(ct)
 
 
 def _config_digest(ct: Container) -> str:
