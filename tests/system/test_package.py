@@ -84,6 +84,29 @@ def test_default_config_reports_missing_certificate(container: Container, instal
     assert "[certificate:" in text or "cert =" in text, text
 
 
+def test_autopkgtest_service_check(container: Container, installed: str) -> None:
+    """issue 15.6: debian/tests/service-check (the autopkgtest) passes on the installed
+    package: the service starts, serves a certificate made there, `ftps-server check` is OK,
+    and the shipped configuration is put back."""
+    ct = container
+    control = (REPO / "packaging" / "debian" / "tests" / "control").read_text()
+    assert "Tests: service-check" in control and "Depends: @" in control
+    # As on a fresh install: the shipped configuration (whatever an earlier suite left).
+    saved = ct.path(helpers.CONFIG).read_bytes()
+    shipped = (REPO / "packaging" / "debian" / "ftps-server.ini").read_bytes()
+    helpers.write_config(ct, shipped.decode())
+    before = _config_digest(ct)
+    script = ct.copy_in(REPO / "packaging" / "debian" / "tests" / "service-check", mode=0o755)
+    proc = ct.run([script], check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ftps-server: check OK" in proc.stdout
+    assert re.search(r"^FTPS OK\b", proc.stdout, re.M), proc.stdout
+    assert _config_digest(ct) == before
+    helpers.write_config(ct, saved.decode())
+    ct.run(["systemctl", "restart", "ftps-server"])
+    wait_active(ct)
+
+
 def test_two_certificates_after_reload(
     container: Container, site: helpers.Site, host_dir: Path
 ) -> None:
@@ -102,23 +125,6 @@ def test_two_certificates_after_reload(
             check=False,
         )
         assert wrong.returncode != 0
-
-
-def test_autopkgtest_service_check(container: Container, installed: str) -> None:
-    """issue 15.6: debian/tests/service-check (the autopkgtest) passes on the installed
-    package: the service starts, serves a certificate made there, `ftps-server check` is OK,
-    and the shipped configuration is put back."""
-    ct = container
-    control = (REPO / "packaging" / "debian" / "tests" / "control").read_text()
-    assert "Tests: service-check" in control and "Depends: @" in control
-    before = _config_digest(ct)
-    script = ct.copy_in(REPO / "packaging" / "debian" / "tests" / "service-check", mode=0o755)
-    proc = ct.run([script], check=False, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "ftps-server: check OK" in proc.stdout
-    assert re.search(r"^FTPS OK\b", proc.stdout, re.M), proc.stdout
-    assert _config_digest(ct) == before
-    wait_active(ct)
 
 
 def test_source_builds_by_the_book_with_unit_tests(container: Container, tmp_path: Path) -> None:
