@@ -67,7 +67,9 @@ VETH = f"ve-{NAME}"
 HOST_ADDR = "10.77.0.1"
 CT_ADDR = "10.77.0.2"
 EXTRA_ADDRS = ("10.77.0.3", "10.77.0.4")
-SUITE = "stable"
+# Debian release booted: "stable" (Debian 13, trixie, today) or e.g. "bookworm" (Debian 12);
+# scripts/test runs the package suite on both.
+SUITE = os.environ.get("FTPS_TEST_SUITE", "stable")
 MIRROR = os.environ.get("FTPS_TEST_MIRROR", "http://deb.debian.org/debian")
 
 #: Everything the package and the tests need inside; the container has no network.
