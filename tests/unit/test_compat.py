@@ -30,13 +30,13 @@ class _Old:
 
 def _chain() -> list[x509.Certificate]:
     leaf = trustme.CA().create_child_ca().issue_cert("a.example.test")
-    return x509.load_pem_x509_certificates(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+    return [x509.load_pem_x509_certificate(p.bytes()) for p in leaf.cert_chain_pems]
 
 
 def test_pem_bundle_fallback_matches_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
     chain = _chain()
     bundle = b"junk\n" + b"\n".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
-    monkeypatch.delattr(x509, "load_pem_x509_certificates")
+    monkeypatch.delattr(x509, "load_pem_x509_certificates", raising=False)
     assert compat.load_pem_x509_certificates(bundle) == chain
     with pytest.raises(ValueError):
         compat.load_pem_x509_certificates(b"no certificate here\n")
@@ -62,5 +62,6 @@ def test_issuer_fallback_accepts_the_real_parent_only() -> None:
     )
     with pytest.raises(InvalidSignature):
         compat.verify_directly_issued_by(_Old(leaf), forged)  # type: ignore[arg-type]
-    with pytest.raises(InvalidSignature):  # the library agrees
-        leaf.verify_directly_issued_by(forged)
+    if hasattr(leaf, "verify_directly_issued_by"):
+        with pytest.raises(InvalidSignature):  # the library agrees
+            leaf.verify_directly_issued_by(forged)
