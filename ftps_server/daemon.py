@@ -104,6 +104,8 @@ class Daemon:
         config = config_mod.load(self.config_path)
         self.state = build_state(config)
         self.listeners.apply(self.state)
+        if not self.listeners.servers:
+            self._fail_unbound()
         self._signals = _SignalPipe(
             self.ioloop,
             {signal.SIGHUP: self.reload, signal.SIGTERM: self.stop, signal.SIGINT: self.stop},
@@ -116,7 +118,31 @@ class Daemon:
             status,
             extra={"fields": {"MESSAGE_ID": message_ids.SERVICE_READY}},
         )
-        self._remind_in_background(config)
+        self._remind_or_hint(config)
+
+    def _remind_or_hint(self, config: config_mod.Config) -> None:
+        """Run the reminders, or, with no certificate configured at all (a fresh install), log
+        one line saying what to do instead of a CRITICAL line per listener and condition."""
+        if config.certificates:
+            self._remind_in_background(config)
+            return
+        log.warning(
+            "no certificate configured yet: FTPS clients are refused until you add a "
+            "[certificate:NAME] section (cert, key, default = yes) to %s and run "
+            "`systemctl reload ftps-server` (see man ftps-server)",
+            self.config_path,
+            extra={"fields": {"MESSAGE_ID": message_ids.LISTENER_NO_CERT}},
+        )
+
+    def _fail_unbound(self) -> None:
+        """Ready means serving: with no listener bound, exit non-zero so systemd shows it."""
+        failed = ", ".join(
+            f"{config_mod.listener_name(address, port, kind)} ({why})"
+            for (address, kind, port), why in sorted(self.listeners.failed.items())
+        )
+        reason = f"no listener could be bound: {failed or 'none configured'}"
+        notify(f"STATUS={reason}")
+        raise FtpsServerError(reason)
 
     def _start_watchdog(self) -> None:
         usec = os.environ.get("WATCHDOG_USEC")
@@ -152,7 +178,7 @@ class Daemon:
         )
         notify("READY=1", f"STATUS={status}")
         if self.state is not None:
-            self._remind_in_background(self.state.config)
+            self._remind_or_hint(self.state.config)
 
     def stop(self) -> None:
         """Close listeners and sessions; the loop ends when nothing is left."""

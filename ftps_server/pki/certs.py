@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
 from ..errors import CertificateError
+from . import compat
 
 if TYPE_CHECKING:  # only the type: config imports pki (passwords), pki reads no config
     from ..config.model import CertificateEntry
@@ -179,7 +180,7 @@ def load_chain(path: Path) -> list[x509.Certificate]:
     except OSError as exc:
         raise _file_error("certificate file", path, exc) from None
     try:
-        chain = x509.load_pem_x509_certificates(data)
+        chain = compat.load_pem_x509_certificates(data)
     except ValueError:
         chain = []
     if not chain:
@@ -238,7 +239,7 @@ def load_key_matching(path: Path, cert: x509.Certificate, key_group: str) -> Non
 def _check_chain(chain: list[x509.Certificate], path: Path) -> None:
     for child, parent in itertools.pairwise(chain):
         try:
-            child.verify_directly_issued_by(parent)
+            compat.verify_directly_issued_by(child, parent)
         except (ValueError, TypeError, InvalidSignature):
             raise CertificateError(
                 f"{path}: chain is broken: {child.subject.rfc4514_string()} is not issued by "

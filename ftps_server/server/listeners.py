@@ -124,6 +124,8 @@ class Listeners:
         self._report_certificates(state)
 
     def _report_certificates(self, state: ServerState) -> None:
+        if not state.config.certificates:
+            return  # none configured at all: the daemon says so once, with what to do
         for address, kind, port in sorted(self.servers):
             if address == "*":
                 continue

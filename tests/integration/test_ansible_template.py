@@ -9,10 +9,15 @@ and checked with ``ftps-server check-config``.
 from __future__ import annotations
 
 import configparser
+import datetime
+import grp
 import importlib.util
 import json
+import os
+import pwd
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -592,3 +597,210 @@ def test_tls_purge_removes_only_unnamed_files(ansible: Ansible) -> None:
     assert first.recap("localhost")["changed"] == 1
     second = _local_run(ansible, "purge", play, args=extra)
     assert second.returncode == 0 and second.recap("localhost")["changed"] == 0
+
+
+def _run_validate_tasks(
+    ansible: Ansible, name: str, variables: dict[str, Any]
+) -> ansible_support.PlaybookRun:
+    """The role's validate.yml (the first tasks of tasks/main.yml) with `variables`."""
+    play = [
+        {
+            "name": "Run the role's own variable checks",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars": {"ansible_python_interpreter": "{{ ansible_playbook_python }}", **variables},
+            "tasks": [
+                {
+                    "ansible.builtin.include_role": {
+                        "name": "ftps_server.ftps.ftps_server",
+                        "tasks_from": "validate.yml",
+                    }
+                }
+            ],
+        }
+    ]
+    return _local_run(ansible, f"inject-{name}", play)
+
+
+def test_validation_runs_before_anything_changes() -> None:
+    """validate.yml is the role's first task: a refused value changes nothing on the host."""
+    yaml = pytest.importorskip("yaml")
+    tasks = yaml.safe_load((ROLE / "tasks" / "main.yml").read_text())
+    assert tasks[0]["ansible.builtin.import_tasks"] == "validate.yml"
+
+
+def test_valid_values_pass_the_injection_checks(ansible: Ansible) -> None:
+    run = _run_validate_tasks(ansible, "valid", _full_vars("/etc/ftps-server/tls"))
+    assert run.returncode == 0, run.tail()
+
+
+_EVE = "eve\npermissions = elradfmwMT\nhome = /"
+_CLEAR = "hunter2-clear-password"
+
+
+def _user(**fields: Any) -> dict[str, Any]:
+    return {"ftps_server_users": [{"name": "bob", "password": _HASH, **fields}]}
+
+
+# (case, variables, text the failure message must contain)
+_INJECTIONS: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "certificate_cn-newline",
+        _user(auth="certificate", password="", certificate_cn=_EVE),
+        "no value may hold a control character",
+    ),
+    ("home-relative", _user(home="srv/ftp/bob"), "home must be an absolute path"),
+    ("home-newline", _user(home="/srv/ftp/bob\n[user:eve]"), "control character"),
+    ("permissions-letters", _user(permissions="elradfmwX"), "elradfmwMT"),
+    ("permissions-newline", _user(permissions="elr\nhome = /"), "elradfmwMT"),
+    ("password-clear", _user(password=_CLEAR), "never the clear password"),
+    ("password-hash-newline", _user(password=_HASH + "\n[user:eve]"), "control character"),
+    ("password-carriage-return", _user(password=_HASH + "\r"), "control character"),
+    ("user-certificates-newline", _user(certificates=[_FP + "\nhome = /"]), "control character"),
+    (
+        "certificate-server-name",
+        {
+            "ftps_server_certificates": [
+                {"name": "m", "cert_content": "x", "key_content": "y", "server_names": ["a\nb"]}
+            ]
+        },
+        "server name holds a control character",
+    ),
+    (
+        "address-newline",
+        {"ftps_server_addresses": ["192.0.2.1\nroot = /"]},
+        "ftps_server_addresses",
+    ),
+    ("address-shell", {"ftps_server_addresses": ["192.0.2.1';reboot;'"]}, "IP addresses"),
+    (
+        "nat-newline",
+        {"ftps_server_nat": [{"network": "0.0.0.0/0", "address": "1.2.3.4\nx=y"}]},
+        "ftps_server_nat",
+    ),
+    ("root-relative", {"ftps_server_root": "srv"}, "must be absolute paths"),
+    (
+        "email-from-c1",
+        {"ftps_server_alerts_email_from": "a@example.com\x85x"},
+        "ftps_server_alerts_email_from",
+    ),
+    (
+        "extra-setting-value",
+        {"ftps_server_extra_settings": {"server": {"banner": "hi\n[user:eve]"}}},
+        "ftps_server_extra_settings",
+    ),
+    (
+        "extra-setting-key",
+        {"ftps_server_extra_settings": {"server": {"a\nhome": "/"}}},
+        "ftps_server_extra_settings",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [pytest.param(v, m, id=case) for case, v, m in _INJECTIONS],
+)
+def test_injected_value_is_refused_by_the_role(
+    ansible: Ansible, request: pytest.FixtureRequest, variables: dict[str, Any], message: str
+) -> None:
+    """issue 12.10: each bad value fails the role's validation, and no secret is echoed."""
+    run = _run_validate_tasks(ansible, request.node.callspec.id, variables)
+    assert run.returncode != 0, run.tail()
+    assert message in run.output, run.tail()
+    assert _CLEAR not in run.output
+    assert _HASH not in run.output
+
+
+@pytest.fixture(scope="module")
+def check_config_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bin/ directory whose `ftps-server` is this tree's CLI (the role calls it by name)."""
+    bin_dir = tmp_path_factory.mktemp("shim")
+    shim = bin_dir / "ftps-server"
+    shim.write_text(
+        f'#!/bin/sh\nPYTHONPATH={ansible_support.REPO} exec {sys.executable} -m ftps_server "$@"\n'
+    )
+    shim.chmod(0o755)
+    return bin_dir
+
+
+def _stage(
+    ansible: Ansible, shim: Path, name: str, certificates: list[dict[str, Any]], **extra: Any
+) -> ansible_support.PlaybookRun:
+    """The role's stage.yml on this machine (root-owned files, group root)."""
+    bin_dir, env, work = ansible
+    play = [
+        {
+            "name": "Stage and validate",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars": {
+                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                "ftps_server_tls_group": grp.getgrgid(os.getgid()).gr_name,
+                "ftps_server_tls_owner": pwd.getpwuid(os.getuid()).pw_name,
+                "ftps_server_certificates": certificates,
+                "ftps_server_state_dir": str(work / "state"),
+                "ftps_server_root": str(work / "root"),
+                "ftps_server_users": [],
+                **extra,
+            },
+            "tasks": [
+                {
+                    "ansible.builtin.include_role": {
+                        "name": "ftps_server.ftps.ftps_server",
+                        "tasks_from": "stage.yml",
+                    }
+                }
+            ],
+        }
+    ]
+    playbook = work / f"stage-{name}.yml"
+    playbook.write_text(json.dumps(play))
+    inventory = work / "localhost.ini"
+    inventory.write_text("localhost ansible_connection=local\n")
+    env = {**env, "PATH": f"{shim}:{env['PATH']}"}
+    return ansible_support.run_playbook(bin_dir, env, playbook, inventory, cwd=work)
+
+
+def _cert_entry(name: str, leaf: Any, key: Any = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "cert_content": b"".join(p.bytes() for p in leaf.cert_chain_pems).decode(),
+        "key_content": (key or leaf).private_key_pem.bytes().decode(),
+        "default": True,
+    }
+
+
+def test_staging_refuses_broken_certificates(ansible: Ansible, check_config_shim: Path) -> None:
+    """issue 13.1 (controller side): the staged set is judged by check-config --certificates;
+    an expired pair, a mismatched key or a key readable by others fail with the reason."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    now = datetime.datetime.now(datetime.UTC)
+    good, other = ca.issue_cert("192.0.2.10"), ca.issue_cert("192.0.2.11")
+    expired = ca.issue_cert(
+        "192.0.2.10",
+        not_before=now - datetime.timedelta(days=30),
+        not_after=now - datetime.timedelta(days=1),
+    )
+    run = _stage(ansible, check_config_shim, "good", [_cert_entry("main", good)])
+    assert run.returncode == 0, run.tail()
+    assert run.recap("localhost")["changed"] == 0
+
+    cases = [
+        ("expired", [_cert_entry("main", expired)], {}, "staged main.pem expired on"),
+        ("mismatch", [_cert_entry("main", good, other)], {}, "does not match certificate"),
+        (
+            "mode",
+            [_cert_entry("main", good)],
+            {"ftps_server_key_mode": "0644"},
+            "accessible by others",
+        ),
+    ]
+    for name, certificates, extra, reason in cases:
+        run = _stage(ansible, check_config_shim, name, certificates, **extra)
+        assert run.returncode != 0, f"{name}: {run.tail()}"
+        assert "nothing live was changed" in run.output, run.tail()
+        assert reason in run.output, f"{name}: {run.tail()}"
+        assert good.private_key_pem.bytes().decode().splitlines()[2] not in run.output
+    # The staging directory is gone after each run, failed or not.
+    assert not list(Path(tempfile.gettempdir()).glob("ftps-server-staging.*"))

@@ -67,7 +67,9 @@ VETH = f"ve-{NAME}"
 HOST_ADDR = "10.77.0.1"
 CT_ADDR = "10.77.0.2"
 EXTRA_ADDRS = ("10.77.0.3", "10.77.0.4")
-SUITE = "stable"
+# Debian release booted: "stable" (Debian 13, trixie, today) or e.g. "bookworm" (Debian 12);
+# scripts/test runs the package suite on both.
+SUITE = os.environ.get("FTPS_TEST_SUITE", "stable")
 MIRROR = os.environ.get("FTPS_TEST_MIRROR", "http://deb.debian.org/debian")
 
 #: Everything the package and the tests need inside; the container has no network.
@@ -89,6 +91,18 @@ ROOTFS_PACKAGES = (
     "curl",
     "ca-certificates",
     "man-db",  # systemd-analyze verify checks the units' Documentation=man: pages
+    # dpkg-buildpackage by the book, unit tests at build time (debian/control Build-Depends)
+    "build-essential",
+    "debhelper",
+    "dh-python",
+    "pybuild-plugin-pyproject",
+    "python3-all",
+    "python3-setuptools",
+    "python3-aiosmtpd",
+    "python3-jsonschema",
+    "python3-pytest",
+    "python3-pytest-timeout",
+    "python3-trustme",
 )
 # Bump when the hooks below change, so that the cached root file system is rebuilt.
 _ROOTFS_RECIPE = "4"

@@ -485,20 +485,78 @@ def test_certificate_without_key_fails_before_any_change(
     assert ct.systemctl_show("ftps-server", "MainPID") == pid
 
 
-def test_critical_check_fails_the_play_unless_switched_off(
-    deployment: Deployment, container: Container
-) -> None:
-    """An expired certificate: the play fails at the check with its summary line; with
-    ftps_server_check_fail_on_critical: false the same state passes (and shows the line)."""
-    dep = deployment
+def _journal_cursor(ct: Container) -> str:
+    out = ct.run(["journalctl", "--no-pager", "-n", "0", "--show-cursor"]).stdout
+    return out.strip().rsplit("-- cursor: ", 1)[-1]
+
+
+def _reloads_since(ct: Container, cursor: str) -> list[str]:
+    """systemd's "Reloading"/"Reloaded" lines for ftps-server.service after `cursor`."""
+    out = ct.run(
+        ["journalctl", "--no-pager", "-o", "cat", "-u", "ftps-server", f"--after-cursor={cursor}"],
+        check=False,
+    ).stdout
+    return [line for line in out.splitlines() if "Reload" in line]
+
+
+def test_broken_certificate_never_goes_live(deployment: Deployment, container: Container) -> None:
+    """issue 13.1: an expired pair, a mismatched key and a key with a wrong mode each fail the
+    play in staging, with the reason; the live files, the served certificate and the process
+    stay as they were, and no reload happens."""
+    dep, ct = deployment, container
+    ca = dep.work / "server-ca.pem"
+    served_b = _served_fingerprint(ADDR_B, 990, ca)
+    watched = (CONFIG, "/etc/ftps-server/tls/site-b.pem", "/etc/ftps-server/tls/site-b.key")
+    before = _ct_digest(ct, *watched)
+    pid = ct.systemctl_show("ftps-server", "MainPID")
+    key_file = Path(dep.cert("site-b")["key_src"])
+    saved_vars, saved_key = json.loads(json.dumps(dep.variables)), key_file.read_bytes()
     now = datetime.datetime.now(datetime.UTC)
     expired = dep.server_ca.issue_cert(
         ADDR_B,
         not_before=now - datetime.timedelta(days=30),
         not_after=now - datetime.timedelta(days=1),
     )
-    Path(dep.cert("site-b")["key_src"]).write_bytes(expired.private_key_pem.bytes())
-    dep.cert("site-b")["cert_content"] = _pem_chain(expired)
+    fresh, stranger = (dep.server_ca.issue_cert(ADDR_B) for _ in range(2))
+    cases: list[tuple[str, Any, Any, dict[str, Any], str]] = [
+        ("expired", expired, expired, {}, "staged site-b.pem expired on"),
+        ("mismatch", fresh, stranger, {}, "does not match certificate (key mismatch)"),
+        ("key-mode", fresh, fresh, {"ftps_server_key_mode": "0644"}, "accessible by others"),
+    ]
+    try:
+        for name, leaf, key, extra, reason in cases:
+            dep.variables = json.loads(json.dumps(saved_vars))
+            dep.variables.update(extra)
+            dep.cert("site-b")["cert_content"] = _pem_chain(leaf)
+            key_file.write_bytes(key.private_key_pem.bytes())
+            cursor = _journal_cursor(ct)
+            run = dep.play(f"broken-{name}")
+            assert run.returncode != 0, f"{name}: {run.tail()}"
+            assert "nothing live was changed" in run.output and reason in run.output, run.tail()
+            assert run.recap(HOST)["changed"] == 0, (name, run.changed_tasks())
+            assert "RUNNING HANDLER" not in run.output
+            _assert_no_secrets(dep, run)
+            assert _ct_digest(ct, *watched) == before, name
+            assert _served_fingerprint(ADDR_B, 990, ca) == served_b, name
+            assert _served_fingerprint(ADDR_B, 21, ca, starttls=True) == served_b, name
+            assert ct.systemctl_show("ftps-server", "MainPID") == pid
+            assert _reloads_since(ct, cursor) == [], name
+            assert not ct.run("ls -d /tmp/ftps-server-staging.* 2>/dev/null || true").stdout
+    finally:
+        dep.variables = saved_vars
+        key_file.write_bytes(saved_key)
+
+
+def test_critical_check_fails_the_play_unless_switched_off(
+    deployment: Deployment, container: Container
+) -> None:
+    """A valid certificate from a CA the check does not trust passes staging, goes live, and
+    the check (CRITICAL) fails the play with its summary line; with
+    ftps_server_check_fail_on_critical: false the same state passes (and shows the line)."""
+    dep = deployment
+    untrusted = trustme.CA().issue_cert(ADDR_B)
+    Path(dep.cert("site-b")["key_src"]).write_bytes(untrusted.private_key_pem.bytes())
+    dep.cert("site-b")["cert_content"] = _pem_chain(untrusted)
     run = dep.play("critical")
     assert run.returncode != 0
     assert "Reload ftps-server" in run.output  # the new state was applied, then judged
