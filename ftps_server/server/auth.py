@@ -27,6 +27,7 @@ from ..journal import message_ids
 from ..pki.certs import cert_info, fingerprint, utcnow
 from ..pki.passwords import DEFAULT_PARAMS, HashParams, PasswordError, parse_hash
 from ..pki.passwords import verify_password as _verify_password
+from . import metrics
 from .bans import BanPolicy, Clock, FailureTracker
 from .pending import PendingStore
 from .users import JailedFS, UserAuthorizer, ensure_homes
@@ -371,6 +372,7 @@ class Authenticator:
             handler.attempted_logins = 0
             handler.fs = handler.abstracted_fs(home, handler)
             handler.on_login(user.name)
+        metrics.login("ok", attempt.method)
         self._event(
             logging.INFO,
             message_ids.LOGIN_OK,
@@ -383,6 +385,7 @@ class Authenticator:
 
     def _fail(self, handler: LoginHandler, attempt: _Attempt, reason: str, reply: str) -> None:
         verdict = self.tracker.failure(handler.remote_ip)
+        metrics.login("failed", attempt.method)
         handler.login_pending = True
         handler.username = ""
         self._event(
@@ -397,6 +400,7 @@ class Authenticator:
             FAILURES=str(verdict.failures),
         )
         if verdict.banned:
+            metrics.ban()
             self._event(
                 logging.WARNING,
                 message_ids.ADDRESS_BANNED,

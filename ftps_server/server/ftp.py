@@ -17,7 +17,7 @@ from cryptography import x509
 from pyftpdlib.handlers import DTPHandler, FTPHandler
 
 from ..config.model import normalize_address
-from . import auth
+from . import auth, metrics
 from .checksum_commands import PROTO_CMDS as CHECKSUM_CMDS
 from .checksum_commands import ChecksumCommands
 from .state import AcceptingListener, ServerState
@@ -68,6 +68,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             )
 
     def tls_failed(self, reason: str) -> None:
+        metrics.handshake_failed(reason, "data")
         log.info(
             "TLS handshake on data connection from %s failed: %s",
             self.cmd_channel.remote_ip,
@@ -372,6 +373,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             FTPHandler.handle(self)  # the 220 banner, now inside TLS
 
     def tls_failed(self, reason: str) -> None:
+        metrics.handshake_failed(reason, "control")
         log.warning(
             "TLS handshake from %s on %s failed: %s",
             self.remote_ip,
@@ -498,6 +500,11 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
 
     def ftp_REIN(self, line: str) -> None:
         self.respond("502 REIN is not supported over TLS.")
+
+    def log_transfer(self, *args: Any, **kw: Any) -> None:
+        # pyftpdlib calls this once per file transfer, complete or not, by keyword
+        metrics.transferred(bool(kw.get("receive")), int(kw.get("bytes") or 0))
+        super().log_transfer(*args, **kw)
 
     def handle_timeout(self) -> None:
         if self.tls_state is TlsState.HANDSHAKE:
