@@ -44,11 +44,11 @@ class Site:
     metrics_url: str
     good: support.CertFiles
     expired: support.CertFiles
+    config: Path
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    base = tmp_path_factory.mktemp("metrics")
+def start_site(base: Path) -> Site:
+    """The real server on GOOD (valid certificate) and BAD (expired), metrics on GOOD."""
     for sub in ("state", "root/bob"):
         (base / sub).mkdir(parents=True)
     pki = support.Pki(base / "pki")
@@ -86,10 +86,17 @@ listen = {GOOD}:{metrics_port}
 """,
     )
     server = support.ServerProcess(config, base)
+    url = f"http://{GOOD}:{metrics_port}/metrics"
+    return Site(server, pki, ports, url, good, expired, config)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    started = start_site(tmp_path_factory.mktemp("metrics"))
     try:
-        yield Site(server, pki, ports, f"http://{GOOD}:{metrics_port}/metrics", good, expired)
+        yield started
     finally:
-        server.stop()
+        started.server.stop()
 
 
 def scrape(site: Site) -> Samples:
@@ -244,3 +251,52 @@ def test_failed_tls_handshakes_are_counted_by_reason(site: Site) -> None:
     with sock, pytest.raises(ssl.SSLCertVerificationError):
         ctx.wrap_socket(sock, server_hostname=GOOD)
     assert wait_count(site, "tlsv1 alert unknown ca", before + 1) == before + 1
+
+
+def test_reload_renews_certificate_figures_and_moves_the_endpoint(tmp_path: Path) -> None:
+    site = start_site(tmp_path)
+    try:
+        port = site.ports["implicit"]
+        bad = {"section": "expired", "listener": listener(BAD, port, "implicit")}
+        up = {"listener": listener(BAD, port, "implicit"), "kind": "implicit"}
+        before = scrape(site)
+        assert value(before, "ftps_server_certificate_served", **bad) == 0
+        assert value(before, "ftps_server_listener_up", **up) == 0
+        renewed = site.pki.server("expired", BAD, days=20)  # same paths, like a renewal
+        new_port = support.free_port(GOOD)
+        old_url = site.metrics_url
+        text = site.config.read_text().replace(old_url.split("/")[2], f"{GOOD}:{new_port}")
+        site.config.write_text(text)
+        site.server.reload()
+        site.metrics_url = f"http://{GOOD}:{new_port}/metrics"
+        after = scrape(site)
+        assert value(after, "ftps_server_certificate_served", **bad) == 1
+        assert value(after, "ftps_server_listener_up", **up) == 1
+        assert value(after, "ftps_server_certificate_not_after_seconds", **bad) == (
+            not_after(renewed)
+        )
+        with pytest.raises(OSError):  # the old address is closed
+            urllib.request.urlopen(old_url, timeout=5)
+    finally:
+        site.server.stop()
+
+
+def test_busy_metrics_port_leaves_the_ftps_service_up(tmp_path: Path) -> None:
+    busy = socket.socket()
+    busy.bind((GOOD, 0))
+    busy.listen()
+    with busy:
+        taken = busy.getsockname()[1]
+        site = start_site(tmp_path)  # with a free port, then the busy one by reload
+        try:
+            text = site.config.read_text().replace(
+                site.metrics_url.split("/")[2], f"{GOOD}:{taken}"
+            )
+            site.config.write_text(text)
+            site.server.reload()
+            assert site.server.wait_log(f"cannot serve metrics on {GOOD}:{taken}")
+            ftp = client(site)  # FTPS still answers
+            ftp.login("bob", RIGHT)
+            ftp.quit()
+        finally:
+            site.server.stop()

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import io
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -593,3 +594,24 @@ def test_remote_observation_is_not_compared_with_a_configuration() -> None:
     wrong = Target("other.example", "other.example", "implicit", 990, remote=True)
     obs = Observation(wrong, attempt(cert), Configured(None, compared=False), True)
     assert texts(judge(obs, NOW, 14, "/ca.pem")) == "certificate SANs name none of: other.example"
+
+
+def test_readme_monitoring_commands_parse_as_documented() -> None:
+    """The Nagios and Icinga 2 definitions in the README are what `check` accepts."""
+    from ftps_server import cli
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Monitoring") : readme.index("## Package, service")]
+    (line,) = [x for x in section.splitlines() if "command_line" in x]
+    macros = {"$HOSTADDRESS$": "192.0.2.10", "$ARG1$": "990", "$ARG2$": "implicit"}
+    macros |= {"$ARG3$": "14", "$ARG4$": "3"}
+    argv = [macros.get(w, w) for w in line.split()[2:]]  # after command_line and the program
+    args = cli.build_parser().parse_args(argv)
+    got = (args.host, args.port, args.kind, args.warn_days, args.crit_days)
+    assert got == ("192.0.2.10", 990, "implicit", 14, 3)
+    icinga = section[section.index('object CheckCommand "ftps"') :]
+    documented = set(re.findall(r'^\s+"(-[-\w]+)" = ', icinga, re.M))
+    subparsers = argparse.ArgumentParser().add_subparsers()
+    check.register(subparsers)
+    known = {o for a in subparsers.choices["check"]._actions for o in a.option_strings}
+    assert len(documented) == 9 and documented <= known, documented - known
