@@ -206,13 +206,18 @@ def _block(r: ListenerReport) -> list[str]:
 
 
 def render_text(report: RunReport) -> str:
-    """The whole readable report: plugin line, table, one block per listener."""
-    lines = [summary_line(report)]
+    """The whole readable report: plugin line, table, one block per listener.
+
+    Nagios and Icinga read the lines after the first as "long output", and text after a `|` on
+    any of them as more perfdata: a `|` in a reply or a certificate name the listener chose
+    would inject figures, so past the plugin line every `|` becomes `/` as well.
+    """
+    lines: list[str] = []
     if report.listeners:
         lines += ["", *_table(report.listeners)]
         for r in report.listeners:
             lines += ["", *_block(r)]
-    return "\n".join(lines) + "\n"
+    return "\n".join([summary_line(report), *(x.replace("|", "/") for x in lines)]) + "\n"
 
 
 # --- JSON -----------------------------------------------------------------------------------

@@ -662,3 +662,118 @@ def test_down_listener_in_host_mode_is_critical_with_time(tmp_path: Path) -> Non
     assert result.status == 2
     text, perf = plugin_result(result)
     assert text.endswith("cannot connect: Connection refused") and set(perf) == {"time"}
+
+
+# --- in a real Icinga 2 (issue 14.5) --------------------------------------------------------
+
+
+def icinga_results(state_file: Path) -> dict[str, dict[str, Any]]:
+    """Last check result per service from Icinga's retention file (netstrings of JSON)."""
+    data, pos, out = state_file.read_text(), 0, {}
+    while pos < len(data):
+        size, _, rest = data[pos:].partition(":")
+        obj = json.loads(rest[: int(size)])
+        pos += len(size) + 1 + int(size) + 1
+        if obj["type"] == "Service":
+            out[obj["name"].split("!")[-1]] = obj["update"]["last_check_result"]
+    return out
+
+
+@pytest.mark.skipif(shutil.which("icinga2") is None, reason="needs icinga2 (Debian icinga2-bin)")
+def test_readme_icinga_command_runs_in_icinga(good_site: Site, tmp_path: Path) -> None:
+    """The README's CheckCommand and apply rule, run by a real Icinga 2 daemon against the
+    real server: Icinga's own state and perfdata parsing of the plugin's output."""
+    readme = (support.ROOT / "README.md").read_text()
+    section = readme[readme.index("## Monitoring") : readme.index("## Package, service")]
+    documented = re.search(r"Icinga 2:\n\n```\n(.*?)```", section, re.S)
+    assert documented
+    python = f'[ "{sys.executable}", "-m", "ftps_server", "check" ]'
+    env = f'env = {{ PYTHONPATH = "{support.ROOT}" }}\n  command = '
+    commands = documented[1].replace('command = [ "/usr/bin/ftps-server", "check" ]', env + python)
+    commands = commands.replace(
+        "vars.ftps_port = 990", f"vars.ftps_port = {good_site.ports['implicit']}"
+    )
+    # checked at once rather than somewhere in the first 5 minutes
+    commands = commands.replace(
+        'check_command = "ftps"\n', 'check_command = "ftps"\n  check_interval = 1s\n'
+    )
+    assert commands.count(str(support.ROOT)) == 1 and str(sys.executable) in commands
+    run = tmp_path / "icinga"
+    for sub in ("data", "log", "cache", "spool", "run"):
+        (run / sub).mkdir(parents=True)
+    expiring = good_site.ports["explicit"]
+    config = run / "icinga2.conf"
+    config.write_text(
+        f"""
+include <itl>
+object CheckerComponent "checker" {{ }}
+object FileLogger "debug" {{ path = "{run}/log/debug.log"; severity = "notice" }}
+object Host "ftp1" {{
+  address = "127.0.0.2"
+  check_command = "dummy"
+  vars.ftps = true
+  vars.ftps_ca_file = "{good_site.pki.ca_file}"
+}}
+{commands}
+apply Service "ftps-explicit-critical-at-60" {{
+  check_command = "ftps"
+  check_interval = 1s
+  vars.ftps_port = {expiring}
+  vars.ftps_warning = 90
+  vars.ftps_critical = 60
+  assign where host.vars.ftps
+}}
+"""
+    )
+    dirs = [
+        f"-D{name}={run}/{sub}"
+        for name, sub in (
+            ("DataDir", "data"),
+            ("StateDir", "data"),
+            ("LogDir", "log"),
+            ("CacheDir", "cache"),
+            ("SpoolDir", "spool"),
+            ("InitRunDir", "run"),
+        )
+    ]
+    cmd = ["icinga2", "daemon", "-c", str(config), "-DRunAsUser=root", "-DRunAsGroup=root", *dirs]
+    daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run / "log" / "debug.log"
+    try:
+        deadline = time.monotonic() + 60
+        ports = {good_site.ports["implicit"], expiring}
+        while time.monotonic() < deadline:  # each service's check has run to its end once
+            text = log.read_text() if log.exists() else ""
+            done = [x for x in text.splitlines() if "terminated with exit code" in x]
+            if all(any(f"'-p' '{port}'" in x for x in done) for port in ports):
+                break
+            assert daemon.poll() is None, text[-3000:]
+            time.sleep(0.1)
+    finally:
+        pid = int((run / "run" / "icinga2.pid").read_text())  # the daemon proper
+        os.kill(pid, 15)
+        daemon.wait(timeout=30)
+    results = icinga_results(run / "data" / "icinga2.state")
+    ok, crit = results["ftps-implicit"], results["ftps-explicit-critical-at-60"]
+    assert (ok["exit_status"], ok["state"]) == (0, 0), ok
+    first, _, long_output = ok["output"].partition("\n")  # the table and block: long output
+    assert re.fullmatch(r"FTPS OK - 1 listener, nearest expiry (40|41) days ?", first), first
+    assert f"127.0.0.2:{good_site.ports['implicit']} implicit (bind 127.0.0.2): OK" in long_output
+    assert re.fullmatch(r"days_left=(40|41);14;3", ok["performance_data"][0])
+    assert re.fullmatch(r"time=\d+\.\d+s", ok["performance_data"][1])
+    assert len(ok["performance_data"]) == 2
+    assert (crit["exit_status"], crit["state"]) == (2, 2), crit
+    assert "certificate expires in" in crit["output"] and "critical at 60" in crit["output"]
+    assert re.fullmatch(r"days_left=(40|41);90;60", crit["performance_data"][0])
+
+
+def test_listener_text_cannot_inject_perfdata() -> None:
+    """Nagios/Icinga read `| ...` on any output line as perfdata (Nagios 3 long output)."""
+    evil = b"534 no | days_left=9999;1;1 injected=1\r\n"
+    with scripted_listener("127.0.0.3", b"220 hi | injected=2\r\n", auth_reply=evil) as port:
+        result = run_host("-H", "127.0.0.3", "-p", str(port), "--kind", "explicit", timeout=5)
+    assert result.status == 2, result.out
+    assert result.out.count("|") == 1, result.out  # the plugin line's own separator only
+    _, perf = plugin_result(result)
+    assert set(perf) == {"time"}
+    assert "AUTH TLS refused: 534 no / days_left=9999;1;1 injected=1" in result.out

@@ -615,3 +615,11 @@ def test_readme_monitoring_commands_parse_as_documented() -> None:
     check.register(subparsers)
     known = {o for a in subparsers.choices["check"]._actions for o in a.option_strings}
     assert len(documented) == 9 and documented <= known, documented - known
+
+
+def test_text_output_has_one_perfdata_separator_whatever_the_listener_said() -> None:
+    down = verdict(observe(None, main=attempt(None, stage="auth", error="534 a | b=1")))
+    named = dataclasses.replace(verdict(observe(make_cert())), chain_subjects=("CN=x | evil=2",))
+    text = check_report.render_text(dataclasses.replace(run_report([down, named]), elapsed=0.5))
+    assert text.count("|") == 1 and " | days_left=41;14;0 time=0.500s\n" in text
+    assert "534 a / b=1" in text and "CN=x / evil=2" in text
