@@ -67,3 +67,27 @@ def test_handshake_reasons_are_bounded_labels() -> None:
     # a flood of distinct reasons cannot grow the label set without bound
     seen = {label(f"reason {'x' * n}: detail") for n in range(200)}
     assert "other" in seen and len(seen) <= 33
+
+
+def test_without_prometheus_client_hooks_do_nothing_and_listen_is_reported() -> None:
+    """The extra is optional: the server must run without it and say why nothing is served."""
+    import subprocess
+    import sys
+
+    code = """
+import logging, sys, types
+sys.modules["prometheus_client"] = None  # as if not installed
+logging.basicConfig(stream=sys.stdout, format="%(levelname)s %(message)s")
+from ftps_server.server import metrics
+assert not metrics.available()
+metrics.login("ok", "password"); metrics.ban(); metrics.transferred(True, 5)
+metrics.handshake_failed("http request", "control")
+config = types.SimpleNamespace(metrics=types.SimpleNamespace(listen=("127.0.0.1", 9101)))
+metrics.listeners_applied(None, types.SimpleNamespace(config=config))
+"""
+    root = str(Path(__file__).parents[2])
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("CRITICAL [metrics] listen is set but prometheus_client is not")
