@@ -1,6 +1,6 @@
 """`[metrics] listen` parsing and the bounded labels of ftps_server.server.metrics (issue 14.3).
 
-The figures themselves are scraped from the real server in tests/integration/test_metrics.py.
+The figures themselves are scraped from the real server in tests/integration/test_metrics_serve.py.
 """
 
 from __future__ import annotations
