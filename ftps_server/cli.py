@@ -43,10 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose usage errors must not exit with argparse's 2: monitoring reads 2 as CRITICAL.
+_USAGE_ERRORS: dict[str, Callable[[], int]] = {"check": check.usage_error}
+
+
+def _command(argv: Sequence[str] | None) -> str | None:
+    # the top-level options take no values, so the first other word is the command
+    words = sys.argv[1:] if argv is None else argv
+    return next((w for w in words if not w.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ftps-server` command."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        usage_error = _USAGE_ERRORS.get(_command(argv) or "")
+        if exc.code == 2 and usage_error is not None:
+            return usage_error()
+        raise
     setup_logging(args.debug)
     try:
         return int(args.func(args))

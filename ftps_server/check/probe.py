@@ -14,6 +14,7 @@ and never says a word costs at most that. Nothing here judges what it saw; `verd
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import re
 import socket
 import ssl
@@ -53,6 +54,18 @@ class Target:
     kind: str
     port: int
     server_name: str | None = None
+    remote: bool = False  # `check -H`: a host name is sent as SNI, as FTPS clients do
+
+    @property
+    def sni(self) -> str | None:
+        """The name sent in the handshake: the SNI probe's, or with -H the host name given."""
+        if self.server_name or not self.remote:
+            return self.server_name
+        try:
+            ipaddress.ip_address(self.address)
+        except ValueError:
+            return self.address
+        return None  # an address is never sent as SNI (RFC 6066)
 
     @property
     def implicit(self) -> bool:
@@ -179,8 +192,7 @@ class _Replies:
 def _context_sock(ctx: ssl.SSLContext, sock: socket.socket, target: Target) -> ssl.SSLSocket:
     # SNI only when a name is being checked: without it the server picks the certificate by the
     # local address, which is what the plain probes judge
-    name = target.server_name
-    return ctx.wrap_socket(sock, server_hostname=name, do_handshake_on_connect=False)
+    return ctx.wrap_socket(sock, server_hostname=target.sni, do_handshake_on_connect=False)
 
 
 def served_chain(tls: ssl.SSLSocket) -> tuple[bytes, ...]:

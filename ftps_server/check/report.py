@@ -2,16 +2,20 @@
 
 Text output: the first line is in monitoring-plugin form, e.g.
 
-    FTPS OK - 4 listeners, nearest expiry 41 days | days_left=41;14;0
+    FTPS OK - 4 listeners, nearest expiry 41 days | days_left=41;14;0 time=0.031s
+    FTPS CRITICAL - 2 listeners (1 critical), 2 SNI probes (2 critical), nearest expiry ...:
+        LISTENER: its most severe finding | days_left=...  (one line in reality)
 
-(perfdata `days_left=VALUE;WARN;CRIT`, present whenever a certificate was seen), then a table with
-one row per listener, then one block per listener with every fact and every finding.
+(perfdata `days_left=VALUE;WARN;CRIT`, present whenever a certificate was seen, and `time=`, the
+seconds the probes took), then a table with one row per listener, then one block per listener
+with every fact and every finding.
 
 JSON output (`--json`) is one object, schema in docs/check.schema.json (`format_version` 1):
 
     status            "OK" | "WARNING" | "CRITICAL" | "UNKNOWN" (exit_status 0 | 1 | 2 | 3)
     summary           the monitoring-plugin line
-    config, checked_at (ISO 8601 UTC), warn_days, timeout, ca_source
+    config (null with -H), mode ("config" | "host"), checked_at (ISO 8601 UTC),
+    warn_days, crit_days (null: CRITICAL only once expired), timeout, elapsed_seconds, ca_source
     nearest_expiry_days   int or null
     error             why the run is UNKNOWN before probing (null otherwise)
     listeners[]       address, bind (the configured address, maybe "*"), kind, port,
@@ -54,30 +58,53 @@ def _expiry(days: int) -> str:
     return f"nearest expiry {_plural(days, 'day')}"
 
 
+def _counts(reports: list[ListenerReport], what: str, count: int) -> str:
+    bad = [
+        f"{n} {status.lower()}"
+        for status in ("CRITICAL", "WARNING", "UNKNOWN")
+        if (n := sum(1 for r in reports if r.status.name == status))
+    ]
+    return _plural(count, what) + (f" ({', '.join(bad)})" if bad else "")
+
+
+def _perfdata(report: RunReport) -> str:
+    """`days_left=D;WARN;CRIT time=0.031s` (days_left only when a certificate was seen)."""
+    out = []
+    nearest = report.nearest_expiry
+    if nearest is not None:
+        crit = report.crit_days if report.crit_days is not None else 0
+        out.append(f"days_left={nearest};{report.warn_days};{crit}")
+    if report.elapsed is not None:
+        out.append(f"time={report.elapsed:.3f}s")
+    return " ".join(out)
+
+
 def summary_line(report: RunReport) -> str:
-    """The monitoring-plugin first line: `FTPS STATUS - text | perfdata`."""
+    """The monitoring-plugin first line: `FTPS STATUS - text | perfdata`.
+
+    Listeners and SNI probes are counted apart, each with its own non-OK counts; the text
+    ends with the worst row's label and its own most severe finding.
+    """
     head = f"FTPS {report.status.name} - "
     if report.error:
         return head + report.error.replace("|", "/")
+    plain = [r for r in report.listeners if not r.target.server_name]
+    named = [r for r in report.listeners if r.target.server_name]
     listeners = {(r.target.address, r.target.kind, r.target.port) for r in report.listeners}
-    parts = [_plural(len(listeners), "listener")]
-    sni = sum(1 for r in report.listeners if r.target.server_name)
-    if sni:
-        parts[0] += f" ({_plural(sni, 'SNI probe')})"
-    for status in ("CRITICAL", "WARNING", "UNKNOWN"):
-        count = sum(1 for r in report.listeners if r.status.name == status)
-        if count:
-            parts.append(f"{count} {status.lower()}")
+    parts = [_counts(plain, "listener", len(listeners))]
+    if named:
+        parts.append(_counts(named, "SNI probe", len(named)))
     nearest = report.nearest_expiry
     parts.append(_expiry(nearest) if nearest is not None else "no certificate seen")
     text = ", ".join(parts)
-    worst = next((r for r in report.listeners if r.status == report.status and r.findings), None)
-    if worst is not None and report.status.name != "OK":
+    flagged = [r for r in report.listeners if r.findings and r.status.name != "OK"]
+    if flagged:
+        # max() keeps the first of equals (config order); a listener before an SNI probe
+        worst = max(flagged, key=lambda r: (r.status.rank, not r.target.server_name))
         text += f": {worst.target.label}: {worst.findings[0].text}"
     text = text.replace("|", "/")  # `|` starts the perfdata
-    if nearest is not None:
-        text += f" | days_left={nearest};{report.warn_days};0"
-    return head + text
+    perfdata = _perfdata(report)
+    return head + text + (f" | {perfdata}" if perfdata else "")
 
 
 # --- text -----------------------------------------------------------------------------------
@@ -151,6 +178,8 @@ def _cert_lines(r: ListenerReport) -> list[tuple[str, str]]:
 
 def _configured_text(r: ListenerReport) -> str:
     conf = r.observation.configured
+    if not conf.compared:
+        return "not compared (check -H: no configuration read)"
     if conf.entry is None:
         return "none for this address"
     where = f"[certificate:{conf.entry.name}] {conf.entry.cert}"
@@ -177,13 +206,18 @@ def _block(r: ListenerReport) -> list[str]:
 
 
 def render_text(report: RunReport) -> str:
-    """The whole readable report: plugin line, table, one block per listener."""
-    lines = [summary_line(report)]
+    """The whole readable report: plugin line, table, one block per listener.
+
+    Nagios and Icinga read the lines after the first as "long output", and text after a `|` on
+    any of them as more perfdata: a `|` in a reply or a certificate name the listener chose
+    would inject figures, so past the plugin line every `|` becomes `/` as well.
+    """
+    lines: list[str] = []
     if report.listeners:
         lines += ["", *_table(report.listeners)]
         for r in report.listeners:
             lines += ["", *_block(r)]
-    return "\n".join(lines) + "\n"
+    return "\n".join([summary_line(report), *(x.replace("|", "/") for x in lines)]) + "\n"
 
 
 # --- JSON -----------------------------------------------------------------------------------
@@ -248,7 +282,7 @@ def _listener_json(r: ListenerReport, ca_source: str) -> dict[str, Any]:
         else None,
         "certificate": _certificate_json(r),
         "configured": None
-        if conf.entry is None
+        if conf.entry is None or not conf.compared
         else {
             "section": conf.entry.name,
             "path": str(conf.entry.cert),
@@ -278,9 +312,12 @@ def to_json(report: RunReport) -> dict[str, Any]:
         "exit_status": int(report.status),
         "summary": summary_line(report),
         "config": report.config_path,
+        "mode": "config" if report.config_path is not None else "host",
         "checked_at": report.checked_at.isoformat(),
         "warn_days": report.warn_days,
+        "crit_days": report.crit_days,
         "timeout": report.timeout,
+        "elapsed_seconds": None if report.elapsed is None else round(report.elapsed, 3),
         "ca_source": report.ca_source,
         "nearest_expiry_days": report.nearest_expiry,
         "error": report.error,

@@ -28,6 +28,7 @@ from .probe import Attempt, Target
 __all__ = [
     "Configured",
     "Finding",
+    "Limits",
     "ListenerReport",
     "Observation",
     "RunReport",
@@ -77,6 +78,7 @@ class Configured:
     fingerprint: str | None = None
     error: str | None = None
     info: CertInfo | None = None
+    compared: bool = True  # False with `check -H`: no config, nothing to compare with
 
 
 @dataclass(frozen=True)
@@ -135,13 +137,15 @@ class RunReport:
     """The whole run: overall status, settings and one report per listener."""
 
     status: Status
-    config_path: str
+    config_path: str | None  # None with `check -H` (no configuration read)
     checked_at: dt.datetime
     warn_days: int
     timeout: float
     ca_source: str
     listeners: tuple[ListenerReport, ...] = ()
     error: str | None = None  # why the run is UNKNOWN before any listener was probed
+    crit_days: int | None = None  # CRITICAL from this many days left on (None: once expired)
+    elapsed: float | None = None  # seconds the probes took (the `time=` perfdata)
 
     @property
     def nearest_expiry(self) -> int | None:
@@ -225,6 +229,8 @@ def _session_findings(obs: Observation) -> list[Finding]:
 
 def _configured_findings(obs: Observation, info: CertInfo | None) -> list[Finding]:
     conf, crit = obs.configured, Status.CRITICAL
+    if not conf.compared:
+        return []
     if conf.entry is None:
         what = obs.target.server_name or obs.target.address
         return [Finding(crit, f"no certificate is configured for {what}")]
@@ -242,12 +248,12 @@ def _configured_findings(obs: Observation, info: CertInfo | None) -> list[Findin
     return []
 
 
-def _unserved_findings(conf: Configured, now: dt.datetime, warn_days: int) -> list[Finding]:
+def _unserved_findings(conf: Configured, now: dt.datetime, limits: Limits) -> list[Finding]:
     """Why the configured certificate may not be served: its dates, judged like a served one."""
     if conf.entry is None or conf.info is None:
         return []
     where = f"configured certificate [certificate:{conf.entry.name}] (not served): "
-    return [Finding(f.status, where + f.text) for f in _date_findings(conf.info, now, warn_days)]
+    return [Finding(f.status, where + f.text) for f in _date_findings(conf.info, now, limits)]
 
 
 def days_left(info: CertInfo, now: dt.datetime) -> int:
@@ -255,15 +261,27 @@ def days_left(info: CertInfo, now: dt.datetime) -> int:
     return info.days_left(now)
 
 
-def _date_findings(info: CertInfo, now: dt.datetime, warn_days: int) -> list[Finding]:
+@dataclass(frozen=True)
+class Limits:
+    """Days-left thresholds: WARNING at `days_left <= warn`, CRITICAL at `<= crit` (when set)
+    and always once expired."""
+
+    warn: int
+    crit: int | None = None
+
+
+def _date_findings(info: CertInfo, now: dt.datetime, limits: Limits) -> list[Finding]:
     days = days_left(info, now)
     if now < info.not_before:
         return [Finding(Status.CRITICAL, f"certificate not valid before {_day(info.not_before)}")]
     phrase = expiry_phrase(info.not_after, now)
     if now >= info.not_after:
         return [Finding(Status.CRITICAL, f"certificate {phrase} ({_day(info.not_after)})")]
-    if days <= warn_days:
-        text = f"certificate {phrase} ({_day(info.not_after)}; warning at {warn_days})"
+    if limits.crit is not None and days <= limits.crit:
+        text = f"certificate {phrase} ({_day(info.not_after)}; critical at {limits.crit})"
+        return [Finding(Status.CRITICAL, text)]
+    if days <= limits.warn:
+        text = f"certificate {phrase} ({_day(info.not_after)}; warning at {limits.warn})"
         return [Finding(Status.WARNING, text)]
     return []
 
@@ -284,17 +302,24 @@ def _shown(info: CertInfo) -> CertInfo:
     )
 
 
-def judge(obs: Observation, now: dt.datetime, warn_days: int, ca_source: str) -> ListenerReport:
+def judge(
+    obs: Observation,
+    now: dt.datetime,
+    warn_days: int,
+    ca_source: str,
+    crit_days: int | None = None,
+) -> ListenerReport:
     """The verdict on one listener from what its probes saw (pure: no I/O)."""
+    limits = Limits(warn_days, crit_days)
     leaf = _parse_der(obs.seen.leaf_der)
     info = _shown(cert_info(leaf)) if leaf is not None else None
     findings = _session_findings(obs) + _configured_findings(obs, info)
     checked: tuple[str, ...] = ()
     matched: tuple[str, ...] = ()
     if info is None or info.fingerprint != obs.configured.fingerprint:
-        findings += _unserved_findings(obs.configured, now, warn_days)
+        findings += _unserved_findings(obs.configured, now, limits)
     if info is not None:
-        findings += _date_findings(info, now, warn_days)
+        findings += _date_findings(info, now, limits)
         if obs.chain_error:
             text = f"chain does not verify against {ca_source}: {obs.chain_error}"
             findings.append(Finding(Status.CRITICAL, text))

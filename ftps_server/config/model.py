@@ -29,6 +29,7 @@ __all__ = [
     "CertificateEntry",
     "CheckConfig",
     "Config",
+    "MetricsConfig",
     "NatRule",
     "PortsConfig",
     "ServerConfig",
@@ -154,6 +155,11 @@ class CheckConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    listen: tuple[str, int] | None = None  # (address, port) of the Prometheus endpoint; None = off
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -163,6 +169,7 @@ class Config:
     users: tuple[UserConfig, ...] = ()
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def listeners(self) -> list[tuple[str, str, int]]:
         """Every (address, kind, port) the server binds."""
@@ -376,7 +383,24 @@ def _check(s: ini.Section) -> CheckConfig:
     return check
 
 
-_SINGLE = {"server", "ports", "tls", "alerts", "check"}
+def _listen(text: str) -> tuple[str, int] | None:
+    if not text.strip():
+        return None
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} must be ADDRESS:PORT, e.g. 127.0.0.1:9101 or [::1]:9101")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:9101")
+    return normalize_address(host), int(port)
+
+
+def _metrics(s: ini.Section) -> MetricsConfig:
+    return MetricsConfig(listen=s.get("listen", _listen, None))
+
+
+_SINGLE = {"server", "ports", "tls", "alerts", "check", "metrics"}
 
 
 def load(path: str | Path) -> Config:
@@ -390,7 +414,7 @@ def load(path: str | Path) -> Config:
             raise s.error(
                 None,
                 "unknown section (allowed: server, ports, tls, certificate:NAME, user:NAME, "
-                "alerts, check)",
+                "alerts, check, metrics)",
             )
         if kind in ("certificate", "user") and not s.name.partition(":")[2].strip():
             raise s.error(None, f"needs a name, e.g. [{kind}:main]")
@@ -422,6 +446,7 @@ def load(path: str | Path) -> Config:
         users=tuple(users),
         alerts=single("alerts", _alerts),
         check=single("check", _check),
+        metrics=single("metrics", _metrics),
     )
     _cross_checks(config, {s.name: s for s in sections})
     _nested_homes(config, {s.name: s for s in sections})

@@ -30,6 +30,7 @@ from ..journal import message_ids
 from ..pki.certs import cert_info, fingerprint, utcnow
 from ..pki.passwords import DEFAULT_PARAMS, HashParams, PasswordError, VerifierCache, parse_hash
 from ..pki.passwords import verify_password as _verify_password
+from . import metrics
 from .bans import BanPolicy, Clock, FailureTracker
 from .password_queue import Job, PasswordQueue, default_workers
 from .pending import PendingStore
@@ -518,6 +519,7 @@ class Authenticator:
             handler.attempted_logins = 0
             handler.fs = handler.abstracted_fs(home, handler)
             handler.on_login(user.name)
+        metrics.login("ok", attempt.method)
         self._event(
             logging.INFO,
             message_ids.LOGIN_OK,
@@ -539,6 +541,7 @@ class Authenticator:
         **extra: str,
     ) -> None:
         verdict = self.tracker.failure(handler.remote_ip, reserved=reserved)
+        metrics.login("failed", attempt.method)
         handler.login_pending = True
         handler.username = ""
         self._event(
@@ -554,6 +557,7 @@ class Authenticator:
             **extra,
         )
         if verdict.banned:
+            metrics.ban()
             key = self.tracker.key(handler.remote_ip)
             self._event(
                 logging.WARNING,

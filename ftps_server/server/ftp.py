@@ -32,7 +32,7 @@ except ImportError:  # pyftpdlib 2.0 (Debian 13)
     from pyftpdlib.ioloop import RetryError as _RetryError
 
 from ..config.model import normalize_address
-from . import auth
+from . import auth, metrics
 from .checksum_commands import PROTO_CMDS as CHECKSUM_CMDS
 from .checksum_commands import ChecksumCommands
 from .listing import DirectoryReader
@@ -184,6 +184,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             self.ioloop.call_later(0, self.tls_failed, reason, _errback=self.handle_error)
             self._constructing = False
             return
+        metrics.handshake_failed(reason, "data")
         log.info(
             "TLS handshake on data connection from %s failed: %s",
             self.cmd_channel.remote_ip,
@@ -631,6 +632,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             FTPHandler.handle(self)  # the 220 banner, now inside TLS
 
     def tls_failed(self, reason: str) -> None:
+        metrics.handshake_failed(reason, "control")
         log.warning(
             "TLS handshake from %s on %s failed: %s",
             self.remote_ip,
@@ -748,6 +750,8 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
     def log_transfer(
         self, cmd: str, filename: str, receive: bool, completed: bool, elapsed: float, bytes: int
     ) -> None:
+        # pyftpdlib calls this once per file transfer, complete or not
+        metrics.transferred(receive, bytes)
         result = "completed" if completed else "aborted"
         version, cipher = getattr(self.data_channel, "tls_summary", ("none", "none"))
         log.log(

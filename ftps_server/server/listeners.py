@@ -15,7 +15,7 @@ from typing import Any
 from pyftpdlib.servers import FTPServer
 
 from ..config.model import Config, listener_name
-from . import auth
+from . import auth, metrics
 from .ftp import FtpsHandler
 from .state import ServerState
 from .tls import build_contexts
@@ -122,6 +122,7 @@ class Listeners:
             self.servers[key] = ListenerServer(sock, kind, name, state, self.ioloop, self._ip_map)
             log.info("listening on %s", name)
         self._report_certificates(state)
+        metrics.listeners_applied(self, state)
 
     def _report_certificates(self, state: ServerState) -> None:
         if not state.config.certificates:

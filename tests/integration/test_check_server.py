@@ -39,7 +39,8 @@ from check_fakes import (
 SCHEMA = json.loads((support.ROOT / "docs" / "check.schema.json").read_text())
 KINDS = ("explicit", "implicit", "client_cert_explicit", "client_cert_implicit")
 PLUGIN_LINE = re.compile(
-    r"^FTPS (OK|WARNING|CRITICAL|UNKNOWN) - [^|]*( \| days_left=-?\d+;\d+;0)?$"
+    r"^FTPS (OK|WARNING|CRITICAL|UNKNOWN) - [^|]*"
+    r"( \| (days_left=-?\d+;\d+;\d+ )?time=\d+\.\d{3}s)?$"
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -166,7 +167,8 @@ def test_all_listeners_good_exit_0_and_every_listener_listed(good_site: Site) ->
     result = run_check(good_site.config)
     assert result.status == 0, result.out + result.err
     assert re.fullmatch(
-        r"FTPS OK - 4 listeners, nearest expiry (40|41) days \| days_left=(40|41);14;0",
+        r"FTPS OK - 4 listeners, nearest expiry (40|41) days \| days_left=(40|41);14;0 "
+        r"time=\d\.\d{3}s",
         result.first_line,
     )
     for kind, port in good_site.ports.items():
@@ -264,7 +266,7 @@ def test_sni_sections_are_probed_by_name(tmp_path: Path, serve: Any) -> None:
     serve(site)
     result = run_check(site.config)
     assert result.status == 0, result.out
-    assert result.first_line.startswith("FTPS OK - 2 listeners (2 SNI probes), nearest expiry")
+    assert result.first_line.startswith("FTPS OK - 2 listeners, 2 SNI probes, nearest expiry")
     doc = run_check(site.config, "--json").json()
     by_name = {(x["kind"], x["server_name"]): x for x in doc["listeners"]}
     for kind in ("explicit", "implicit"):
@@ -298,8 +300,8 @@ def test_expiring_in_10_days_is_warning(tmp_path: Path, serve: Any) -> None:
     result = run_check(site.config)
     assert result.status == 1, result.out
     assert re.fullmatch(
-        r"FTPS WARNING - 2 listeners, 2 warning, nearest expiry (9|10) days: .*"
-        r"certificate expires in (9|10) days .* \| days_left=(9|10);14;0",
+        r"FTPS WARNING - 2 listeners \(2 warning\), nearest expiry (9|10) days: .*"
+        r"certificate expires in (9|10) days .* \| days_left=(9|10);14;0 time=\S+",
         result.first_line,
     )
     assert run_check(site.config, "--warn-days", "7").status == 0
@@ -309,7 +311,7 @@ def test_expired_certificate_is_critical(tmp_path: Path, serve: Any) -> None:
     site = serve(make_site(tmp_path, "127.0.0.2", ("explicit", "implicit"), days=-2))
     result = run_check(site.config)
     assert result.status == 2, result.out
-    assert result.first_line.startswith("FTPS CRITICAL - 2 listeners, 2 critical")
+    assert result.first_line.startswith("FTPS CRITICAL - 2 listeners (2 critical)")
     # the server refuses to serve an expired certificate; the check says so and why
     assert "certificate expired 2 days ago" in result.out
     doc = run_check(site.config, "--json").json()
@@ -355,7 +357,7 @@ def test_closed_silent_and_dripping_ports_are_critical_within_timeout(tmp_path: 
         result = run_check(config, timeout=2)
     assert result.status == 2, result.out
     assert result.elapsed < 2 + 3, result.elapsed  # + interpreter start-up
-    assert "4 listeners, 4 critical" in result.first_line
+    assert "4 listeners (4 critical)" in result.first_line
     expected = {
         f"{drip} explicit": "CRITICAL: timed out waiting for the 220 banner",
         f"{silent} implicit": "CRITICAL: timed out waiting for the TLS handshake",
@@ -529,3 +531,249 @@ def test_needs_no_private_key_and_no_privileges(good_site: Site) -> None:
         assert proc.stdout.startswith("FTPS OK - 4 listeners")
     finally:
         shutil.rmtree(public)
+
+
+# --- as a monitoring plugin (issue 14.5) ----------------------------------------------------
+
+# Nagios plugin guidelines: `TEXT | 'label'=value[UOM];[warn];[crit];[min];[max] ...`, UOM one
+# of s ms us % B KB MB TB c (or none); Icinga 2 parses the same form
+_PERF_ITEM = re.compile(
+    r"^(?P<label>'[^'=]+'|[^'= ]+)=(?P<value>-?\d+(\.\d+)?)(?P<uom>s|ms|us|%|B|KB|MB|TB|c)?"
+    r"(;(?P<warn>[-@~:\d.]*))?(;(?P<crit>[-@~:\d.]*))?(;[-\d.]*)?(;[-\d.]*)?$"
+)
+_STATES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
+
+
+def plugin_result(result: Result) -> tuple[str, dict[str, re.Match[str]]]:
+    """What a Nagios/Icinga core takes from a plugin run: the state from the exit status (it
+    must agree with the text), the first line's text and its perfdata, item by item."""
+    assert result.status in _STATES, result.status
+    text, bar, perf = result.first_line.partition(" | ")
+    assert text.startswith(f"FTPS {_STATES[result.status]} - "), (result.status, text)
+    assert "|" not in text and "|" not in perf
+    items = {}
+    for item in perf.split() if bar else []:
+        match = _PERF_ITEM.match(item)
+        assert match, f"perfdata item {item!r} is not in plugin form"
+        items[match["label"]] = match
+    return text, items
+
+
+def run_host(*args: str, timeout: float = 10, wrap: list[str] | None = None) -> Result:
+    """`ftps-server check -H ...`: no configuration at all, as from a monitoring host."""
+    env = dict(os.environ, PYTHONPATH=str(support.ROOT))
+    cmd = [*(wrap or []), sys.executable, "-m", "ftps_server", "check", "-t", str(timeout), *args]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout + 30)
+    return Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+
+def test_host_mode_checks_every_kind_of_listener_without_a_config(good_site: Site) -> None:
+    for kind, port in good_site.ports.items():
+        args = ["-H", "127.0.0.2", "-p", str(port), "--kind", kind]
+        args += ["--ca-file", str(good_site.pki.ca_file), "-w", "30", "-c", "7"]
+        if kind.startswith("client_cert"):
+            assert good_site.probe is not None
+            args += ["--client-cert", str(good_site.probe.cert)]
+            args += ["--client-key", str(good_site.probe.key)]
+        result = run_host(*args)
+        assert result.status == 0, result.out + result.err
+        text, perf = plugin_result(result)
+        assert re.fullmatch(r"FTPS OK - 1 listener, nearest expiry (40|41) days", text), text
+        assert (perf["days_left"]["warn"], perf["days_left"]["crit"]) == ("30", "7")
+        assert perf["time"]["uom"] == "s" and 0 < float(perf["time"]["value"]) < 10
+        assert f"127.0.0.2:{port} {kind} (bind 127.0.0.2): OK" in result.out
+        assert "configured   not compared" in result.out
+        doc = run_host(*args, "--json").json()
+        assert doc["mode"] == "host" and doc["config"] is None and doc["crit_days"] == 7
+        (listener,) = doc["listeners"]
+        assert listener["certificate"]["fingerprint_sha256"] == good_site.cert.fingerprint
+        assert listener["chain"]["verified"] is True and listener["configured"] is None
+        if kind.startswith("client_cert"):
+            assert listener["client_certificate"]["anonymous"]["refused"] is True
+            assert listener["client_certificate"]["probe"]["admitted"] is True
+
+
+def test_host_mode_sends_sni_and_checks_that_name(good_site: Site) -> None:
+    port = good_site.ports["implicit"]
+    base = ["-H", "127.0.0.2", "-p", str(port), "--kind", "implicit"]
+    base += ["--ca-file", str(good_site.pki.ca_file)]
+    named = run_host(*base, "--sni", "ftp.example.com", "--json").json()
+    assert named["status"] == "OK", named
+    assert named["listeners"][0]["names"]["matched"] == ["ftp.example.com"]
+    other = run_host(*base, "--sni", "other.example.net")
+    assert other.status == 1, other.out
+    text, _ = plugin_result(other)
+    assert text.endswith("certificate SANs name none of: other.example.net"), text
+
+
+def test_host_mode_needs_neither_the_config_nor_the_keys(tmp_path: Path, serve: Any) -> None:
+    """The monitoring user: a process that cannot read the config (password hashes) or the
+    server's private key still gets the full verdict of a listener with -H; with --config
+    it gets UNKNOWN, never a partial OK."""
+    site = serve(make_site(tmp_path, "127.0.0.2", ("explicit", "implicit"), days=10))
+    # readable only by another owner; root without CAP_DAC_* is bound by the modes like anyone
+    for path in (site.config, site.cert.key):
+        os.chown(path, 65534, 65534)
+        os.chmod(path, 0o600)
+    no_dac = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to drop the file-reading capabilities")
+    port = site.ports["implicit"]
+    args = ["-H", "127.0.0.2", "-p", str(port), "--kind", "implicit"]
+    args += ["--ca-file", str(site.pki.ca_file), "-w", "14", "-c", "12"]
+    result = run_host(*args, wrap=no_dac)
+    assert result.status == 2, result.out + result.err
+    text, perf = plugin_result(result)
+    assert re.search(r"certificate expires in (9|10) days \(.*; critical at 12\)$", text), text
+    assert int(perf["days_left"]["value"]) in (9, 10) and perf["days_left"]["crit"] == "12"
+    assert run_host(*args[:-4], "-c", "5", wrap=no_dac).status == 1  # WARNING at 14 (default)
+    assert run_host(*args[:-4], "-w", "7", wrap=no_dac).status == 0
+    full = run_host("--config", str(site.config), wrap=no_dac)
+    assert full.status == 3, full.out
+    assert "cannot use the configuration" in full.first_line
+    assert "Permission denied" in full.first_line
+
+
+def test_critical_threshold_with_the_config_and_the_time_perfdata(
+    tmp_path: Path, serve: Any
+) -> None:
+    site = serve(make_site(tmp_path, "127.0.0.2", ("explicit", "implicit"), days=10))
+    result = run_check(site.config, "-w", "20", "-c", "12")
+    assert result.status == 2, result.out
+    text, perf = plugin_result(result)
+    assert text.startswith("FTPS CRITICAL - 2 listeners (2 critical), nearest expiry")
+    assert (perf["days_left"]["warn"], perf["days_left"]["crit"]) == ("20", "12")
+    assert 0 < float(perf["time"]["value"]) < result.elapsed
+    assert run_check(site.config, "-w", "20", "-c", "5").status == 1
+
+
+def test_usage_errors_are_unknown_for_monitoring(good_site: Site) -> None:
+    for args in (["-w", "x"], ["--bogus"], ["-p", "21"], ["-H", "127.0.0.2", "--address", "a"]):
+        result = run_host(*args)
+        assert result.status == 3, (args, result.out, result.err)
+        text, perf = plugin_result(result)
+        assert text.startswith("FTPS UNKNOWN - usage") and not perf
+
+
+def test_down_listener_in_host_mode_is_critical_with_time(tmp_path: Path) -> None:
+    closed = support.free_port("127.0.0.3")
+    result = run_host("-H", "127.0.0.3", "-p", str(closed), "--kind", "implicit", timeout=3)
+    assert result.status == 2
+    text, perf = plugin_result(result)
+    assert text.endswith("cannot connect: Connection refused") and set(perf) == {"time"}
+
+
+# --- in a real Icinga 2 (issue 14.5) --------------------------------------------------------
+
+
+def icinga_results(state_file: Path) -> dict[str, dict[str, Any]]:
+    """Last check result per service from Icinga's retention file (netstrings of JSON)."""
+    data, pos, out = state_file.read_text(), 0, {}
+    while pos < len(data):
+        size, _, rest = data[pos:].partition(":")
+        obj = json.loads(rest[: int(size)])
+        pos += len(size) + 1 + int(size) + 1
+        if obj["type"] == "Service":
+            out[obj["name"].split("!")[-1]] = obj["update"]["last_check_result"]
+    return out
+
+
+@pytest.mark.skipif(shutil.which("icinga2") is None, reason="needs icinga2 (Debian icinga2-bin)")
+def test_readme_icinga_command_runs_in_icinga(good_site: Site, tmp_path: Path) -> None:
+    """The README's CheckCommand and apply rule, run by a real Icinga 2 daemon against the
+    real server: Icinga's own state and perfdata parsing of the plugin's output."""
+    readme = (support.ROOT / "README.md").read_text()
+    section = readme[readme.index("## Monitoring") : readme.index("## Package, service")]
+    documented = re.search(r"Icinga 2:\n\n```\n(.*?)```", section, re.S)
+    assert documented
+    python = f'[ "{sys.executable}", "-m", "ftps_server", "check" ]'
+    env = f'env = {{ PYTHONPATH = "{support.ROOT}" }}\n  command = '
+    commands = documented[1].replace('command = [ "/usr/bin/ftps-server", "check" ]', env + python)
+    commands = commands.replace(
+        "vars.ftps_port = 990", f"vars.ftps_port = {good_site.ports['implicit']}"
+    )
+    # checked at once rather than somewhere in the first 5 minutes
+    commands = commands.replace(
+        'check_command = "ftps"\n', 'check_command = "ftps"\n  check_interval = 1s\n'
+    )
+    assert commands.count(str(support.ROOT)) == 1 and str(sys.executable) in commands
+    run = tmp_path / "icinga"
+    for sub in ("data", "log", "cache", "spool", "run"):
+        (run / sub).mkdir(parents=True)
+    expiring = good_site.ports["explicit"]
+    config = run / "icinga2.conf"
+    config.write_text(
+        f"""
+include <itl>
+object CheckerComponent "checker" {{ }}
+object FileLogger "debug" {{ path = "{run}/log/debug.log"; severity = "notice" }}
+object Host "ftp1" {{
+  address = "127.0.0.2"
+  check_command = "dummy"
+  vars.ftps = true
+  vars.ftps_ca_file = "{good_site.pki.ca_file}"
+}}
+{commands}
+apply Service "ftps-explicit-critical-at-60" {{
+  check_command = "ftps"
+  check_interval = 1s
+  vars.ftps_port = {expiring}
+  vars.ftps_warning = 90
+  vars.ftps_critical = 60
+  assign where host.vars.ftps
+}}
+"""
+    )
+    dirs = [
+        f"-D{name}={run}/{sub}"
+        for name, sub in (
+            ("DataDir", "data"),
+            ("StateDir", "data"),
+            ("LogDir", "log"),
+            ("CacheDir", "cache"),
+            ("SpoolDir", "spool"),
+            ("InitRunDir", "run"),
+        )
+    ]
+    cmd = ["icinga2", "daemon", "-c", str(config), "-DRunAsUser=root", "-DRunAsGroup=root", *dirs]
+    daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run / "log" / "debug.log"
+    try:
+        deadline = time.monotonic() + 60
+        ports = {good_site.ports["implicit"], expiring}
+        while time.monotonic() < deadline:  # each service's check has run to its end once
+            text = log.read_text() if log.exists() else ""
+            done = [x for x in text.splitlines() if "terminated with exit code" in x]
+            if all(any(f"'-p' '{port}'" in x for x in done) for port in ports):
+                break
+            assert daemon.poll() is None, text[-3000:]
+            time.sleep(0.1)
+    finally:
+        pid = int((run / "run" / "icinga2.pid").read_text())  # the daemon proper
+        os.kill(pid, 15)
+        daemon.wait(timeout=30)
+    results = icinga_results(run / "data" / "icinga2.state")
+    ok, crit = results["ftps-implicit"], results["ftps-explicit-critical-at-60"]
+    assert (ok["exit_status"], ok["state"]) == (0, 0), ok
+    first, _, long_output = ok["output"].partition("\n")  # the table and block: long output
+    assert re.fullmatch(r"FTPS OK - 1 listener, nearest expiry (40|41) days ?", first), first
+    assert f"127.0.0.2:{good_site.ports['implicit']} implicit (bind 127.0.0.2): OK" in long_output
+    assert re.fullmatch(r"days_left=(40|41);14;3", ok["performance_data"][0])
+    assert re.fullmatch(r"time=\d+\.\d+s", ok["performance_data"][1])
+    assert len(ok["performance_data"]) == 2
+    assert (crit["exit_status"], crit["state"]) == (2, 2), crit
+    assert "certificate expires in" in crit["output"] and "critical at 60" in crit["output"]
+    assert re.fullmatch(r"days_left=(40|41);90;60", crit["performance_data"][0])
+
+
+def test_listener_text_cannot_inject_perfdata() -> None:
+    """Nagios/Icinga read `| ...` on any output line as perfdata (Nagios 3 long output)."""
+    evil = b"534 no | days_left=9999;1;1 injected=1\r\n"
+    with scripted_listener("127.0.0.3", b"220 hi | injected=2\r\n", auth_reply=evil) as port:
+        result = run_host("-H", "127.0.0.3", "-p", str(port), "--kind", "explicit", timeout=5)
+    assert result.status == 2, result.out
+    assert result.out.count("|") == 1, result.out  # the plugin line's own separator only
+    _, perf = plugin_result(result)
+    assert set(perf) == {"time"}
+    assert "AUTH TLS refused: 534 no / days_left=9999;1;1 injected=1" in result.out

@@ -7,9 +7,11 @@ clock is a fixed instant passed to `judge`. The real listeners are in tests/inte
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import io
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -88,8 +90,8 @@ def observe(
     return Observation(target, main, configured, **fields)  # type: ignore[arg-type]
 
 
-def verdict(obs: Observation, warn_days: int = 14) -> ListenerReport:
-    return judge(obs, NOW, warn_days, "/ca.pem")
+def verdict(obs: Observation, warn_days: int = 14, crit_days: int | None = None) -> ListenerReport:
+    return judge(obs, NOW, warn_days, "/ca.pem", crit_days)
 
 
 def texts(report: ListenerReport) -> str:
@@ -124,6 +126,20 @@ def test_expiring_within_warn_days_is_warning() -> None:
     assert report.status is Status.WARNING
     assert "expires in 10 days" in texts(report)
     assert verdict(observe(make_cert(days=10)), warn_days=7).status is Status.OK
+
+
+def test_critical_days_make_an_unexpired_certificate_critical() -> None:
+    report = verdict(observe(make_cert(days=10)), warn_days=14, crit_days=10)
+    assert report.status is Status.CRITICAL
+    assert texts(report).startswith("certificate expires in 10 days (")
+    assert texts(report).endswith("; critical at 10)")
+    assert verdict(observe(make_cert(days=10)), crit_days=9).status is Status.WARNING
+    assert verdict(observe(make_cert(days=10)), warn_days=9, crit_days=9).status is Status.OK
+    # the dates of a configured certificate the server does not serve obey -c too
+    on_disk = cert_info(make_cert(days=5))
+    unserved = observe(make_cert(), configured=Configured(ENTRY, on_disk.fingerprint, info=on_disk))
+    assert "(not served): certificate expires in 5 days" in texts(verdict(unserved, crit_days=5))
+    assert "critical at 5" in texts(verdict(unserved, crit_days=5))
 
 
 def test_expired_and_not_yet_valid_are_critical() -> None:
@@ -335,7 +351,8 @@ def test_sni_probe_checks_its_name_and_its_section() -> None:
     assert report.status is Status.CRITICAL
     assert "served certificate differs from configured [certificate:b]" in texts(report)
     line = check_report.summary_line(run_report([verdict(observe(make_cert())), report]))
-    assert line.startswith("FTPS CRITICAL - 1 listener (1 SNI probe), 1 critical, ")
+    # listeners and SNI probes are counted apart, each with its own non-OK counts
+    assert line.startswith("FTPS CRITICAL - 1 listener, 1 SNI probe (1 critical), ")
 
 
 def test_other_certificate_served_because_configured_one_expired_says_why() -> None:
@@ -374,17 +391,37 @@ def test_summary_line_names_counts_and_first_critical_reason() -> None:
     bad = verdict(observe(make_cert(days=-2)))
     warn = verdict(observe(make_cert(days=5), port=990))
     line = check_report.summary_line(run_report([warn, bad]))
-    assert line.startswith("FTPS CRITICAL - 2 listeners, 1 critical, 1 warning, ")
+    assert line.startswith("FTPS CRITICAL - 2 listeners (1 critical, 1 warning), ")
     assert "nearest expiry 2 days ago: 127.0.0.2:2121 explicit: certificate expired" in line
     assert line.endswith(" | days_left=-2;14;0")
     assert line.count("|") == 1
+
+
+def test_summary_line_names_the_worst_rows_own_most_severe_finding() -> None:
+    warn = verdict(observe(make_cert(days=5), port=21))
+    sni_bad = verdict(observe(make_cert(days=-1), port=21, server_name="ftp.example.com"))
+    bad = verdict(observe(make_cert(days=-2), port=990))
+    line = check_report.summary_line(run_report([warn, sni_bad, bad]))
+    # the first CRITICAL plain listener wins over an earlier CRITICAL SNI probe and the WARNING
+    assert line.startswith(
+        "FTPS CRITICAL - 2 listeners (1 critical, 1 warning), 1 SNI probe (1 critical), "
+        "nearest expiry 2 days ago: 127.0.0.2:990 explicit: certificate expired 2 days ago"
+    )
+
+
+def test_summary_line_perfdata_has_critical_threshold_and_time() -> None:
+    report = dataclasses.replace(
+        run_report([verdict(observe(make_cert()))]), crit_days=3, elapsed=0.0314
+    )
+    line = check_report.summary_line(report)
+    assert line.endswith(" | days_left=41;14;3 time=0.031s")
 
 
 def test_summary_line_without_any_certificate_has_no_perfdata() -> None:
     down = verdict(observe(None, main=attempt(None, error="cannot connect: refused | x")))
     line = check_report.summary_line(run_report([down]))
     assert line == (
-        "FTPS CRITICAL - 1 listener, 1 critical, no certificate seen: "
+        "FTPS CRITICAL - 1 listener (1 critical), no certificate seen: "
         "127.0.0.2:2121 explicit: cannot connect: refused / x"
     )
 
@@ -393,7 +430,7 @@ def test_text_report_has_table_and_a_block_per_listener() -> None:
     reports = [verdict(observe(make_cert())), verdict(observe(make_cert(days=3), port=990))]
     text = check_report.render_text(run_report(reports))
     lines = text.splitlines()
-    assert lines[0].startswith("FTPS WARNING - 2 listeners, 1 warning")
+    assert lines[0].startswith("FTPS WARNING - 2 listeners (1 warning)")
     assert lines[2].split() == [
         "LISTENER",
         "BIND",
@@ -498,3 +535,91 @@ def test_served_certificate_names_are_escaped_in_text_and_json() -> None:
         assert not any(c in rendered for c in "\x1b\x07\r"), rendered
     assert "pwned\\x07\\x0d\\x0aFTPS OK - fake" in text
     assert not any(line.startswith("FTPS OK") for line in text.splitlines())
+
+
+# --- monitoring-plugin usage (issue 14.5) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["check", "-w", "soon"],  # argparse: bad value
+        ["check", "--no-such-option"],  # argparse: unknown option (the top parser's error)
+        ["check", "--kind", "sideways", "-H", "127.0.0.1"],  # argparse: not a choice
+        ["check", "-t", "0"],
+        ["check", "-p", "21"],  # -H options without -H
+        ["check", "-H", "127.0.0.1", "--address", "127.0.0.1"],
+        ["check", "-H", "127.0.0.1", "--kind", "client_cert_implicit"],  # no standard port
+        ["check", "-H", "127.0.0.1", "-w", "3", "-c", "7"],  # WARNING could never show
+        ["check", "-H", "127.0.0.1", "--client-cert", "/c.pem"],  # without its key
+    ],
+)
+def test_usage_errors_exit_3_unknown_not_2_critical(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ftps_server import cli
+
+    assert cli.main(argv) == 3
+    assert capsys.readouterr().out.startswith("FTPS UNKNOWN - usage")
+
+
+def test_other_commands_keep_argparse_exit_2() -> None:
+    from ftps_server import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["remind", "--no-such-option"])
+    assert exc.value.code == 2
+
+
+def test_remote_target_sends_a_host_name_as_sni_never_an_address() -> None:
+    assert Target("ftp.example.com", "ftp.example.com", "implicit", 990, remote=True).sni == (
+        "ftp.example.com"
+    )
+    assert Target("192.0.2.1", "192.0.2.1", "implicit", 990, remote=True).sni is None
+    assert Target("::1", "::1", "implicit", 990, remote=True).sni is None
+    assert Target("192.0.2.1", "192.0.2.1", "implicit", 990, "a.example", remote=True).sni == (
+        "a.example"
+    )
+    # from a configuration only the SNI probes send a name
+    assert Target("ftp.example.com", "*", "implicit", 990).sni is None
+
+
+def test_remote_observation_is_not_compared_with_a_configuration() -> None:
+    cert = make_cert("ftp.example.com")
+    target = Target("ftp.example.com", "ftp.example.com", "implicit", 990, remote=True)
+    obs = Observation(target, attempt(cert), Configured(None, compared=False), True)
+    report = judge(obs, NOW, 14, "/ca.pem")
+    assert report.status is Status.OK, texts(report)
+    assert report.names_checked == ("ftp.example.com",) == report.names_matched
+    wrong = Target("other.example", "other.example", "implicit", 990, remote=True)
+    obs = Observation(wrong, attempt(cert), Configured(None, compared=False), True)
+    assert texts(judge(obs, NOW, 14, "/ca.pem")) == "certificate SANs name none of: other.example"
+
+
+def test_readme_monitoring_commands_parse_as_documented() -> None:
+    """The Nagios and Icinga 2 definitions in the README are what `check` accepts."""
+    from ftps_server import cli
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Monitoring") : readme.index("## Package, service")]
+    (line,) = [x for x in section.splitlines() if "command_line" in x]
+    macros = {"$HOSTADDRESS$": "192.0.2.10", "$ARG1$": "990", "$ARG2$": "implicit"}
+    macros |= {"$ARG3$": "14", "$ARG4$": "3"}
+    argv = [macros.get(w, w) for w in line.split()[2:]]  # after command_line and the program
+    args = cli.build_parser().parse_args(argv)
+    got = (args.host, args.port, args.kind, args.warn_days, args.crit_days)
+    assert got == ("192.0.2.10", 990, "implicit", 14, 3)
+    icinga = section[section.index('object CheckCommand "ftps"') :]
+    documented = set(re.findall(r'^\s+"(-[-\w]+)" = ', icinga, re.M))
+    subparsers = argparse.ArgumentParser().add_subparsers()
+    check.register(subparsers)
+    known = {o for a in subparsers.choices["check"]._actions for o in a.option_strings}
+    assert len(documented) == 9 and documented <= known, documented - known
+
+
+def test_text_output_has_one_perfdata_separator_whatever_the_listener_said() -> None:
+    down = verdict(observe(None, main=attempt(None, stage="auth", error="534 a | b=1")))
+    named = dataclasses.replace(verdict(observe(make_cert())), chain_subjects=("CN=x | evil=2",))
+    text = check_report.render_text(dataclasses.replace(run_report([down, named]), elapsed=0.5))
+    assert text.count("|") == 1 and " | days_left=41;14;0 time=0.500s\n" in text
+    assert "534 a / b=1" in text and "CN=x / evil=2" in text
