@@ -68,8 +68,12 @@ class ListenerServer(FTPServer):
         self.max_cons_per_ip = config.server.max_connections_per_ip
 
     def handle_accepted(self, sock: socket.socket, addr: Any) -> Any:
+        # one form for ip_map: pyftpdlib adds addr[0] here but removes the handler's
+        # (normalised) remote_ip at close, so ::ffff:a.b.c.d on a dual-stack `*` listener
+        # was never removed and max_connections_per_ip locked a client out for good
+        addr = (normalize_address(addr[0]), *addr[1:])
         settings = self.state.config.server
-        if settings.is_proxy(normalize_address(addr[0])):
+        if settings.is_proxy(addr[0]):
             # a balancer's connection: the handler (limits, bans, certificate) waits for the
             # header and sees the addresses it names
             HeaderReader(
