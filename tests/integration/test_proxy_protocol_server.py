@@ -152,6 +152,7 @@ def fleet(pki: support.Pki, tmp_path: Path, start_server: object) -> Iterator[Fl
         handshake_timeout = 3
         max_login_failures = 2
         ban_time = 120
+        max_connections_per_ip = 3
         proxy_protocol = yes
         proxy_from = {BALANCER}
         [ports]
@@ -348,3 +349,54 @@ def test_header_from_outside_proxy_from_is_refused(fleet: Fleet, header: bytes) 
         assert b"230" not in rest and b"331" not in rest
     assert fleet.server.wait_log("PROXY protocol header from an address not in [server] proxy_from")
     assert "10.9.9.9" not in fleet.server.log()
+
+
+def test_header_in_pieces_then_tls_at_once(fleet: Fleet) -> None:
+    """A header split over segments, the ClientHello right behind it: nothing of TLS is lost."""
+    header = f"PROXY TCP4 192.0.2.99 {VIP5} 40000 {fleet.implicit}\r\n".encode()
+    ctx = support.client_context(fleet.pki)
+    with socket.create_connection((NODE, fleet.implicit), 5, (BALANCER, 0)) as raw:
+        for piece in (header[:3], header[3:20], header[20:]):
+            raw.sendall(piece)
+            time.sleep(0.05)
+        with ctx.wrap_socket(raw, server_hostname=VIP5) as tls:  # verifies VIP5's certificate
+            assert tls.recv(100).startswith(b"220")
+    assert fleet.server.wait_log("192.0.2.99")
+
+
+def test_command_pipelined_behind_a_v2_header_is_kept(fleet: Fleet) -> None:
+    payload = (
+        ipaddress.ip_address("192.0.2.98").packed
+        + ipaddress.ip_address(VIP4).packed
+        + struct.pack("!HH", 40001, fleet.explicit)
+    )
+    header = pp.V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", len(payload)) + payload
+    with socket.create_connection((NODE, fleet.explicit), 5, (BALANCER, 0)) as sock:
+        sock.sendall(header + b"FEAT\r\n")  # one segment: header and the first command
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        assert reader.readline().startswith(b"211")  # FEAT's reply: the command survived
+
+
+def test_per_address_limit_counts_the_real_clients(fleet: Fleet) -> None:
+    def connect(source: str) -> tuple[socket.socket, bytes]:
+        sock = socket.create_connection((VIP4, fleet.explicit), 5, (source, 0))
+        sock.settimeout(5)
+        return sock, sock.makefile("rb").readline()
+
+    opened = []
+    try:
+        for _ in range(3):
+            sock, greeting = connect("127.0.0.11")
+            opened.append(sock)
+            assert greeting.startswith(b"220"), greeting
+        sock, greeting = connect("127.0.0.11")
+        opened.append(sock)
+        assert greeting.startswith(b"421 Too many connections from the same IP"), greeting
+        # all of them came from the balancer's address, yet another client is still welcome
+        sock, greeting = connect("127.0.0.12")
+        opened.append(sock)
+        assert greeting.startswith(b"220"), greeting
+    finally:
+        for sock in opened:
+            sock.close()
