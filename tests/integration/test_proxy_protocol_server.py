@@ -400,3 +400,48 @@ def test_per_address_limit_counts_the_real_clients(fleet: Fleet) -> None:
     finally:
         for sock in opened:
             sock.close()
+
+
+def test_hostile_headers_from_the_balancer_address(fleet: Fleet) -> None:
+    """Random and mutated headers on real sockets: closed or served, never a crash (bounded)."""
+    rng = random.Random(1616)
+    valid = [
+        f"PROXY TCP4 192.0.2.50 {VIP4} 1234 {fleet.explicit}\r\n".encode(),
+        pp.V2_SIGNATURE
+        + b"\x21\x11\x00\x0c"
+        + ipaddress.ip_address("192.0.2.51").packed
+        + ipaddress.ip_address(VIP4).packed
+        + struct.pack("!HH", 1, fleet.explicit),
+    ]
+    served = closed = 0
+    deadline = time.monotonic() + 60
+    for i in range(150):
+        if time.monotonic() > deadline:
+            break
+        data = bytearray(rng.choice(valid))
+        for _ in range(rng.randint(0, 3)):
+            data[rng.randrange(len(data))] = rng.getrandbits(8)
+        if i % 7 == 0:
+            data = bytearray(rng.getrandbits(8) for _ in range(rng.randint(1, 300)))
+        with socket.create_connection((NODE, fleet.explicit), 5, (BALANCER, 0)) as sock:
+            try:
+                sock.sendall(bytes(data))
+                if i % 5 == 0:
+                    sock.shutdown(socket.SHUT_WR)  # and half-close at once
+            except OSError:  # already refused and closed by the node
+                pass
+            sock.settimeout(8)
+            try:
+                first = sock.recv(5)
+            except (ConnectionResetError, TimeoutError):
+                first = b""
+            if first.startswith(b"220"):
+                served += 1
+            else:
+                assert first == b"", first
+                closed += 1
+    assert served and closed
+    assert "Traceback" not in fleet.server.log()
+    with socket.create_connection((VIP4, fleet.explicit), 5, ("127.0.0.6", 0)) as sock:
+        sock.settimeout(5)
+        assert sock.recv(100).startswith(b"220")
