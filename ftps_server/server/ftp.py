@@ -20,7 +20,7 @@ from ..config.model import normalize_address
 from . import auth
 from .checksum_commands import PROTO_CMDS as CHECKSUM_CMDS
 from .checksum_commands import ChecksumCommands
-from .proxied import Address, HeaderReader, client_address
+from .proxied import Address, client_address, read_header
 from .proxy_protocol import ProxyHeader
 from .state import AcceptingListener, ServerState
 from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState
@@ -228,7 +228,7 @@ class FtpsPassiveDTP(FTPHandler.passive_dtp):
         if settings.is_proxy(addr[0]):
             # through the balancer: the foreign-address check compares the header's source
             where = f"data connection of {self.cmd_channel.remote_ip}"
-            HeaderReader(sock, addr, self.ioloop, settings.handshake_timeout, where, self._proxied)
+            read_header(sock, addr, self.ioloop, settings.handshake_timeout, where, self._proxied)
             return None
         return super().handle_accepted(sock, addr)
 

@@ -17,7 +17,7 @@ from pyftpdlib.servers import FTPServer
 from ..config.model import Config, listener_name, normalize_address
 from . import auth
 from .ftp import FtpsHandler
-from .proxied import Address, HeaderReader, client_address
+from .proxied import Address, client_address, read_header
 from .proxy_protocol import ProxyHeader
 from .state import ServerState
 from .tls import build_contexts
@@ -76,7 +76,7 @@ class ListenerServer(FTPServer):
         if settings.is_proxy(addr[0]):
             # a balancer's connection: the handler (limits, bans, certificate) waits for the
             # header and sees the addresses it names
-            HeaderReader(
+            read_header(
                 sock, addr, self.ioloop, settings.handshake_timeout, self.name, self._proxied
             )
             return None

@@ -18,7 +18,7 @@ from typing import Any
 from ..config.model import normalize_address
 from .proxy_protocol import MAX_HEADER_BYTES, ProxyHeader, ProxyHeaderError, parse, take
 
-__all__ = ["Address", "HeaderReader", "client_address"]
+__all__ = ["Address", "HeaderReader", "client_address", "read_header"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,19 @@ def client_address(peer: Address, header: ProxyHeader) -> Address:
     if header.source is None:  # LOCAL (health check), UNKNOWN, UNSPEC: the balancer itself
         return peer
     return normalize_address(header.source[0]), header.source[1]
+
+
+def read_header(
+    sock: socket.socket, peer: Address, ioloop: Any, timeout: float, where: str, done: Done
+) -> None:
+    """Start a `HeaderReader`; a failure closes this connection only, never the listener."""
+    try:
+        HeaderReader(sock, peer, ioloop, timeout, where, done)
+    except Exception:
+        # an exception out of handle_accepted reaches the listener's handle_error, which
+        # closes the listening socket: keep it to this one connection
+        log.exception("cannot read the PROXY header from %s on %s", peer[0], where)
+        sock.close()
 
 
 class HeaderReader:
