@@ -216,12 +216,6 @@ def _url(fleet: Fleet, vip: str, scheme: str, path: str = "") -> tuple[str, list
     return f"ftp://{vip}:{fleet.explicit}/{path}", ["--ssl-reqd"]
 
 
-# curl closes an upload's data connection without reading the TLS 1.3 NewSessionTicket the
-# server sent on it, so its kernel answers with a reset; HAProxy then drops what it still
-# buffered for the node, and the node takes the short stream for a complete upload (seen
-# here in about 4 of 10 runs, never with TLS 1.2; see docs/fleet.md). Uploads with curl are
-# therefore held to TLS 1.2 here, ftplib (which closes with close_notify) uploads over TLS 1.3.
-CURL_UPLOAD = ["--tls-max", "1.2"]
 
 
 @pytest.mark.parametrize("scheme", ["explicit", "implicit"])
@@ -234,7 +228,7 @@ def test_each_vip_serves_its_certificate_and_passive_data_goes_through(
         # curl verifies the certificate against the IP it dialled: the node's own or the
         # other VIP's would fail; --disable-epsv makes the server name the address (PASV)
         url, extra = _url(fleet, vip, scheme, f"up-{vip}.bin")
-        r = _curl(fleet, url, "127.0.0.6", *extra, *CURL_UPLOAD, passive, "-T", str(src))
+        r = _curl(fleet, url, "127.0.0.6", *extra, passive, "-T", str(src))
         assert r.returncode == 0, (r.stderr, fleet.server.log()[-3000:])
         stored = fleet.dir / "home" / "alice" / f"up-{vip}.bin"
         assert stored.read_bytes() == src.read_bytes(), f"{stored.stat().st_size} bytes stored"
