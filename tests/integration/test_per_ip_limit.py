@@ -16,26 +16,37 @@ import pytest
 import support
 
 
+def _dual_stack_port() -> int:
+    """A port free on every address right now (the listener binds the wildcard)."""
+    with socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True) as s:
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture
 def server(tmp_path: Path, start_server: Any) -> int:
     if not socket.has_dualstack_ipv6():
         pytest.skip("no dual-stack IPv6 socket here")
-    port = support.free_port()
-    config = support.write_config(
-        tmp_path / "c.ini",
-        f"""
-        [server]
-        addresses = *
-        max_connections_per_ip = 2
-        state_dir = {tmp_path}/state
-        root = {tmp_path}/home
-        [ports]
-        explicit = {port}
-        implicit = 0
-        """,
-    )
-    start_server(config)
-    return port
+    for attempt in range(3):  # other test runs on this machine may take the port meanwhile
+        port = _dual_stack_port()
+        config = support.write_config(
+            tmp_path / f"c{attempt}.ini",
+            f"""
+            [server]
+            addresses = *
+            max_connections_per_ip = 2
+            state_dir = {tmp_path}/state
+            root = {tmp_path}/home
+            [ports]
+            explicit = {port}
+            implicit = 0
+            """,
+        )
+        process = start_server(config)
+        if "failed to bind" not in process.status():
+            return port
+        process.proc.terminate()  # the start_server finaliser closes the rest
+        process.proc.wait(10)
+    raise RuntimeError("no free port for the dual-stack listener")
 
 
 def _greeting(sock: socket.socket) -> bytes:
