@@ -81,6 +81,15 @@ class ServerConfig:
     ban_prefix_v6: int = 64
     include: tuple[str, ...] = ()
     checksum_algorithms: tuple[str, ...] = CHECKSUM_ALGORITHMS
+    proxy_protocol: bool = False
+    proxy_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def is_proxy(self, address: str) -> bool:
+        """True when PROXY protocol is on and `address` (normalised) is a balancer's."""
+        if not self.proxy_protocol:
+            return False
+        ip = ipaddress.ip_address(address)
+        return any(ip.version == net.version and ip in net for net in self.proxy_from)
 
 
 @dataclass(frozen=True)
@@ -207,6 +216,17 @@ def _nat(text: str) -> tuple[NatRule, ...]:
     return tuple(sorted(rules, key=lambda r: -r.network.prefixlen))
 
 
+def _proxy_from(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in ini.comma_list(text):
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError as exc:
+            # strict: 10.0.0.5/24 is a typo for 10.0.0.0/24 or 10.0.0.5, not a guess to make
+            raise ValueError(f"{item!r} is not an address or network (CIDR): {exc}") from None
+    return tuple(networks)
+
+
 def _warn_days(text: str) -> tuple[int, ...]:
     days = sorted({ini.int_range(0, 3650)(item) for item in ini.comma_list(text)}, reverse=True)
     if not days:
@@ -266,7 +286,7 @@ def listener_name(address: str, port: int, kind: str) -> str:
 
 def _server(s: ini.Section) -> ServerConfig:
     d = ServerConfig()
-    return ServerConfig(
+    server = ServerConfig(
         addresses=s.get("addresses", ini.addresses, d.addresses),
         passive_ports=s.get("passive_ports", ini.port_range, None),
         nat=s.get("nat", _nat, ()),
@@ -293,7 +313,16 @@ def _server(s: ini.Section) -> ServerConfig:
         checksum_algorithms=s.get(
             "checksum_algorithms", _checksum_algorithms, d.checksum_algorithms
         ),
+        proxy_protocol=s.get("proxy_protocol", ini.boolean, False),
+        proxy_from=s.get("proxy_from", _proxy_from, ()),
     )
+    if server.proxy_protocol and not server.proxy_from:
+        raise s.error(
+            "proxy_from",
+            "proxy_protocol = yes needs the balancers' addresses here (e.g. 10.0.0.0/24); "
+            "only they may send a PROXY header",
+        )
+    return server
 
 
 def _ports(s: ini.Section) -> PortsConfig:

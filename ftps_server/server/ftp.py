@@ -36,6 +36,8 @@ from . import auth, metrics
 from .checksum_commands import PROTO_CMDS as CHECKSUM_CMDS
 from .checksum_commands import ChecksumCommands
 from .listing import DirectoryReader
+from .proxied import Address, client_address, read_header
+from .proxy_protocol import ProxyHeader
 from .state import AcceptingListener, ServerState
 from .tls import CONTROL_TICKETS
 from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState, describe_ssl_error
@@ -465,7 +467,19 @@ class FtpsPassiveDTP(FTPHandler.passive_dtp):
 
     def handle_accepted(self, sock: Any, addr: Any) -> Any:
         addr = (normalize_address(addr[0]), *addr[1:])
+        settings = self.cmd_channel.state.config.server
+        if settings.is_proxy(addr[0]):
+            # through the balancer: the foreign-address check compares the header's source
+            where = f"data connection of {self.cmd_channel.remote_ip}"
+            read_header(sock, addr, self.ioloop, settings.handshake_timeout, where, self._proxied)
+            return None
         return super().handle_accepted(sock, addr)
+
+    def _proxied(self, sock: Any, peer: Address, header: ProxyHeader) -> Any:
+        if self._closed:  # timed out, or another connection came first
+            sock.close()
+            return None
+        return super().handle_accepted(sock, client_address(peer, header))
 
 
 class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
@@ -535,11 +549,17 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             self.passive_ports = range(settings.passive_ports[0], settings.passive_ports[1] + 1)
         self.authorizer = self.state.auth.authorizer
         self.abstracted_fs = self.state.auth.filesystem
+        self.proxy_header = server.proxy_header
         super().__init__(conn, server, ioloop)
         if not self.connected:
             return
         self.local_ip = normalize_address(self.socket.getsockname()[0])
         self.remote_ip = normalize_address(str(self.remote_ip))
+        header = self.proxy_header
+        if header is not None and header.source and header.destination:
+            # the client behind the balancer, and the address it dialled (picks the certificate)
+            self.remote_ip, self.remote_port = normalize_address(header.source[0]), header.source[1]
+            self.local_ip = normalize_address(header.destination[0])
         self.tls_usable = self.state.tls.usable(self.local_ip, self.listener_kind)
         self.tls_problem = self.state.tls.problem_for(self.local_ip)
         self.masquerade_address = self._nat_address()
@@ -579,6 +599,11 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         for rule in self.state.config.server.nat:
             if ip.version == rule.network.version and ip in rule.network:
                 return rule.address
+        if self.proxy_header is not None and self.proxy_header.destination:
+            # behind a balancer the node's own address is useless to the client; the
+            # address it dialled (the VIP) is where the passive range is forwarded
+            dialled = ipaddress.ip_address(self.local_ip)
+            return self.local_ip if dialled.version == 4 else None
         return None
 
     # --- connection lifecycle
@@ -776,6 +801,18 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         )
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+        if cmd == "PROXY" or line == "\x00":
+            # a PROXY v1 line, or the NUL line of a v2 signature, from an address that is not
+            # in proxy_from (or with proxy_protocol = no): a balancer we do not trust
+            log.warning(
+                "closed connection from %s on %s: PROXY protocol header from an address not "
+                "in [server] proxy_from (or proxy_protocol = no)",
+                self.remote_ip,
+                self.listener_name,
+                extra={"fields": {"REMOTE_ADDR": self.remote_ip, "LISTENER": self.listener_name}},
+            )
+            self.close()
+            return
         if "\x00" in line:
             # no name or path holds a NUL, and os.path would raise ValueError on one deep
             # in pyftpdlib (seen by the fuzzer: an unhandled exception and a dropped session)

@@ -14,9 +14,11 @@ from typing import Any
 
 from pyftpdlib.servers import FTPServer
 
-from ..config.model import Config, listener_name
+from ..config.model import Config, listener_name, normalize_address
 from . import auth, metrics
 from .ftp import FtpsHandler
+from .proxied import Address, client_address, read_header
+from .proxy_protocol import ProxyHeader
 from .state import ServerState
 from .tls import build_contexts
 
@@ -55,6 +57,7 @@ class ListenerServer(FTPServer):
         ip_map: list[str],
     ) -> None:
         self.kind, self.name, self.state = kind, name, state
+        self.proxy_header: ProxyHeader | None = None  # set only while a handler is made
         # pyftpdlib calls listen() again with its own backlog: pass ours
         super().__init__(sock, FtpsHandler, ioloop=ioloop, backlog=LISTEN_BACKLOG)
         self.ip_map = ip_map  # shared: max_connections_per_ip spans every listener
@@ -63,6 +66,28 @@ class ListenerServer(FTPServer):
     def apply_limits(self, config: Config) -> None:
         self.max_cons = config.server.max_connections
         self.max_cons_per_ip = config.server.max_connections_per_ip
+
+    def handle_accepted(self, sock: socket.socket, addr: Any) -> Any:
+        # one form for ip_map: pyftpdlib adds addr[0] here but removes the handler's
+        # (normalised) remote_ip at close, so ::ffff:a.b.c.d on a dual-stack `*` listener
+        # was never removed and max_connections_per_ip locked a client out for good
+        addr = (normalize_address(addr[0]), *addr[1:])
+        settings = self.state.config.server
+        if settings.is_proxy(addr[0]):
+            # a balancer's connection: the handler (limits, bans, certificate) waits for the
+            # header and sees the addresses it names
+            read_header(
+                sock, addr, self.ioloop, settings.handshake_timeout, self.name, self._proxied
+            )
+            return None
+        return super().handle_accepted(sock, addr)
+
+    def _proxied(self, sock: socket.socket, peer: Address, header: ProxyHeader) -> Any:
+        self.proxy_header = header
+        try:
+            return super().handle_accepted(sock, client_address(peer, header))
+        finally:
+            self.proxy_header = None
 
 
 def _bind(address: str, port: int) -> socket.socket:

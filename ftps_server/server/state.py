@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..config.model import Config
+from .proxy_protocol import ProxyHeader
 from .tls import TlsContexts
 
 __all__ = ["AcceptingListener", "ServerState"]
@@ -30,3 +31,4 @@ class AcceptingListener(Protocol):
     kind: str
     name: str
     state: ServerState
+    proxy_header: ProxyHeader | None  # the PROXY header of the connection being accepted
