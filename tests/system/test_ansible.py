@@ -285,6 +285,7 @@ def deployment(
             {"name": "probe", "auth": "certificate", "certificate_cn": "ftps-server-check"},
         ],
         "ftps_server_alerts_email_to": ["ops@ftps-test.example"],
+        "ftps_server_alerts_transport": "smtp",
         "ftps_server_alerts_smtp_security": "none",
         "ftps_server_check_client_cert_content": probe.cert_chain_pems[0].bytes().decode(),
         "ftps_server_check_client_key_content": probe.private_key_pem.bytes().decode(),
