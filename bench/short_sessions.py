@@ -159,8 +159,10 @@ def main() -> int:
                 spy = None
                 if args.profile and run == 0:
                     spy = subprocess.Popen(
-                        ["py-spy", "record", "--native", "-r", "500", "-f", "raw"]
-                        + ["-o", f"{args.profile}.{server.name}", "-p", str(server.pid)],
+                        [
+                            *("py-spy", "record", "--native", "-r", "500", "-f", "raw"),
+                            *("-o", f"{args.profile}.{server.name}", "-p", str(server.pid)),
+                        ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import ipaddress
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ class ServerConfig:
     ban_time: int = 900
     include: tuple[str, ...] = ()
     checksum_algorithms: tuple[str, ...] = CHECKSUM_ALGORITHMS
+    workers: int = 1  # processes serving the listeners ("auto": one per usable core)
 
 
 @dataclass(frozen=True)
@@ -255,8 +257,33 @@ def listener_name(address: str, port: int, kind: str) -> str:
 # --- sections ------------------------------------------------------------------------------
 
 
+MAX_WORKERS = 256
+
+
+def _workers(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    try:
+        return ini.int_range(1, MAX_WORKERS)(text)
+    except ValueError:
+        raise ValueError(f"must be auto or a whole number from 1 to {MAX_WORKERS}") from None
+
+
 def _server(s: ini.Section) -> ServerConfig:
     d = ServerConfig()
+    server = _server_keys(s, d)
+    if server.passive_ports and server.workers > 1:
+        low, high = server.passive_ports
+        if high - low + 1 < 2 * server.workers:
+            # each worker gets its own slice of the range (PASV binds only in its slice)
+            raise s.error(
+                "passive_ports",
+                f"{low}-{high} has fewer than 2 ports for each of the {server.workers} workers",
+            )
+    return server
+
+
+def _server_keys(s: ini.Section, d: ServerConfig) -> ServerConfig:
     return ServerConfig(
         addresses=s.get("addresses", ini.addresses, d.addresses),
         passive_ports=s.get("passive_ports", ini.port_range, None),
@@ -283,6 +310,7 @@ def _server(s: ini.Section) -> ServerConfig:
         checksum_algorithms=s.get(
             "checksum_algorithms", _checksum_algorithms, d.checksum_algorithms
         ),
+        workers=s.get("workers", _workers, d.workers),
     )
 
 
