@@ -352,7 +352,8 @@ class Supervisor:
         try:
             if not worker.send(sock, message):
                 log.warning(
-                    "connection from %s on %s dropped: worker %d is not running",
+                    "connection from %s on %s dropped: worker %d is not running or its "
+                    "queue is full",
                     host,
                     listener.name,
                     worker.index,
