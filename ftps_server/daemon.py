@@ -127,6 +127,8 @@ class Daemon:
             self.supervisor.start()
         self.listeners.apply(self.state)
         self._signals = _SignalPipe(self.ioloop, handlers)
+        if self.supervisor is not None:
+            self.supervisor.reap()  # a worker that ended before SIGCHLD was caught
         self._start_watchdog()
         status = self._status()
         notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
