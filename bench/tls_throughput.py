@@ -5,7 +5,10 @@ Both servers run on loopback with the same RSA-2048 certificate, PROT P and sess
 required (vsftpd: require_ssl_reuse=YES). curl is the client for both. Runs alternate
 (A B A B ...) so drift on a noisy machine hits both; the table shows medians and ratios.
 
-    sudo python3 bench/tls_throughput.py [--size-mib 1024] [--runs 5]
+    sudo python3 bench/tls_throughput.py [--size-mib 1024] [--runs 5] [--baseline TREE]
+
+`--baseline TREE` adds a third server: ftps-server run from another source tree (e.g. an
+`git archive` of the previous commit), so a change is measured before/after in the same run.
 
 It installs vsftpd from Debian if missing (never started as a system service), creates a
 system user `ftpbench` for it, and removes nothing it did not create in its temp directory.
@@ -102,15 +105,18 @@ def start_ftps_server(
     port: int,
     server_options: dict[str, str] | None = None,
     password_hash: Callable[[str], str] = hash_password,
+    tree: Path = ROOT,
+    name: str = "ftps-server",
 ) -> Server:
-    """ftps-server on HOST:port; `server_options` add to or replace [server] keys."""
+    """ftps-server (from source `tree`) on HOST:port; `server_options` add to or replace
+    [server] keys."""
     password = secrets.token_urlsafe(12)
-    config = work / "ftps-server.ini"
+    config = work / f"{name}.ini"
     options = {"passive_ports": "41000-41099", **(server_options or {})}
     server_lines = "\n".join(f"{k} = {v}" for k, v in options.items())
     config.write_text(f"""[server]
 addresses = {HOST}
-state_dir = {work}/state
+state_dir = {work}/state-{name}
 root = {home.parent}
 {server_lines}
 [ports]
@@ -128,12 +134,12 @@ password = {password_hash(password)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ftps_server", "serve", "--config", str(config)],
         cwd=work,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=dict(os.environ, PYTHONPATH=str(tree)),
         stdout=subprocess.DEVNULL,
-        stderr=(work / "ftps.log").open("wb"),
+        stderr=(work / f"{name}.log").open("wb"),
     )
     _wait_port(port)
-    return Server("ftps-server", port, password, proc)
+    return Server(name, port, password, proc)
 
 
 def start_vsftpd(
@@ -250,6 +256,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--baseline", type=Path, help="source tree of a second ftps-server")
+    parser.add_argument("--download-only", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (it installs vsftpd and a system user for it)", file=sys.stderr)
@@ -273,12 +281,25 @@ def main() -> int:
             start_ftps_server(work, cert, key, home, 41990),
             start_vsftpd(work, cert, key, home, 41991),
         ]
+        if args.baseline:
+            servers.append(
+                start_ftps_server(
+                    work,
+                    cert,
+                    key,
+                    home,
+                    41992,
+                    {"passive_ports": "41100-41199"},
+                    tree=args.baseline.resolve(),
+                    name="baseline",
+                )
+            )
         shutil.chown(home, BENCH_USER)
         src.chmod(0o666)
         home.chmod(0o777)
         results: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for run in range(args.runs):
-            for direction in ("download", "upload"):
+            for direction in _directions(args):
                 for server in servers:
                     results.setdefault((server.name, direction), []).append(
                         measure(server, cert, direction, size, src)
@@ -286,8 +307,7 @@ def main() -> int:
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
         _table(results, args)
     except RuntimeError:
-        log = work / "ftps.log"
-        if log.exists():
+        for log in work.glob("*.log"):
             print(log.read_text()[-4000:], file=sys.stderr)
         raise
     finally:
@@ -297,19 +317,34 @@ def main() -> int:
     return 0
 
 
+def _directions(args: argparse.Namespace) -> tuple[str, ...]:
+    return ("download",) if args.download_only else ("download", "upload")
+
+
 def _table(
     results: dict[tuple[str, str], list[tuple[float, float]]], args: argparse.Namespace
 ) -> None:
     def med(name: str, direction: str, i: int) -> float:
         return statistics.median(r[i] for r in results[(name, direction)])
 
+    base = bool(args.baseline)
     print(f"\nTLS, {args.size_mib} MiB file, curl client, medians of {args.runs} alternating runs")
-    print("| metric | ftps-server | vsftpd | ratio |\n|---|---|---|---|")
-    for direction in ("download", "upload"):
-        a, b = med("ftps-server", direction, 0), med("vsftpd", direction, 0)
-        print(f"| TLS {direction} MB/s | {a:.0f} | {b:.0f} | {a / b:.2f}x |")
-        a, b = med("ftps-server", direction, 1), med("vsftpd", direction, 1)
-        print(f"| server CPU s/GiB, {direction} | {a:.2f} | {b:.2f} | {a / b:.2f}x |")
+    print(
+        "| metric | ftps-server | vsftpd | ratio |"
+        + (" baseline |" if base else "")
+        + "\n|---|---|---|---|"
+        + ("---|" if base else "")
+    )
+    for direction in _directions(args):
+        for i, label, fmt in (
+            (0, f"TLS {direction} MB/s", "{:.0f}"),
+            (1, f"server CPU s/GiB, {direction}", "{:.2f}"),
+        ):
+            a, b = med("ftps-server", direction, i), med("vsftpd", direction, i)
+            row = f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {a / b:.2f}x |"
+            if base:
+                row += f" {fmt.format(med('baseline', direction, i))} |"
+            print(row)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from .journal import message_ids
 from .reminders import run as reminders
 from .server.listeners import Listeners, ServerState, build_state
 from .server.tls import build_contexts
+from .server.workers import HEARTBEAT, Supervisor, WorkerInbox, WorkerSpec, worker_config
 
 __all__ = ["Daemon", "notify", "register"]
 
@@ -92,26 +93,48 @@ class _SignalPipe:
 class Daemon:
     """A running server: the IOLoop, the listeners and the current state."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, worker: WorkerSpec | None = None) -> None:
         self.config_path = config_path
         self.ioloop = IOLoop()
         self.listeners = Listeners(self.ioloop)
         self.state: ServerState | None = None
         self._signals: _SignalPipe | None = None
+        self.worker = worker  # this process is one of `[server] workers` (see workers.py)
+        self.inbox: WorkerInbox | None = None
+        self.supervisor: Supervisor | None = None
+
+    def _load(self) -> config_mod.Config:
+        config = config_mod.load(self.config_path)
+        return worker_config(config, self.worker) if self.worker else config
 
     def start(self) -> None:
         """Load the configuration and open every listener; raise ConfigError if unusable."""
-        config = config_mod.load(self.config_path)
+        config = self._load()
         self.state = build_state(config)
+        handlers: dict[int, Any] = {
+            signal.SIGHUP: self.reload,
+            signal.SIGTERM: self.stop,
+            signal.SIGINT: self.stop,
+        }
+        if self.worker is not None:
+            self.inbox = WorkerInbox(self.ioloop, self.worker, self.state)
+            self._signals = _SignalPipe(self.ioloop, handlers)
+            return
+        if config.server.workers > 1:
+            self.supervisor = Supervisor(self.ioloop, self.config_path, config.server.workers)
+            self.listeners.factory = self.supervisor.listener_factory()
+            handlers[signal.SIGCHLD] = self.supervisor.reap
+            self.supervisor.start()
         self.listeners.apply(self.state)
         if not self.listeners.servers:
+            if self.supervisor is not None:
+                self.supervisor.stop()  # no worker outlives a start that failed
             self._fail_unbound()
-        self._signals = _SignalPipe(
-            self.ioloop,
-            {signal.SIGHUP: self.reload, signal.SIGTERM: self.stop, signal.SIGINT: self.stop},
-        )
+        self._signals = _SignalPipe(self.ioloop, handlers)
+        if self.supervisor is not None:
+            self.supervisor.reap()  # a worker that ended before SIGCHLD was caught
         self._start_watchdog()
-        status = self.listeners.status_line(self.state)
+        status = self._status()
         notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
         log.info(
             "ftps-server ready: %s",
@@ -144,9 +167,18 @@ class Daemon:
         notify(f"STATUS={reason}")
         raise FtpsServerError(reason)
 
+    def _status(self) -> str:
+        assert self.state is not None
+        status = self.listeners.status_line(self.state)
+        return f"{status}, {self.supervisor.status()}" if self.supervisor else status
+
     def _start_watchdog(self) -> None:
         usec = os.environ.get("WATCHDOG_USEC")
         pid = os.environ.get("WATCHDOG_PID")
+        if self.supervisor is not None:
+            # a worker's loop that stalls is killed and replaced (its heartbeats stop)
+            limit = max(int(usec) / 1e6, 3 * HEARTBEAT) if usec else 60.0
+            self.ioloop.call_every(HEARTBEAT, self.supervisor.kill_stalled, limit)
         if not usec or (pid and int(pid) != os.getpid()):
             return
         interval = max(int(usec) / 1e6 / 3, 0.5)
@@ -167,12 +199,22 @@ class Daemon:
         now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         notify("RELOADING=1", f"MONOTONIC_USEC={now_usec}", "STATUS=reloading")
         try:
-            config = config_mod.load(self.config_path)
+            config = self._load()
             self.state = build_state(config, self.state)
+            if self.inbox is not None:
+                self.inbox.set_state(self.state)
+                log.info("worker %d reloaded", self.inbox.spec.index)
+                return
             self.listeners.apply(self.state)
+            if self.supervisor is not None:
+                if config.server.workers != self.supervisor.count:
+                    log.warning("[server] workers changed: takes effect at the next restart")
+                self.supervisor.signal_all(signal.SIGHUP)
         except FtpsServerError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
-        status = self.listeners.status_line(self.state) if self.state else "no state"
+            if self.inbox is not None:
+                return
+        status = self._status() if self.state else "no state"
         log.info(
             "reloaded: %s", status, extra={"fields": {"MESSAGE_ID": message_ids.SERVICE_RELOAD}}
         )
@@ -185,6 +227,10 @@ class Daemon:
         notify("STOPPING=1")
         log.info("stopping")
         self.listeners.close()
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        if self.inbox is not None:
+            self.inbox.close()
         if self.state is not None:
             self.state.auth.close()
         if self._signals is not None:
@@ -206,7 +252,11 @@ class Daemon:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    daemon = Daemon(Path(args.config))
+    worker = None
+    if args.worker:
+        index, count = (int(n) for n in args.worker.split("/"))
+        worker = WorkerSpec(index, count, args.worker_fd)
+    daemon = Daemon(Path(args.config), worker)
     daemon.start()
     daemon.run()
     return 0
@@ -234,6 +284,9 @@ def register(subparsers: Any) -> None:
     default = str(config_mod.DEFAULT_CONFIG_PATH)
     serve = subparsers.add_parser("serve", help="run the FTPS server")
     serve.add_argument("--config", default=default, help=f"INI file (default {default})")
+    # internal: how the main process starts its `[server] workers`
+    serve.add_argument("--worker", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
     check = subparsers.add_parser(
         "check-config", help="validate a configuration file (exit 78 when invalid)"

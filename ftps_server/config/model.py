@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import ipaddress
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ class ServerConfig:
             return False
         ip = ipaddress.ip_address(address)
         return any(ip.version == net.version and ip in net for net in self.proxy_from)
+    workers: int = 1  # processes serving the listeners ("auto": one per usable core)
 
 
 @dataclass(frozen=True)
@@ -284,9 +286,40 @@ def listener_name(address: str, port: int, kind: str) -> str:
 # --- sections ------------------------------------------------------------------------------
 
 
+MAX_WORKERS = 256
+
+
+def _workers(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    try:
+        return ini.int_range(1, MAX_WORKERS)(text)
+    except ValueError:
+        raise ValueError(f"must be auto or a whole number from 1 to {MAX_WORKERS}") from None
+
+
 def _server(s: ini.Section) -> ServerConfig:
     d = ServerConfig()
-    server = ServerConfig(
+    server = _server_keys(s, d)
+    if server.passive_ports and server.workers > 1:
+        low, high = server.passive_ports
+        if high - low + 1 < 2 * server.workers:
+            # each worker gets its own slice of the range (PASV binds only in its slice)
+            raise s.error(
+                "passive_ports",
+                f"{low}-{high} has fewer than 2 ports for each of the {server.workers} workers",
+            )
+    if server.proxy_protocol and not server.proxy_from:
+        raise s.error(
+            "proxy_from",
+            "proxy_protocol = yes needs the balancers' addresses here (e.g. 10.0.0.0/24); "
+            "only they may send a PROXY header",
+        )
+    return server
+
+
+def _server_keys(s: ini.Section, d: ServerConfig) -> ServerConfig:
+    return ServerConfig(
         addresses=s.get("addresses", ini.addresses, d.addresses),
         passive_ports=s.get("passive_ports", ini.port_range, None),
         nat=s.get("nat", _nat, ()),
@@ -315,14 +348,8 @@ def _server(s: ini.Section) -> ServerConfig:
         ),
         proxy_protocol=s.get("proxy_protocol", ini.boolean, False),
         proxy_from=s.get("proxy_from", _proxy_from, ()),
+        workers=s.get("workers", _workers, d.workers),
     )
-    if server.proxy_protocol and not server.proxy_from:
-        raise s.error(
-            "proxy_from",
-            "proxy_protocol = yes needs the balancers' addresses here (e.g. 10.0.0.0/24); "
-            "only they may send a PROXY header",
-        )
-    return server
 
 
 def _ports(s: ini.Section) -> PortsConfig:

@@ -40,7 +40,7 @@ from .proxied import Address, client_address, read_header
 from .proxy_protocol import ProxyHeader
 from .state import AcceptingListener, ServerState
 from .tls import CONTROL_TICKETS
-from .tls_channel import HIGH_WATER, TlsChannel, TlsPeerGone, TlsState, describe_ssl_error
+from .tls_channel import TlsChannel, TlsPeerGone, TlsState, describe_ssl_error
 from .tls_openssl import new_session_ticket
 from .users import DeferredFile
 
@@ -84,6 +84,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
 
     def __init__(self, sock: Any, cmd_channel: FtpsHandler) -> None:
         self._rbuf: bytearray | None = None
+        self._wbuf: bytearray | None = None
         self._read_scheduled = False
         self._read_error = ""
         self._listing = False  # sending a listing (formatting costs time, not bytes)
@@ -241,8 +242,11 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             producer.buffer_size = _BULK
         super().push_with_producer(producer)
 
-    def _next_chunk(self) -> bytes | None:
-        """The next bytes to send from the producer queue, or None when it is empty."""
+    def _next_chunk(self) -> bytes | memoryview | None:
+        """The next bytes to send from the producer queue, or None when it is empty.
+
+        A view of `_wbuf` is valid only until the next call: `tls.write` takes all of it
+        (a memory BIO never makes it wait) before the buffer is read into again."""
         fifo = self.producer_fifo
         while fifo:
             first = fifo[0]
@@ -253,11 +257,20 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
                 if first:
                     return bytes(first)
                 continue
-            data = first.more()
+            file = _binary_file(first)
+            data = self._read_into_buffer(file) if file is not None else first.more()
             if data:
-                return bytes(data)
+                return data if isinstance(data, memoryview) else bytes(data)
             fifo.popleft()
         return None
+
+    def _read_into_buffer(self, file: Any) -> memoryview:
+        # one buffer per download instead of a new 256 KiB object per read: no allocation
+        # and no fresh pages to fault in for every chunk
+        if self._wbuf is None:
+            self._wbuf = bytearray(_BULK)
+        view = memoryview(self._wbuf)
+        return view[: file.readinto(view) or 0]
 
     def initiate_send(self) -> None:
         if self.tls_state is TlsState.PLAIN:
@@ -272,7 +285,12 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             while moved < _EVENT_BUDGET and self.connected:
                 if deadline is not None and time.monotonic() > deadline:
                     break  # the loop comes back: the socket is still writable
-                if self.tls_backlog >= HIGH_WATER and not self._tls_flush():
+                # Encrypt the next chunk only once the previous one is on the socket: the
+                # outgoing BIO then never holds more than one chunk. A BIO that grows to
+                # megabytes is re-allocated, copied and wiped (OpenSSL cleanses the old
+                # buffer) step by step on every new connection: a third of a short
+                # download's CPU in OpenSSL and page faults (bench/short_sessions.py).
+                if self.tls_backlog and not self._tls_flush():
                     break  # the socket is full: wait for it to drain
                 chunk = self._next_chunk()
                 if chunk is None:
@@ -423,6 +441,15 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             self.close()
             return False
         return True
+
+
+def _binary_file(producer: object) -> Any | None:
+    """The file of a binary-mode pyftpdlib FileProducer (it sends the file's bytes as they
+    are, so they can be read straight into a buffer), else None."""
+    if getattr(producer, "type", None) != "i":
+        return None
+    file = getattr(producer, "file", None)
+    return file if callable(getattr(file, "readinto", None)) else None
 
 
 # PassiveDTP's module differs between pyftpdlib 2.0 and 2.2; the handler names it in both

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from pyftpdlib.servers import FTPServer
@@ -22,7 +23,7 @@ from .proxy_protocol import ProxyHeader
 from .state import ServerState
 from .tls import build_contexts
 
-__all__ = ["ListenerServer", "Listeners", "ServerState", "build_state"]
+__all__ = ["LISTEN_BACKLOG", "ListenerServer", "Listeners", "ServerState", "build_state"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ class Listeners:
 
     def __init__(self, ioloop: Any) -> None:
         self.ioloop = ioloop
+        # what a listening socket becomes; with workers, one that hands connections on
+        self.factory: Callable[..., ListenerServer] = ListenerServer
         self.servers: dict[tuple[str, str, int], ListenerServer] = {}
         self.failed: dict[tuple[str, str, int], str] = {}
         self._ip_map: list[str] = []
@@ -144,7 +147,7 @@ class Listeners:
                     extra={"fields": {"LISTENER": name}},
                 )
                 continue
-            self.servers[key] = ListenerServer(sock, kind, name, state, self.ioloop, self._ip_map)
+            self.servers[key] = self.factory(sock, kind, name, state, self.ioloop, self._ip_map)
             log.info("listening on %s", name)
         self._report_certificates(state)
         metrics.listeners_applied(self, state)

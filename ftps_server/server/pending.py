@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
@@ -76,6 +77,7 @@ class PendingStore:
         self._dirty = threading.Event()
         self._writer: threading.Thread | None = None
         self._write_lock = threading.Lock()  # one writer at a time: worker or flush
+        self._removed: set[tuple[str, str]] = set()  # dropped here since the last write
         self._changes = 0  # bumped by every change of the table
         self._saved = 0  # the value of _changes the file reflects
 
@@ -138,7 +140,9 @@ class PendingStore:
             else:
                 if len(table) >= MAX_ENTRIES:
                     # an authenticated-by-CA client cannot fill the disk: the oldest goes
-                    del table[min(table, key=lambda k: table[k].last_seen)]
+                    oldest = min(table, key=lambda k: table[k].last_seen)
+                    del table[oldest]
+                    self._removed.add(oldest)
                 table[key] = PendingCert(
                     user=user,
                     fingerprint=info.fingerprint,
@@ -161,6 +165,7 @@ class PendingStore:
             gone = [k for k, e in table.items() if e.fingerprint in pinned]
             for k in gone:
                 del table[k]
+            self._removed.update(gone)
         if gone:
             self._schedule()
         return len(gone)
@@ -194,8 +199,23 @@ class PendingStore:
                 if self._saved == self._changes:
                     return
                 changes = self._changes
-                entries = sorted(self._table().values(), key=lambda e: e.last_seen)
-            self._save(entries)
+                mine, removed = dict(self._table()), set(self._removed)
+            with _DirLock(self.state_dir):
+                # with `[server] workers = N` every worker writes this file: keep what the
+                # others recorded (each client address has one worker, so they differ)
+                merged = {
+                    (e.user, e.fingerprint): e
+                    for e in self._read()
+                    if (e.user, e.fingerprint) not in removed
+                }
+                for key, entry in mine.items():
+                    theirs = merged.get(key)
+                    if theirs is None or theirs.last_seen <= entry.last_seen:
+                        merged[key] = entry
+                entries = sorted(merged.values(), key=lambda e: e.last_seen)[-MAX_ENTRIES:]
+                self._save(entries)
+            with self._lock:
+                self._removed -= removed
             self._saved = changes
 
     def _save(self, entries: list[PendingCert]) -> None:
@@ -210,6 +230,27 @@ class PendingStore:
                 os.close(top)
         except OSError as exc:
             log.error("cannot record pending certificates in %s: %s", self.path, exc.strerror)
+
+
+class _DirLock:
+    """An exclusive flock on the state directory itself, across processes (workers); a
+    directory that cannot be opened or locked (it does not exist yet) is not waited for."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.fd: int | None = None
+
+    def __enter__(self) -> None:
+        try:
+            self.fd = state_files.open_dir(self.directory)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError:
+            self.__exit__()
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
 
 
 def _clip(text: str | None) -> str | None:

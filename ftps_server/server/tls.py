@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..config.model import PORT_KINDS, CertificateEntry, Config
 from ..pki.certs import EntryStatus, inspect_entry
-from .tls_openssl import set_groups
+from .tls_openssl import ParsedChain, parse_chain, set_groups, use_chain
 
 __all__ = [
     "CONTROL_TICKETS",
@@ -79,13 +79,16 @@ class Material:
 
     def __init__(self, path: Path, key: Path | None = None) -> None:
         self.certfile, self.keyfile = str(path), (str(key) if key else None)
+        sources = [key, path] if key else [path]
+        data = b"".join(_pem_file(p) for p in sources)
+        # key and chain parsed once for every context of this generation (tls_openssl)
+        self.parsed: ParsedChain | None = parse_chain(data) if key else None
         try:
             fd = os.memfd_create(f"ftps-{path.name}", os.MFD_CLOEXEC)
         except (AttributeError, OSError):
             return
         weakref.finalize(self, os.close, fd)
-        sources = [key, path] if key else [path]
-        view = memoryview(b"".join(_pem_file(p) for p in sources))
+        view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
         self.certfile, self.keyfile = f"/proc/self/fd/{fd}", None
@@ -190,7 +193,8 @@ def _new_context(
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     ctx.set_ciphers(tls.ciphers or MOZILLA_INTERMEDIATE_CIPHERS)
     set_groups(ctx)
-    ctx.load_cert_chain(material.certfile, material.keyfile)
+    if material.parsed is None or not use_chain(ctx, material.parsed):
+        ctx.load_cert_chain(material.certfile, material.keyfile)
     if mode != ssl.CERT_NONE and client_ca is not None:
         ctx.load_verify_locations(cafile=client_ca.certfile)
         if crl is not None:

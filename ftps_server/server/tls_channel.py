@@ -20,6 +20,7 @@ import errno
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,19 @@ log = logging.getLogger(__name__)
 RAW_CHUNK = 1024 * 1024  # bytes per socket recv/send
 HIGH_WATER = 1024 * 1024  # encrypted bytes queued before the writer waits for the socket
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS)
+
+
+class _RecvBuffer(threading.local):
+    """One receive buffer per thread, shared by every channel its IOLoop runs: what a recv
+    brings is copied into the channel's incoming BIO at once. recv() would allocate a new
+    1 MiB object per call, and idle sessions keep no buffer at all. (The outgoing side has
+    no such reuse: MemoryBIO.read() can only return new bytes; see docs/performance.md.)"""
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(RAW_CHUNK))
+
+
+_recv_buffer = _RecvBuffer()
 
 
 class TlsState(enum.Enum):
@@ -165,20 +179,21 @@ class TlsChannel:
         if self._tls_raw_eof:
             return False
         try:
-            data = socket.socket.recv(self.socket, RAW_CHUNK)
+            view = _recv_buffer.view
+            n = socket.socket.recv_into(self.socket, view)
         except OSError as exc:
             if exc.errno in _AGAIN:
                 return False
             if exc.errno in _ERRNOS_DISCONNECTED:
                 self.tls_peer_reset = True
-                data = b""
+                n = 0
             else:
                 raise
-        if not data:
+        if not n:
             self._tls_raw_eof = True
             self._tls_in.write_eof()
             return True  # EOF is news too: the next read reports it
-        self._tls_in.write(data)
+        self._tls_in.write(view[:n])
         return True
 
     @property

@@ -167,3 +167,16 @@ def test_included_user_files(tmp_path: Path) -> None:
 
 def test_upload_eof_lenient(tmp_path: Path) -> None:
     assert _load(tmp_path, "[tls]\nupload_eof = Lenient\n").tls.upload_eof == "lenient"
+
+
+def test_workers_key(tmp_path: Path) -> None:
+    assert _load(tmp_path, "").server.workers == 1
+    assert _load(tmp_path, "[server]\nworkers = 3\n").server.workers == 3
+    assert _load(tmp_path, "[server]\nworkers = auto\n").server.workers >= 1
+    bad = _error(tmp_path, "[server]\nworkers = 0\n")
+    assert (bad.section, bad.key) == ("server", "workers") and "auto" in str(bad)
+    # every worker needs its own slice of at least 2 passive ports
+    small = _error(tmp_path, "[server]\nworkers = 4\npassive_ports = 60000-60006\n")
+    assert (small.section, small.key) == ("server", "passive_ports")
+    fits = _load(tmp_path, "[server]\nworkers = 4\npassive_ports = 60000-60007\n")
+    assert fits.server.passive_ports == (60000, 60007)

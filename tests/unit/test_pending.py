@@ -41,6 +41,29 @@ def test_record_deduplicates_and_is_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o640
 
 
+def test_stores_of_two_workers_keep_each_others_entries(tmp_path: Path) -> None:
+    """`[server] workers = 2`: each worker has its own store on the same file; what one
+    recorded survives the other's write, and what one pruned is not written back by it."""
+    pki = make_pki(tmp_path)
+    first, second = PendingStore(tmp_path / "state"), PendingStore(tmp_path / "state")
+    first.record("dave", pki.stranger, "127.0.0.2", "l1", T0)
+    first.flush()
+    second.record("carol", pki.stranger, "127.0.0.3", "l1", T0 + dt.timedelta(1))
+    second.flush()
+    first.record("dave", pki.stranger, "127.0.0.2", "l1", T0 + dt.timedelta(2))
+    first.flush()
+    entries = PendingStore(tmp_path / "state").load()
+    assert [(e.user, e.attempts) for e in entries] == [("carol", 1), ("dave", 2)]
+    pinned = fingerprint(pki.stranger)
+    cfg = type("Cfg", (), {"users": [type("U", (), {"certificates": (pinned,)})()]})()
+    assert first.prune(cfg) == 1  # type: ignore[arg-type]
+    first.flush()  # dave is not written back; carol, recorded by the other worker, stays
+    assert [e.user for e in PendingStore(tmp_path / "state").load()] == ["carol"]
+    assert second.prune(cfg) >= 1  # type: ignore[arg-type]  # every worker prunes on reload
+    second.flush()
+    assert PendingStore(tmp_path / "state").load() == []
+
+
 def test_corrupt_file_reads_as_empty(tmp_path: Path) -> None:
     store = PendingStore(tmp_path)
     store.path.write_text("{not json")

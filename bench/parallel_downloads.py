@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Parallel TLS downloads with `[server] workers = 1` against `workers = 2` (run by hand).
+
+    python3 bench/parallel_downloads.py [--size-mib 1024] [--streams 4] [--runs 3]
+
+`--streams` curl clients download the same file at once, each from its own loopback source
+address (127.0.0.2, 127.0.0.3, ...; chosen so that they spread evenly over the workers, since
+all sessions of one address go to one worker). Reported per server: aggregate MB/s and server
+CPU in % of one core (main process and workers, from /proc), medians of alternating runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+import tls_throughput  # noqa: E402
+from tls_throughput import HOST, Server, _cert  # noqa: E402
+
+from ftps_server.pki.passwords import HashParams, hash_password  # noqa: E402
+from ftps_server.server.workers import pick  # noqa: E402
+
+BENCH_USER = tls_throughput.BENCH_USER = "ftppar"
+
+
+def _tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (utime + stime + reaped children) of `pid` and of each live child."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            found[int(entry.name)] = sum(int(fields[i]) for i in (11, 12, 13, 14)) / tick
+    return found
+
+
+def _sources(streams: int, workers: int) -> list[str]:
+    """Loopback client addresses, round-robin over the workers of the larger server."""
+    by_worker: dict[int, list[str]] = {}
+    for last in range(2, 250):
+        address = f"127.0.0.{last}"
+        by_worker.setdefault(pick(address, workers), []).append(address)
+    return [by_worker[i % workers][i // workers] for i in range(streams)]
+
+
+def measure(
+    server: Server, cert: Path, name: str, size: int, sources: list[str]
+) -> tuple[float, float, float, float]:
+    """(aggregate MB/s, server CPU, its busiest process's CPU and client CPU, in % of one
+    core) for parallel downloads."""
+    clients0 = _children_cpu()
+    url = f"ftp://{HOST}:{server.port}/{name}"
+    config = f'user = "{BENCH_USER}:{server.password}"\n'.encode()
+    cpu0, t0 = _tree_cpu(server.pid), time.perf_counter()
+    procs = []
+    for source in sources:
+        cmd = ["curl", "-sS", "--ssl-reqd", "--cacert", str(cert), "-K", "-"]
+        cmd += ["--max-time", "600", "--interface", source, "-o", "/dev/null", url]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdin is not None
+        proc.stdin.write(config)
+        proc.stdin.close()
+        procs.append(proc)
+    for proc in procs:
+        if proc.wait(660) != 0:
+            assert proc.stderr is not None
+            raise RuntimeError(f"{server.name}: curl failed: {proc.stderr.read().decode()}")
+    elapsed = time.perf_counter() - t0
+    cpu1 = _tree_cpu(server.pid)
+    used = [cpu1[p] - cpu0.get(p, 0.0) for p in cpu1]
+    clients = _children_cpu() - clients0
+    rate = len(sources) * size / elapsed / 1e6
+    return rate, 100 * sum(used) / elapsed, 100 * max(used) / elapsed, 100 * clients / elapsed
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="workers of the second server")
+    args = parser.parse_args()
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    work = Path(tempfile.mkdtemp(prefix="ftps-par-", dir=shm))
+    servers: list[Server] = []
+    try:
+        cert, key = _cert(work)
+        home = work / "home" / BENCH_USER
+        home.mkdir(parents=True)
+        src = home / "file.bin"
+        with src.open("wb") as f:
+            block = os.urandom(2**20)
+            for _ in range(args.size_mib):
+                f.write(block)
+
+        def cheap(password: str) -> str:
+            return hash_password(password, HashParams(ln=10, r=8, p=1))
+
+        for port, workers, passive in (
+            (45990, 1, "46000-46099"),
+            (45991, args.workers, "46100-46199"),
+        ):
+            options = {"workers": str(workers), "passive_ports": passive}
+            server = tls_throughput.start_ftps_server(
+                work, cert, key, home, port, options, cheap, name=f"workers={workers}"
+            )
+            servers.append(server)
+        time.sleep(2.0)  # the workers import and load the configuration
+        sources = _sources(args.streams, args.workers)
+        results: dict[str, list[tuple[float, float, float, float]]] = {}
+        for run in range(args.runs):
+            for server in servers:
+                results.setdefault(server.name, []).append(
+                    measure(server, cert, src.name, args.size_mib * 2**20, sources)
+                )
+            print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
+        print(
+            f"\n{args.streams} parallel TLS downloads of {args.size_mib} MiB (curl), "
+            f"medians of {args.runs} alternating runs"
+        )
+        print("| metric | " + " | ".join(results) + " |\n|---|" + "---|" * len(results))
+        labels = (
+            "aggregate MB/s",
+            "server CPU, % of one core (all its processes)",
+            "  of which its busiest process",
+            "curl clients' CPU, %",
+        )
+        for i, label in enumerate(labels):
+            cells = [f"{statistics.median(r[i] for r in rs):.0f}" for rs in results.values()]
+            print(f"| {label} | " + " | ".join(cells) + " |")
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
