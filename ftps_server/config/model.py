@@ -29,6 +29,7 @@ __all__ = [
     "CertificateEntry",
     "CheckConfig",
     "Config",
+    "LogConfig",
     "NatRule",
     "PortsConfig",
     "ServerConfig",
@@ -47,6 +48,7 @@ AUTH_POLICIES = ("password", "certificate", "certificate+password")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 SMTP_SECURITY = ("none", "starttls", "tls")
 MAIL_TRANSPORTS = ("sendmail", "smtp")
+UPLOAD_DIGESTS = ("sha256", "none")
 PERMISSION_LETTERS = "elradfmwMT"
 _FINGERPRINT_RE = re.compile(r"^(?:sha256:)?([0-9A-Fa-f]{2}(?::?[0-9A-Fa-f]{2}){31})$")
 _HASH_RE = re.compile(r"^\$scrypt\$ln=\d+,r=\d+,p=\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
@@ -154,6 +156,12 @@ class CheckConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    transfer_log: Path | None = None  # the wu-ftpd xferlog file; None = none written
+    upload_digest: str = "sha256"  # sha256 | none: digest of every upload, in its journal entry
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -163,6 +171,7 @@ class Config:
     users: tuple[UserConfig, ...] = ()
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def listeners(self) -> list[tuple[str, str, int]]:
         """Every (address, kind, port) the server binds."""
@@ -376,7 +385,15 @@ def _check(s: ini.Section) -> CheckConfig:
     return check
 
 
-_SINGLE = {"server", "ports", "tls", "alerts", "check"}
+def _log(s: ini.Section) -> LogConfig:
+    d = LogConfig()
+    return LogConfig(
+        transfer_log=s.get("transfer_log", ini.abs_path, None),
+        upload_digest=s.get("upload_digest", ini.choice(UPLOAD_DIGESTS), d.upload_digest),
+    )
+
+
+_SINGLE = {"server", "ports", "tls", "alerts", "check", "log"}
 
 
 def load(path: str | Path) -> Config:
@@ -390,7 +407,7 @@ def load(path: str | Path) -> Config:
             raise s.error(
                 None,
                 "unknown section (allowed: server, ports, tls, certificate:NAME, user:NAME, "
-                "alerts, check)",
+                "alerts, check, log)",
             )
         if kind in ("certificate", "user") and not s.name.partition(":")[2].strip():
             raise s.error(None, f"needs a name, e.g. [{kind}:main]")
@@ -422,6 +439,7 @@ def load(path: str | Path) -> Config:
         users=tuple(users),
         alerts=single("alerts", _alerts),
         check=single("check", _check),
+        log=single("log", _log),
     )
     _cross_checks(config, {s.name: s for s in sections})
     _nested_homes(config, {s.name: s for s in sections})
