@@ -264,7 +264,7 @@ def test_refused_and_failed_transfers_say_so(pki: support.Pki, site: Any) -> Non
             reply = str(err)
     assert reply.startswith("522"), reply
     bob.reuse_session = True
-    with pytest.raises(ftplib.error_perm, match="^550"):
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
         bob.delete("missing.bin")
     bob.quit()
     (transfer,) = wait_for(server, message_ids.TRANSFER, 1)

@@ -50,7 +50,7 @@ def test_ids_are_distinct_uuid4_hex() -> None:
 
 def test_all_is_exactly_the_module_ids() -> None:
     defined = _module_ids()
-    assert message_ids.ALL == defined
+    assert defined == message_ids.ALL
     assert set(defined) <= set(message_ids.__all__)
 
 
