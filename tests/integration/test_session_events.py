@@ -11,11 +11,15 @@ wu-ftpd xferlog file.
 from __future__ import annotations
 
 import ftplib
+import grp
 import hashlib
 import io
 import os
+import pwd
 import re
+import shutil
 import ssl
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -281,3 +285,40 @@ def test_refused_and_failed_transfers_say_so(pki: support.Pki, site: Any) -> Non
     (line,) = xferlog.read_text().splitlines()
     assert line.endswith(" bob ftp 0 * i") and " i r " in line
     assert not (homes / "bob" / "refused.bin").exists()
+
+
+@pytest.mark.skipif(shutil.which("logrotate") is None, reason="logrotate is not installed")
+def test_packaged_logrotate_rotates_the_transfer_log(
+    pki: support.Pki, site: Any, tmp_path: Path
+) -> None:
+    """The real logrotate with the package's file: the next transfer goes to the new file."""
+    server, port, _, xferlog = site
+    user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    shipped = (support.ROOT / "packaging/debian/ftps-server.logrotate").read_text()
+    assert "/var/log/ftps-server/xferlog {" in shipped
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text(
+        shipped.replace("/var/log/ftps-server/xferlog", str(xferlog)).replace(
+            "ftps-server ftps-server", f"{user} {group}"
+        )
+    )
+    bob = _login(pki, port, "bob")
+    bob.storbinary("STOR before.bin", io.BytesIO(b"1" * 10))
+    wait_for(server, message_ids.TRANSFER, 1)
+    run = subprocess.run(
+        ["logrotate", "-f", "-s", str(tmp_path / "logrotate.state"), str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    bob.storbinary("STOR after.bin", io.BytesIO(b"2" * 20))
+    bob.quit()
+    wait_for(server, message_ids.TRANSFER, 2)
+    rotated = xferlog.with_name("xferlog.1")
+    assert [line.split()[8].rsplit("/", 1)[1] for line in rotated.read_text().splitlines()] == [
+        "before.bin"
+    ]
+    assert [line.split()[8].rsplit("/", 1)[1] for line in xferlog.read_text().splitlines()] == [
+        "after.bin"
+    ]

@@ -167,3 +167,26 @@ def test_included_user_files(tmp_path: Path) -> None:
 
 def test_upload_eof_lenient(tmp_path: Path) -> None:
     assert _load(tmp_path, "[tls]\nupload_eof = Lenient\n").tls.upload_eof == "lenient"
+
+
+def test_log_section(tmp_path: Path) -> None:
+    default = _load(tmp_path, "")
+    assert default.log.transfer_log is None and default.log.upload_digest == "sha256"
+    off = _load(tmp_path, "[log]\ntransfer_log =\nupload_digest = none\n")
+    assert off.log.transfer_log is None and off.log.upload_digest == "none"
+    on = _load(tmp_path, "[log]\ntransfer_log = /var/log/ftps-server/xferlog\n")
+    assert on.log.transfer_log == Path("/var/log/ftps-server/xferlog")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("[log]\ntransfer_log = xferlog\n", "transfer_log", "absolute path"),
+        ("[log]\nupload_digest = md5\n", "upload_digest", "sha256, none"),
+        ("[log]\ntransfer_file = /x\n", "transfer_file", "unknown key"),
+    ],
+)
+def test_log_errors_name_the_key(tmp_path: Path, text: str, key: str, words: str) -> None:
+    err = _error(tmp_path, text)
+    assert (err.section, err.key) == ("log", key)
+    assert words in str(err)
