@@ -801,9 +801,14 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
     # pyftpdlib's log wrappers put the client's USER name (and its own messages, which quote
     # paths) after `log_prefix`: escape the whole line, so no client text can forge entries
     def log(self, msg: str, logfun: Any = _pyftpdlib_log.info) -> None:
-        if _STRUCTURED.match(msg):  # said by a session event already: only for --debug
-            logfun = _pyftpdlib_log.debug
+        if _STRUCTURED.match(msg) or self._transfer_reply(msg):
+            logfun = _pyftpdlib_log.debug  # said by a session event already: only for --debug
         logfun(auth.log_safe(f"{self.log_prefix % self.__dict__} {msg}"))
+
+    def _transfer_reply(self, msg: str) -> bool:
+        """True for the final reply of a transfer: its event (REASON=) says it with fields."""
+        dtp = self.data_channel
+        return dtp is not None and bool(dtp._resp) and dtp._resp[0][4:] == msg
 
     def logline(self, msg: str, logfun: Any = _pyftpdlib_log.debug) -> None:
         if self._log_debug:

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 import support
+from test_ftp_policy import _config as policy_config
 from test_ftps import FAST_HASH, PASSWORD
 
 from ftps_server.journal import message_ids
@@ -99,6 +100,7 @@ def site(pki: support.Pki, tmp_path: Path, start_server: Callable[..., Any]) -> 
         password = {FAST_HASH}
         [log]
         transfer_log = {tmp_path}/xferlog
+        upload_digest = sha256
         """,
     )
     server = start_server(config)
@@ -278,6 +280,8 @@ def test_refused_and_failed_transfers_say_so(pki: support.Pki, site: Any) -> Non
         "0",
     )
     assert transfer["REASON"].startswith("522")
+    # the 522 reply is said once, by the transfer entry (pyftpdlib's reply line only at debug)
+    assert server.log().count("Data connection must resume the TLS session") == 1
     assert "SHA256" not in transfer
     (action,) = of(server.log(), message_ids.FILE_ACTION)
     assert (action["ACTION"], action["RESULT"]) == ("delete", "failed")
@@ -322,3 +326,16 @@ def test_packaged_logrotate_rotates_the_transfer_log(
     assert [line.split()[8].rsplit("/", 1)[1] for line in xferlog.read_text().splitlines()] == [
         "after.bin"
     ]
+
+
+def test_no_digest_by_default(pki: support.Pki, tmp_path: Path, start_server: Any) -> None:
+    """Without [log] (upload_digest = none) a transfer entry has no SHA256 and no xferlog."""
+    config, ports = policy_config(pki, tmp_path)
+    server = start_server(config)
+    ftp = _login(pki, ports["explicit"], "alice")
+    ftp.storbinary("STOR plain.bin", io.BytesIO(b"p" * 5000))
+    ftp.quit()
+    (transfer,) = wait_for(server, message_ids.TRANSFER, 1)
+    assert (transfer["PATH"], transfer["BYTES"], transfer["RESULT"]) == ("/plain.bin", "5000", "ok")
+    assert "SHA256" not in transfer
+    assert not list(tmp_path.rglob("xferlog*"))

@@ -56,7 +56,8 @@ def test_journalctl_user_and_transfer_id_gives_exactly_the_transfers(
     good = ct.path(helpers.CONFIG).read_text()
     extra = (
         f"\n[user:bob]\nhome = {bob.home}\npermissions = elradfmw\nauth = password\n"
-        f"password = {bob.password_hash}\n\n[log]\ntransfer_log = {XFERLOG}\n"
+        f"password = {bob.password_hash}\n\n"
+        f"[log]\ntransfer_log = {XFERLOG}\nupload_digest = sha256\n"
     )
     helpers.write_config(ct, good + extra)
     ct.run(["systemctl", "reload", UNIT])

@@ -171,9 +171,9 @@ def test_upload_eof_lenient(tmp_path: Path) -> None:
 
 def test_log_section(tmp_path: Path) -> None:
     default = _load(tmp_path, "")
-    assert default.log.transfer_log is None and default.log.upload_digest == "sha256"
-    off = _load(tmp_path, "[log]\ntransfer_log =\nupload_digest = none\n")
-    assert off.log.transfer_log is None and off.log.upload_digest == "none"
+    assert default.log.transfer_log is None and default.log.upload_digest == "none"
+    off = _load(tmp_path, "[log]\ntransfer_log =\nupload_digest = sha256\n")
+    assert off.log.transfer_log is None and off.log.upload_digest == "sha256"
     on = _load(tmp_path, "[log]\ntransfer_log = /var/log/ftps-server/xferlog\n")
     assert on.log.transfer_log == Path("/var/log/ftps-server/xferlog")
 
