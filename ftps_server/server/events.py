@@ -174,15 +174,20 @@ class SessionLog:
         self._totals = _Totals()
         self._rename_from: str | None = None
 
-    def _emit(self, level: int, message_id: str, text: str, fields: dict[str, str]) -> None:
+    def fields(self) -> dict[str, dict[str, str]]:
+        """``extra=`` for any other log call about this session: its SESSION_ID and peer."""
         user = self._session.username
-        common = {
-            "MESSAGE_ID": message_id,
-            "SESSION_ID": self.id,
-            "REMOTE_ADDR": self._session.remote_ip,
-            "LISTENER": self._session.listener_name,
-            **({"USER": clean(user)} if user else {}),
+        return {
+            "fields": {
+                "SESSION_ID": self.id,
+                "REMOTE_ADDR": self._session.remote_ip,
+                "LISTENER": self._session.listener_name,
+                **({"USER": clean(user)} if user else {}),
+            }
         }
+
+    def _emit(self, level: int, message_id: str, text: str, fields: dict[str, str]) -> None:
+        common = {"MESSAGE_ID": message_id, **self.fields()["fields"]}
         log.log(level, "%s", text, extra={"fields": {**common, **fields}})
 
     def connected(self, remote_port: int) -> None:

@@ -619,6 +619,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
                 self.remote_ip,
                 self.listener_name,
                 self.tls_problem,
+                extra=self.session_log.fields(),
             )
             self.close()
             return
@@ -835,6 +836,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
                 self.remote_ip,
                 self.listener_name,
                 self.tls_problem,
+                extra=self.session_log.fields(),
             )
             self.respond(
                 "431 TLS is unavailable on this address: no valid certificate is "
@@ -885,7 +887,11 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
 
     def tls_cleared(self) -> None:
         self._cleared_by_ccc = True
-        log.info("control channel of %s cleared by CCC", self.remote_ip)
+        log.info(
+            "control channel of %s cleared by CCC",
+            self.remote_ip,
+            extra=self.session_log.fields(),
+        )
 
     def _passive_cap(self) -> int:
         settings = self.state.config.server
@@ -908,7 +914,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
                 self.username or "-",
                 held,
                 cap,
-                extra={"fields": {"REMOTE_ADDR": self.remote_ip, "USER": self.username}},
+                extra=self.session_log.fields(),
             )
             self.respond("425 Too many passive connections open from your address.")
             return
@@ -924,7 +930,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
                 self.username or "-",
                 self.passive_ports[0],
                 self.passive_ports[-1],
-                extra={"fields": {"REMOTE_ADDR": self.remote_ip, "USER": self.username}},
+                extra=self.session_log.fields(),
             )
             self.respond("425 No passive port free; try again later.")
 
@@ -1065,6 +1071,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
                 "closing the connection of %s on %s: its output could not be sent",
                 self.remote_ip,
                 self.listener_name,
+                extra=self.session_log.fields(),
             )
             self._tls_drop()  # no close_notify behind output that cannot drain
             self.close()

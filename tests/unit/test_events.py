@@ -213,3 +213,17 @@ def test_no_xferlog_when_off(tmp_path: Path, caught: pytest.LogCaptureFixture) -
     SessionLog(View()).transfer(_transfer())
     assert list(tmp_path.iterdir()) == []
     assert events.clean("plain") == "plain"
+
+
+def test_fields_for_other_log_calls() -> None:
+    view = View()
+    session = SessionLog(view)
+    assert session.fields() == {
+        "fields": {
+            "SESSION_ID": session.id,
+            "REMOTE_ADDR": "192.0.2.7",
+            "LISTENER": "192.0.2.1:21 explicit",
+        }
+    }
+    view.username = "bob"
+    assert session.fields()["fields"]["USER"] == "bob"
