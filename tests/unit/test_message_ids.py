@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 import ftps_server.journal.message_ids as message_ids
 
@@ -78,3 +82,18 @@ def test_session_ids_have_their_fields_in_the_catalog() -> None:
     assert "SESSION_ID" in blocks[message_ids.SESSION_CONNECT]
     for name in ("DIRECTION", "BYTES", "DURATION_MS", "RESULT", "SHA256"):
         assert name in blocks[message_ids.TRANSFER], name
+
+
+@pytest.mark.skipif(shutil.which("journalctl") is None, reason="journalctl is not installed")
+def test_journalctl_reads_every_entry(tmp_path: Path) -> None:
+    """The real journalctl compiles the catalog into its database (in a scratch root)."""
+    (tmp_path / "usr/lib/systemd/catalog").mkdir(parents=True)
+    (tmp_path / "var/lib/systemd/catalog").mkdir(parents=True)
+    shutil.copy(CATALOG, tmp_path / "usr/lib/systemd/catalog/ftps-server.catalog")
+    root = f"--root={tmp_path}"
+    subprocess.run(["journalctl", root, "--update-catalog"], check=True, timeout=60)
+    listed = subprocess.run(
+        ["journalctl", root, "--list-catalog"], capture_output=True, text=True, timeout=60
+    ).stdout
+    ids = {line.split()[0] for line in listed.splitlines() if line.strip()}
+    assert ids == set(message_ids.ALL.values())
