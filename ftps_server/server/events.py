@@ -30,6 +30,7 @@ from ..pki.certs import fingerprint
 from ..safe_text import escape_controls
 
 __all__ = [
+    "FILE_COMMANDS",
     "FileAction",
     "SessionLog",
     "SessionView",

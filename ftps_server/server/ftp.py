@@ -36,7 +36,7 @@ from ..config.model import normalize_address
 from . import auth
 from .checksum_commands import PROTO_CMDS as CHECKSUM_CMDS
 from .checksum_commands import ChecksumCommands
-from .events import SessionLog, Transfer, transfer_result
+from .events import FILE_COMMANDS, SessionLog, Transfer, transfer_result
 from .listing import DirectoryReader
 from .state import AcceptingListener, ServerState
 from .tls import CONTROL_TICKETS
@@ -790,14 +790,19 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         super().pre_process_command(line, cmd, arg)
 
     def log_cmd(self, cmd: str, arg: str, respcode: int, respstr: str) -> None:
-        if self.session_log.command(cmd, self._virtual(arg), respcode, respstr):
-            return  # a file action: a structured entry instead of pyftpdlib's line
+        withheld = ""
         if _has_control(cmd) or _has_control(arg):
             # a bare CR or LF would start a forged line in a text log, and what follows one
             # may be anything the client pipelined (a PASS line): log only the size
             cmd = re.sub(r"[\x00-\x1f\x7f].*", "", cmd, flags=re.S)[:16]
-            arg = f"<{len(arg)} characters withheld: control characters in the command line>"
-        super().log_cmd(cmd, arg, respcode, respstr)
+            withheld = f"<{len(arg)} characters withheld: control characters in the command line>"
+        if cmd in FILE_COMMANDS:  # a structured entry instead of pyftpdlib's line
+            # CR/LF: withheld as above; other controls (ESC in a name) are escaped by events
+            broken = not arg or "\r" in arg or "\n" in arg
+            path = withheld if broken else self._virtual(arg)
+            self.session_log.command(cmd, path, respcode, respstr)
+            return
+        super().log_cmd(cmd, withheld or arg, respcode, respstr)
 
     # pyftpdlib's log wrappers put the client's USER name (and its own messages, which quote
     # paths) after `log_prefix`: escape the whole line, so no client text can forge entries

@@ -339,3 +339,23 @@ def test_no_digest_by_default(pki: support.Pki, tmp_path: Path, start_server: An
     assert (transfer["PATH"], transfer["BYTES"], transfer["RESULT"]) == ("/plain.bin", "5000", "ok")
     assert "SHA256" not in transfer
     assert not list(tmp_path.rglob("xferlog*"))
+
+
+def test_file_action_with_a_line_break_is_withheld(pki: support.Pki, site: Any) -> None:
+    """A bare CR in DELE's argument: what follows it may be a pipelined PASS line."""
+    server, port, homes, _ = site
+    bob = _login(pki, port, "bob")
+    bob.sock.sendall(b"DELE x\rPASS Hunter2-pipelined\r\n")  # ftplib refuses to send it
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
+        bob.getresp()
+    bob.sock.sendall(b"MKD e\x1bsc\r\n")  # an ESC is no line break: escaped, not withheld
+    assert bob.getresp().startswith("257")
+    bob.quit()
+    wait_for(server, message_ids.SESSION_DISCONNECT, 1)
+    log = server.log()
+    assert "Hunter2-pipelined" not in log
+    actions = [(e["ACTION"], e["PATH"], e["RESULT"]) for e in of(log, message_ids.FILE_ACTION)]
+    assert actions[1] == ("mkdir", "/e\\x1bsc", "ok")
+    assert (actions[0][0], actions[0][2]) == ("delete", "failed")
+    assert re.fullmatch(r"<\d+ characters withheld: control characters in .*>", actions[0][1])
+    assert (homes / "bob" / "e\x1bsc").is_dir()
