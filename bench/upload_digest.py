@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """What a SHA-256 of every upload costs: TLS upload MB/s with and without it, same run (by hand).
 
-Two ftps-server processes on loopback, identical but for one thing: in the second, every
-chunk the data handler writes (`FtpsDataHandler._store`, the PROT P upload path) is also fed
-to `checksums.StreamDigest` -- where `[log] upload_digest = sha256` will hook in. curl uploads
-to both, alternating (A B A B ...) so drift on a noisy machine hits both; medians are shown.
+Two ftps-server processes on loopback, identical but for `[log] upload_digest` (`none` in
+the first, `sha256` in the second: every chunk the data handler stores is also fed to
+`checksums.StreamDigest`). curl uploads to both, alternating (A B A B ...) so drift on a noisy
+machine hits both; medians are shown.
 A standalone line gives the digest's own speed over the same 256 KiB memoryview chunks.
 
-    python3 bench/upload_digest.py [--size-mib 256] [--runs 3]
+    python3 bench/upload_digest.py [--size-mib 256] [--runs 3] [--vsftpd]
 
-Needs no root: the file lives on /dev/shm when there is one, nothing is installed.
+Needs no root: the file lives on /dev/shm when there is one, nothing is installed. With
+`--vsftpd` (as root; see tls_throughput.py, which it borrows from) vsftpd takes its turn in
+the same alternation, so the performance issue's target -- server CPU per GiB uploaded at most
+0.45x vsftpd's -- is checked with the digest on, in the same run.
 """
 
 from __future__ import annotations
@@ -25,36 +28,25 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 
-from tls_throughput import BENCH_USER, HOST, Server, _cert, _wait_port, measure  # noqa: E402
+from tls_throughput import (  # noqa: E402
+    BENCH_USER,
+    HOST,
+    Server,
+    _cert,
+    _wait_port,
+    measure,
+    start_vsftpd,
+)
 
 from ftps_server.checksums import StreamDigest  # noqa: E402
 from ftps_server.pki.passwords import hash_password  # noqa: E402
 
 CHUNK = 256 * 1024  # the data handler's read size (ftp._BULK)
-
-
-def serve_with_digest(config: str) -> int:
-    """Run `ftps-server serve` with every upload chunk also fed to a StreamDigest."""
-    from ftps_server import cli
-    from ftps_server.server.ftp import FtpsDataHandler
-
-    original = FtpsDataHandler._store
-
-    def store(self: Any, data: memoryview) -> bool:
-        digest = self.__dict__.get("_bench_digest")
-        if digest is None:
-            digest = self._bench_digest = StreamDigest()
-        digest.update(data)
-        return original(self, data)
-
-    FtpsDataHandler._store = store  # type: ignore[method-assign]
-    return cli.main(["serve", "--config", config])
 
 
 def start(work: Path, name: str, cert: Path, key: Path, home: Path, port: int) -> Server:
@@ -75,11 +67,10 @@ default = yes
 home = {home}
 permissions = elradfmw
 password = {hash_password(password)}
+[log]
+upload_digest = {name}
 """)
-    if name == "sha256":
-        cmd = [sys.executable, __file__, "--serve-with-digest", str(config)]
-    else:
-        cmd = [sys.executable, "-m", "ftps_server", "serve", "--config", str(config)]
+    cmd = [sys.executable, "-m", "ftps_server", "serve", "--config", str(config)]
     proc = subprocess.Popen(
         cmd,
         cwd=work,
@@ -108,12 +99,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--serve-with-digest", metavar="CONFIG", help=argparse.SUPPRESS)
+    parser.add_argument("--vsftpd", action="store_true", help="vsftpd in the same run (root)")
     args = parser.parse_args()
-    if args.serve_with_digest:
-        return serve_with_digest(args.serve_with_digest)
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     work = Path(tempfile.mkdtemp(prefix="ftps-digest-bench-", dir=shm))
+    work.chmod(0o755)
     servers: list[Server] = []
     try:
         cert, key = _cert(work)
@@ -129,6 +119,11 @@ def main() -> int:
             start(work, "none", cert, key, home, 41980),
             start(work, "sha256", cert, key, home, 41981),
         ]
+        if args.vsftpd:
+            servers.append(start_vsftpd(work, cert, key, home, 41982))
+            shutil.chown(home, BENCH_USER)
+            src.chmod(0o666)
+            home.chmod(0o777)
         results: dict[str, list[tuple[float, float]]] = {}
         for run in range(args.runs):
             for server in servers:
@@ -137,6 +132,10 @@ def main() -> int:
                 )
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
         alone = digest_alone(src)
+        for server in servers[:2]:  # the digest was really on (and off): the entries say
+            has_digest = "SHA256=" in (work / f"{server.name}.log").read_text()
+            if has_digest != (server.name == "sha256"):
+                raise RuntimeError(f"server {server.name}: SHA256 field present: {has_digest}")
     except RuntimeError:
         for log in work.glob("*.log"):
             print(log.read_text()[-3000:], file=sys.stderr)
@@ -146,11 +145,18 @@ def main() -> int:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nTLS upload, {args.size_mib} MiB, curl, medians of {args.runs} alternating runs")
-    print("| upload digest | MB/s | server CPU s/GiB |\n|---|---|---|")
-    for name in ("none", "sha256"):
+    print("| server, upload digest | MB/s | server CPU s/GiB |\n|---|---|---|")
+    cpu = {}
+    for name in results:
         mbs = statistics.median(r[0] for r in results[name])
-        cpu = statistics.median(r[1] for r in results[name])
-        print(f"| {name} | {mbs:.0f} | {cpu:.2f} |")
+        cpu[name] = statistics.median(r[1] for r in results[name])
+        label = name if name == "vsftpd" else f"ftps-server, {name}"
+        print(f"| {label} | {mbs:.0f} | {cpu[name]:.2f} |")
+    if "vsftpd" in cpu:
+        for name in ("none", "sha256"):
+            ratio = cpu[name] / cpu["vsftpd"]
+            verdict = "holds" if ratio <= 0.45 else "MISSED"
+            print(f"upload CPU/GiB {name} vs vsftpd: {ratio:.2f}x (target <= 0.45x: {verdict})")
     print(f"\nStreamDigest alone (SHA-256, {CHUNK // 1024} KiB memoryviews): {alone:.0f} MB/s")
     return 0
 

@@ -264,6 +264,9 @@ class Authenticator:
         }
         if fp:  # only when a certificate was presented: an empty field says nothing
             fields["CERT_FINGERPRINT"] = fp
+        session_log = getattr(handler, "session_log", None)  # events.SessionLog
+        if session_log is not None:  # joins the login to its session's other entries
+            fields["SESSION_ID"] = session_log.id
         if message_id:
             fields["MESSAGE_ID"] = message_id
         log.log(level, text, extra={"fields": fields})

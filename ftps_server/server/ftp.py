@@ -31,10 +31,12 @@ except ImportError:  # pyftpdlib 2.0 (Debian 13)
     from pyftpdlib.handlers import BufferedIteratorProducer
     from pyftpdlib.ioloop import RetryError as _RetryError
 
+from ..checksums import StreamDigest
 from ..config.model import normalize_address
 from . import auth, metrics
 from .checksum_commands import PROTO_CMDS as CHECKSUM_CMDS
 from .checksum_commands import ChecksumCommands
+from .events import FILE_COMMANDS, SessionLog, Transfer, transfer_result
 from .listing import DirectoryReader
 from .proxied import Address, client_address, read_header
 from .proxy_protocol import ProxyHeader
@@ -61,6 +63,8 @@ OUTPUT_BOUND = 64 * 1024
 STUCK_OUTPUT_GRACE = 5
 _TLS_BUSY = (TlsState.HANDSHAKE, TlsState.CLOSING)
 _PRE_TLS_COMMANDS = {"AUTH", "FEAT", "QUIT", "NOOP", "SYST", "HELP", "OPTS"}
+# pyftpdlib's own lines for what a session event (events.py) reports with fields
+_STRUCTURED = re.compile(r"FTP session (opened|closed) \((dis)?connect\)|USER '.*' logged in\.$")
 
 
 def strerror(err: BaseException) -> str:
@@ -88,6 +92,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         self._read_scheduled = False
         self._read_error = ""
         self._listing = False  # sending a listing (formatting costs time, not bytes)
+        self.upload_digest: StreamDigest | None = None  # [log] upload_digest, see _digest_upload
         self.tls_summary = ("none", "none")  # negotiated TLS version and cipher
         self._accepted = False  # TLS up and the session check passed (or PROT C, connected)
         self._constructing = True
@@ -140,6 +145,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
                 channel.listener_name,
                 extra={
                     "fields": {
+                        "SESSION_ID": channel.session_log.id,
                         "REMOTE_ADDR": channel.remote_ip,
                         "DATA_REMOTE_ADDR": data_peer,
                         "USER": channel.username,
@@ -188,11 +194,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             self._constructing = False
             return
         metrics.handshake_failed(reason, "data")
-        log.info(
-            "TLS handshake on data connection from %s failed: %s",
-            self.cmd_channel.remote_ip,
-            reason,
-        )
+        self.cmd_channel.session_log.tls_failed(reason, data=True, data_peer=self._peer())
         failure = f"TLS negotiation on the data connection failed: {reason}"
         channel = self.cmd_channel
         # this PASV/PORT is spent (pyftpdlib has already closed the passive listener): a
@@ -324,12 +326,24 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
 
     def enable_receiving(self, type: str, cmd: str) -> None:
         super().enable_receiving(type, cmd)
+        self._digest_upload(type)
         if self._accepted:
             self._open_upload()
             if self._closed:
                 return
         if self.tls_state is TlsState.ESTABLISHED and self._tls_in and self._tls_in.pending:
             self._schedule_read()
+
+    def _digest_upload(self, type: str) -> None:
+        """Digest what this upload stores, when that is the whole resulting file.
+
+        Only STOR/STOU from offset 0 (a DeferredFile opened "wb"/"xb"; REST gives a plain
+        file, APPE mode "ab") and binary: in ASCII mode the bytes read are not those stored.
+        """
+        file = self.file_obj
+        wanted = self.cmd_channel.state.config.log.upload_digest == "sha256"
+        if wanted and type == "i" and isinstance(file, DeferredFile) and file.mode != "ab":
+            self.upload_digest = StreamDigest("SHA-256")
 
     def _bulk_read(self) -> None:
         """Decrypt everything available, write it to the file in large pieces."""
@@ -401,6 +415,8 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             raise
         if not data:
             self._end_upload()
+        elif self.upload_digest is not None:
+            self.upload_digest.update(data)  # stored by pyftpdlib's handle_read as it is
         return data
 
     def handle_close(self) -> None:
@@ -440,6 +456,8 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             self._resp = (f"452 Cannot write file: {err.strerror}; transfer aborted.", log.warning)
             self.close()
             return False
+        if self.upload_digest is not None:
+            self.upload_digest.update(chunk)
         return True
 
 
@@ -577,6 +595,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         self.authorizer = self.state.auth.authorizer
         self.abstracted_fs = self.state.auth.filesystem
         self.proxy_header = server.proxy_header
+        self.session_log = SessionLog(self, transfer_log=self.state.config.log.transfer_log)
         super().__init__(conn, server, ioloop)
         if not self.connected:
             return
@@ -596,6 +615,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             if self._ccc_allowed:
                 self._extra_feats.append("CCC")
         self.checksum_setup(settings)
+        self.session_log.connected(int(self.remote_port))
 
     # --- policy
 
@@ -652,6 +672,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
                 self.remote_ip,
                 self.listener_name,
                 self.tls_problem,
+                extra=self.session_log.fields(),
             )
             self.close()
             return
@@ -673,25 +694,15 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         assert self.tls is not None
         der = self.tls.getpeercert(binary_form=True)
         self.peer_certificate = x509.load_der_x509_certificate(der) if der else None
-        log.debug(
-            "TLS %s %s with %s on %s",
-            self.tls.version(),
-            (self.tls.cipher() or ("?",))[0],
-            self.remote_ip,
-            self.listener_name,
-        )
+        cipher = (self.tls.cipher() or ("?",))[0]
+        version, resumed = str(self.tls.version()), self.tls.session_reused
+        self.session_log.tls_established(version, cipher, resumed, self.peer_certificate)
         if self._implicit:
             FTPHandler.handle(self)  # the 220 banner, now inside TLS
 
     def tls_failed(self, reason: str) -> None:
         metrics.handshake_failed(reason, "control")
-        log.warning(
-            "TLS handshake from %s on %s failed: %s",
-            self.remote_ip,
-            self.listener_name,
-            reason,
-            extra={"fields": {"REMOTE_ADDR": self.remote_ip, "LISTENER": self.listener_name}},
-        )
+        self.session_log.tls_failed(reason)
         super().tls_failed(reason)
 
     def tls_io_events(self) -> int:
@@ -804,27 +815,26 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
     ) -> None:
         # pyftpdlib calls this once per file transfer, complete or not
         metrics.transferred(receive, bytes)
-        result = "completed" if completed else "aborted"
-        version, cipher = getattr(self.data_channel, "tls_summary", ("none", "none"))
-        log.log(
-            logging.INFO if completed else logging.WARNING,
-            "%s %r %s %s bytes in %.3f s",  # %r: a file name may hold control characters
-            cmd,
-            self._virtual(filename),
-            result,
-            bytes,
-            elapsed,
-            extra={
-                "fields": {
-                    "REMOTE_ADDR": self.remote_ip,
-                    "USER": self.username,
-                    "COMMAND": cmd,
-                    "RESULT": result,
-                    "BYTES": str(bytes),
-                    "TLS_VERSION": version,
-                    "TLS_CIPHER": cipher,
-                }
-            },
+        # called by the data handler's close(), while it is still self.data_channel
+        dtp = self.data_channel
+        reply = dtp._resp[0] if dtp is not None and dtp._resp else ""
+        digest = getattr(dtp, "upload_digest", None)
+        version, cipher = getattr(dtp, "tls_summary", ("none", "none"))
+        self.session_log.transfer(
+            Transfer(
+                command=cmd,
+                upload=receive,
+                path=self._virtual(filename),
+                real_path=filename,
+                size=bytes,
+                seconds=elapsed,
+                result=transfer_result(completed, reply),
+                reply=reply,
+                binary=getattr(self, "_current_type", "i") != "a",
+                tls_version=version,
+                tls_cipher=cipher,
+                sha256=digest.hexdigest() if digest is not None else None,
+            )
         )
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
@@ -848,17 +858,31 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         super().pre_process_command(line, cmd, arg)
 
     def log_cmd(self, cmd: str, arg: str, respcode: int, respstr: str) -> None:
+        withheld = ""
         if _has_control(cmd) or _has_control(arg):
             # a bare CR or LF would start a forged line in a text log, and what follows one
             # may be anything the client pipelined (a PASS line): log only the size
             cmd = re.sub(r"[\x00-\x1f\x7f].*", "", cmd, flags=re.S)[:16]
-            arg = f"<{len(arg)} characters withheld: control characters in the command line>"
-        super().log_cmd(cmd, arg, respcode, respstr)
+            withheld = f"<{len(arg)} characters withheld: control characters in the command line>"
+        if cmd in FILE_COMMANDS:  # a structured entry instead of pyftpdlib's line
+            # CR/LF: withheld as above; other controls (ESC in a name) are escaped by events
+            broken = not arg or "\r" in arg or "\n" in arg
+            path = withheld if broken else self._virtual(arg)
+            self.session_log.command(cmd, path, respcode, respstr)
+            return
+        super().log_cmd(cmd, withheld or arg, respcode, respstr)
 
     # pyftpdlib's log wrappers put the client's USER name (and its own messages, which quote
     # paths) after `log_prefix`: escape the whole line, so no client text can forge entries
     def log(self, msg: str, logfun: Any = _pyftpdlib_log.info) -> None:
+        if _STRUCTURED.match(msg) or self._transfer_reply(msg):
+            logfun = _pyftpdlib_log.debug  # said by a session event already: only for --debug
         logfun(auth.log_safe(f"{self.log_prefix % self.__dict__} {msg}"))
+
+    def _transfer_reply(self, msg: str) -> bool:
+        """True for the final reply of a transfer: its event (REASON=) says it with fields."""
+        dtp = self.data_channel
+        return dtp is not None and bool(dtp._resp) and dtp._resp[0][4:] == msg
 
     def logline(self, msg: str, logfun: Any = _pyftpdlib_log.debug) -> None:
         if self._log_debug:
@@ -885,6 +909,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
                 self.remote_ip,
                 self.listener_name,
                 self.tls_problem,
+                extra=self.session_log.fields(),
             )
             self.respond(
                 "431 TLS is unavailable on this address: no valid certificate is "
@@ -935,7 +960,11 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
 
     def tls_cleared(self) -> None:
         self._cleared_by_ccc = True
-        log.info("control channel of %s cleared by CCC", self.remote_ip)
+        log.info(
+            "control channel of %s cleared by CCC",
+            self.remote_ip,
+            extra=self.session_log.fields(),
+        )
 
     def _passive_cap(self) -> int:
         settings = self.state.config.server
@@ -958,7 +987,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
                 self.username or "-",
                 held,
                 cap,
-                extra={"fields": {"REMOTE_ADDR": self.remote_ip, "USER": self.username}},
+                extra=self.session_log.fields(),
             )
             self.respond("425 Too many passive connections open from your address.")
             return
@@ -974,7 +1003,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
                 self.username or "-",
                 self.passive_ports[0],
                 self.passive_ports[-1],
-                extra={"fields": {"REMOTE_ADDR": self.remote_ip, "USER": self.username}},
+                extra=self.session_log.fields(),
             )
             self.respond("425 No passive port free; try again later.")
 
@@ -1081,7 +1110,8 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         if self._listing is not None:
             self._listing.cancel()
             self._listing = None
-        super().close()
+        super().close()  # closes the data connection first: its transfer is logged before
+        self.session_log.disconnected()
 
     def ftp_SITE_CHMOD(self, path: str, mode: str) -> Any:
         try:
@@ -1114,6 +1144,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
                 "closing the connection of %s on %s: its output could not be sent",
                 self.remote_ip,
                 self.listener_name,
+                extra=self.session_log.fields(),
             )
             self._tls_drop()  # no close_notify behind output that cannot drain
             self.close()

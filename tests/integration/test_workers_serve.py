@@ -22,9 +22,7 @@ HOST = "127.0.0.1"
 CLIENTS = ("127.0.0.2", "127.0.0.3")  # they hash to different workers of two
 PASSIVE = (47100, 47119)
 DATA = os.urandom(200_000)
-_OPENED = re.compile(
-    r"pyftpdlib: (127\.0\.0\.\d+):\d+-\[[^\]]*\] FTP session opened[^\n]* WORKER=(\d+)"
-)
+_OPENED = re.compile(r"session \w+: connection from (127\.0\.0\.\d+) port \d+[^\n]* WORKER=(\d+)")
 _STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 
 
@@ -115,7 +113,7 @@ def test_every_session_of_an_address_is_served_by_its_one_worker(site: Site) -> 
             passive_port = _session(site, source)
             # PASV binds only in the worker's own slice, so the data connection reaches it
             assert passive_port in _slice(pick(source, 2))
-    assert site.server.wait_log("FTP session closed")
+    assert site.server.wait_log(" ended after ")
     seen = _workers_of(site.server.log())
     assert seen == {source: {pick(source, 2)} for source in CLIENTS}
     assert "2/2 workers" in site.server.status()

@@ -104,7 +104,7 @@ def _negotiated(log: str, remote: str) -> str:
     """'TLSv1.3 TLS_AES_256_GCM_SHA384' from the server's transfer entries for `remote`."""
     found = set()
     for line in log.splitlines():
-        if f"'/{remote}'" in line and "RESULT=completed" in line:
+        if f"'/{remote}' by " in line and " RESULT=ok " in line:  # transfer entries (events.py)
             version = re.search(r"TLS_VERSION=(\S+)", line)
             cipher = re.search(r"TLS_CIPHER=(\S+)", line)
             if version and cipher:
@@ -116,9 +116,11 @@ def _aborted(log: str, remote: str) -> str:
     """What the server logged for transfers of `remote` that it did not count complete."""
     notes = []
     for line in log.splitlines():
-        match = re.search(rf"(\w+) '/{re.escape(remote)}' aborted (\d+) bytes", line)
+        match = re.search(rf"'/{re.escape(remote)}' by .*?: (aborted|failed), (\d+) bytes", line)
         if match:
-            notes.append(f"server: {match.group(1)} aborted after {match.group(2)} bytes")
+            command = re.search(r" COMMAND=(\w+)", line)
+            name = command.group(1) if command else "transfer"
+            notes.append(f"server: {name} {match.group(1)} after {match.group(2)} bytes")
     return "; ".join(notes)
 
 

@@ -180,3 +180,26 @@ def test_workers_key(tmp_path: Path) -> None:
     assert (small.section, small.key) == ("server", "passive_ports")
     fits = _load(tmp_path, "[server]\nworkers = 4\npassive_ports = 60000-60007\n")
     assert fits.server.passive_ports == (60000, 60007)
+
+
+def test_log_section(tmp_path: Path) -> None:
+    default = _load(tmp_path, "")
+    assert default.log.transfer_log is None and default.log.upload_digest == "none"
+    off = _load(tmp_path, "[log]\ntransfer_log =\nupload_digest = sha256\n")
+    assert off.log.transfer_log is None and off.log.upload_digest == "sha256"
+    on = _load(tmp_path, "[log]\ntransfer_log = /var/log/ftps-server/xferlog\n")
+    assert on.log.transfer_log == Path("/var/log/ftps-server/xferlog")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("[log]\ntransfer_log = xferlog\n", "transfer_log", "absolute path"),
+        ("[log]\nupload_digest = md5\n", "upload_digest", "sha256, none"),
+        ("[log]\ntransfer_file = /x\n", "transfer_file", "unknown key"),
+    ],
+)
+def test_log_errors_name_the_key(tmp_path: Path, text: str, key: str, words: str) -> None:
+    err = _error(tmp_path, text)
+    assert (err.section, err.key) == ("log", key)
+    assert words in str(err)
