@@ -208,3 +208,30 @@ def test_drain_timeout_closes_what_is_left(
     assert server.wait_log("drain_timeout reached: closing 1 connections")
     with pytest.raises((EOFError, OSError)):
         idle.nlst()
+
+
+def test_reload_after_the_code_changed_on_disk_hands_over(
+    pki: support.Pki, served: tuple[support.ServerProcess, bytes]
+) -> None:
+    """A reload (SIGHUP, what ExecReload sends) reloads in place while the code on disk is the
+    one running, and hands over once it changed, as dpkg's unpacking of an upgrade does
+    (every file a new inode; here: a new mtime on one module, put back afterwards)."""
+    server, _data = served
+    old = server.pid
+    server.reload()
+    assert _main_pid(server.messages[-1]) is None
+    module = Path(support.ROOT) / "ftps_server" / "checksums.py"
+    st = module.stat()
+    try:
+        os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        os.kill(old, signal.SIGHUP)
+        ready = server.wait_for("READY=1", timeout=30)
+    finally:
+        os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns))
+    new = _main_pid(ready)
+    assert new is not None and new != old, ready
+    server.successors.append(new)  # type: ignore[attr-defined]
+    assert server.proc.wait(timeout=15) == 0  # no session: drained at once
+    ftp = _login(pki)
+    assert _owner_of_connection(ftp.sock) == new
+    ftp.quit()
