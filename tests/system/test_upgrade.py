@@ -89,8 +89,8 @@ def test_upgrade_during_download_hands_over(
         )
         assert logins and {str(e["_PID"]) for e in logins} == {new_pid}, logins
         # ... which runs the code installed by the upgrade (started after dpkg unpacked it).
-        cmdline = ct.path(f"/proc/{new_pid}/cmdline").read_bytes().split(b"\0")
-        assert b"ftps_server" in cmdline and b"serve" in cmdline, cmdline
+        cmdline = ct.run(["cat", f"/proc/{new_pid}/cmdline"]).stdout.split("\0")
+        assert "ftps_server" in cmdline and "serve" in cmdline, cmdline
 
         _out, err = download.communicate(timeout=150)
         assert download.returncode == 0, err
