@@ -72,13 +72,17 @@ def test_upgrade_during_download_hands_over(
         proc = ct.install_deb(new_deb)
         apt_output = proc.stdout + proc.stderr
         assert ct.run(["dpkg-query", "-W", "-f=${Version}", "ftps-server"]).stdout == new_version
-        assert "handed over to the new version" in apt_output, apt_output[-3000:]
         wait_active(ct)
+        # The download spans the upgrade: still running, in the old process.
+        if download.poll() is not None:
+            raise AssertionError(
+                f"the download ended during the upgrade (curl exit {download.returncode}): "
+                f"{download.communicate()[1]}\n{apt_output[-2000:]}"
+            )
+        assert _alive(ct, old_pid)
+        assert "handed over to the new version" in apt_output, apt_output[-3000:]
         new_pid = ct.systemctl_show("ftps-server", "MainPID")
         assert new_pid not in (old_pid, "0"), (old_pid, new_pid)
-        # The download spans the upgrade: still running, in the old process.
-        assert download.poll() is None, "the download ended before the upgrade was over"
-        assert _alive(ct, old_pid)
 
         # New connections reach the new process: its login entry, its PID.
         helpers.curl(
