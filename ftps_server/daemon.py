@@ -17,12 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.ioloop import IOLoop
 
 from .config import model as config_mod
 from .errors import FtpsServerError
 from .journal import message_ids
 from .reminders import run as reminders
+from .server import handover
 from .server.listeners import Listeners, ServerState, build_state
 from .server.tls import build_contexts
 from .server.workers import HEARTBEAT, Supervisor, WorkerInbox, WorkerSpec, worker_config
@@ -99,6 +101,11 @@ class Daemon:
         self.listeners = Listeners(self.ioloop)
         self.state: ServerState | None = None
         self._signals: _SignalPipe | None = None
+        self._watchdog: Any = None
+        # hand-over (server/handover.py): the code this process runs, and its progress
+        self._code = handover.code_fingerprint()
+        self._spawn: handover.Spawn | None = None
+        self._handed_over = False
         self.worker = worker  # this process is one of `[server] workers` (see workers.py)
         self.inbox: WorkerInbox | None = None
         self.supervisor: Supervisor | None = None
@@ -115,9 +122,11 @@ class Daemon:
             signal.SIGHUP: self.reload,
             signal.SIGTERM: self.stop,
             signal.SIGINT: self.stop,
+            signal.SIGUSR2: self.hand_over,
         }
         if self.worker is not None:
             self.inbox = WorkerInbox(self.ioloop, self.worker, self.state)
+            handlers[signal.SIGUSR2] = self._drain_worker  # its main process handed over
             self._signals = _SignalPipe(self.ioloop, handlers)
             return
         if config.server.workers > 1:
@@ -125,6 +134,8 @@ class Daemon:
             self.listeners.factory = self.supervisor.listener_factory()
             handlers[signal.SIGCHLD] = self.supervisor.reap
             self.supervisor.start()
+        # after a hand-over: serve the previous process's listening sockets (validated first)
+        self.listeners.adopt(handover.inherited_sockets())
         self.listeners.apply(self.state)
         if not self.listeners.servers:
             if self.supervisor is not None:
@@ -135,7 +146,10 @@ class Daemon:
             self.supervisor.reap()  # a worker that ended before SIGCHLD was caught
         self._start_watchdog()
         status = self._status()
-        notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
+        if handover.is_successor():
+            handover.report_ready()  # the previous process makes us systemd's main process
+        else:
+            notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
         log.info(
             "ftps-server ready: %s",
             status,
@@ -183,7 +197,7 @@ class Daemon:
             return
         interval = max(int(usec) / 1e6 / 3, 0.5)
         # the ping comes from the event loop itself, so a stalled loop stops the pings
-        self.ioloop.call_every(interval, lambda: notify("WATCHDOG=1"))
+        self._watchdog = self.ioloop.call_every(interval, lambda: notify("WATCHDOG=1"))
 
     def _remind_in_background(self, config: config_mod.Config) -> None:
         def run() -> None:
@@ -195,7 +209,16 @@ class Daemon:
         threading.Thread(target=run, name="remind", daemon=True).start()
 
     def reload(self) -> None:
-        """Re-read config, certificates and users; keep the old state if the new one is bad."""
+        """Re-read config, certificates and users; keep the old state if the new one is bad.
+
+        When the installed code changed since this process started (a package upgrade), hand
+        the listeners over to a new process running it instead."""
+        if self._spawn is not None or self._handed_over:
+            return
+        if handover.code_fingerprint() != self._code:
+            log.info("the installed code changed since the start: handing over")
+            self.hand_over()
+            return
         now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         notify("RELOADING=1", f"MONOTONIC_USEC={now_usec}", "STATUS=reloading")
         try:
@@ -222,10 +245,86 @@ class Daemon:
         if self.state is not None:
             self._remind_or_hint(self.state.config)
 
+    # -- hand-over to a new process (package upgrade; server/handover.py) -------------------
+    def hand_over(self) -> None:
+        """Start a new process on the listening sockets; drain once it serves."""
+        if self._spawn is not None or self._handed_over or not self.listeners.servers:
+            return
+        now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        notify("RELOADING=1", f"MONOTONIC_USEC={now_usec}", "STATUS=handing over")
+        try:
+            self._spawn = handover.Spawn(
+                self.ioloop, self.config_path, self.listeners.sockets(), self._handed
+            )
+        except OSError as exc:
+            self._handed(False, 0, str(exc))
+
+    def _handed(self, ok: bool, pid: int, reason: str) -> None:
+        self._spawn = None
+        if not ok:
+            log.error("hand-over failed, this process keeps serving: %s", reason)
+            status = self.listeners.status_line(self.state) if self.state else "no state"
+            notify("READY=1", f"STATUS={status} (hand-over failed: {reason})")
+            return
+        drain = self.state.config.server.drain_timeout if self.state else 0
+        # One datagram: systemd follows the new process and ends the reload. From now on
+        # this one is not the main process; its notifications would be refused.
+        notify(f"MAINPID={pid}", "READY=1", f"STATUS=handed over to PID {pid}")
+        self._handed_over = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self.listeners.close()
+        if self.supervisor is not None:
+            # the sessions live in the workers: each stops taking connections and exits once
+            # its own sessions end (or at drain_timeout); none is replaced from now on
+            self.supervisor.stopping = True
+            self.supervisor.signal_all(signal.SIGUSR2)
+        log.info(
+            "handed the listeners over to PID %d; draining sessions for up to %d s", pid, drain
+        )
+        deadline = time.monotonic() + drain
+        self.ioloop.call_every(1.0, self._drain_tick, deadline)
+        self._drain_tick(deadline)
+
+    def _sessions(self) -> int:
+        if self.supervisor is not None:  # a worker that still runs still has sessions
+            return sum(
+                w.proc is not None and w.proc.poll() is None for w in self.supervisor.workers
+            )
+        # control connections; their data channels and the loop's own wake-up pipes end
+        # with them
+        return sum(isinstance(obj, FTPHandler) for obj in self.ioloop.socket_map.values())
+
+    def _drain_worker(self) -> None:
+        """A worker whose main process handed over: take no new connection, finish the
+        sessions it has (up to drain_timeout), then exit."""
+        if self.inbox is not None:
+            self.inbox.close()  # before the old main process exits: its EOF would stop us
+            self.inbox = None
+        drain = self.state.config.server.drain_timeout if self.state else 0
+        deadline = time.monotonic() + drain
+        self.ioloop.call_every(1.0, self._drain_tick, deadline)
+        self._drain_tick(deadline)
+
+    def _drain_tick(self, deadline: float) -> None:
+        left = self._sessions()
+        if left and time.monotonic() < deadline:
+            return
+        if left:
+            log.warning("drain_timeout reached: closing %d connections", left)
+        else:
+            log.info("drained: every session ended")
+        self.stop()
+
     def stop(self) -> None:
         """Close listeners and sessions; the loop ends when nothing is left."""
-        notify("STOPPING=1")
+        if not self._handed_over:
+            notify("STOPPING=1")
         log.info("stopping")
+        if self._spawn is not None:
+            self._spawn.close()
+            self._spawn = None
         self.listeners.close()
         if self.supervisor is not None:
             self.supervisor.stop()

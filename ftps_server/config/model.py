@@ -74,6 +74,9 @@ class ServerConfig:
     max_passive_per_address: int = 0  # 0: half of passive_ports, at least 1
     idle_timeout: int = 300
     handshake_timeout: int = 30
+    # Seconds an old process keeps serving its sessions after handing its listeners to a new
+    # one (package upgrade); long enough for a large transfer, short enough to end.
+    drain_timeout: int = 3600
     allow_plain_ftp: bool = False
     state_dir: Path = Path("/var/lib/ftps-server")
     root: Path = Path("/srv/ftp")
@@ -343,6 +346,7 @@ def _server_keys(s: ini.Section, d: ServerConfig) -> ServerConfig:
         ),
         idle_timeout=s.get("idle_timeout", ini.int_range(1, 86400), d.idle_timeout),
         handshake_timeout=s.get("handshake_timeout", ini.int_range(1, 3600), d.handshake_timeout),
+        drain_timeout=s.get("drain_timeout", ini.int_range(0, 86400 * 7), d.drain_timeout),
         allow_plain_ftp=s.get("allow_plain_ftp", ini.boolean, False),
         state_dir=s.get("state_dir", ini.abs_path, d.state_dir),
         root=s.get("root", ini.abs_path, d.root),

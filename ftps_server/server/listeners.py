@@ -119,6 +119,17 @@ class Listeners:
         self.servers: dict[tuple[str, str, int], ListenerServer] = {}
         self.failed: dict[tuple[str, str, int], str] = {}
         self._ip_map: list[str] = []
+        # Listening sockets handed over by the previous process (see handover.py), used by
+        # the next `apply` instead of binding.
+        self._adopted: dict[tuple[str, str, int], socket.socket] = {}
+
+    def adopt(self, sockets: dict[tuple[str, str, int], socket.socket]) -> None:
+        """Serve these already-listening sockets on the next `apply` (hand-over)."""
+        self._adopted.update(sockets)
+
+    def sockets(self) -> dict[tuple[str, str, int], socket.socket]:
+        """The open listening sockets, for a hand-over to a new process."""
+        return {key: server.socket for key, server in self.servers.items()}
 
     def apply(self, state: ServerState) -> None:
         """Make the open listeners those of `state`; sessions in progress are untouched."""
@@ -137,7 +148,7 @@ class Listeners:
                 continue
             name = listener_name(address, port, kind)
             try:
-                sock = _bind(address, port)
+                sock = self._adopted.pop(key, None) or _bind(address, port)
             except OSError as exc:
                 self.failed[key] = exc.strerror or str(exc)
                 log.critical(
@@ -149,6 +160,9 @@ class Listeners:
                 continue
             self.servers[key] = self.factory(sock, kind, name, state, self.ioloop, self._ip_map)
             log.info("listening on %s", name)
+        for sock in self._adopted.values():  # handed over but no longer configured
+            sock.close()
+        self._adopted.clear()
         self._report_certificates(state)
         metrics.listeners_applied(self, state)
 

@@ -399,6 +399,8 @@ class Supervisor:
         """Kill a worker whose event loop sent no heartbeat for `max_age` seconds (it is
         replaced like any worker that ends): one stuck worker must not stall its addresses
         for ever, nor take the whole service down through systemd's watchdog."""
+        if self.stopping:
+            return  # draining after a hand-over: a worker that closed its inbox sends no beats
         now = time.monotonic()
         for worker in self.workers:
             proc = worker.proc

@@ -26,7 +26,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared support
 import support
 
-from ftps_server.journal.log import message_ids
+from ftps_server.journal import message_ids
 from ftps_server.pki.passwords import HashParams, hash_password
 
 SHIPPED = support.ROOT / "packaging" / "fail2ban"  # laid out as under /etc/fail2ban

@@ -91,6 +91,7 @@ ROOTFS_PACKAGES = (
     "curl",
     "ca-certificates",
     "man-db",  # systemd-analyze verify checks the units' Documentation=man: pages
+    "postfix",  # a real MTA behind /usr/sbin/sendmail, the reminders' default transport
     # dpkg-buildpackage by the book, unit tests at build time (debian/control Build-Depends)
     "build-essential",
     "debhelper",
@@ -105,7 +106,7 @@ ROOTFS_PACKAGES = (
     "python3-trustme",
 )
 # Bump when the hooks below change, so that the cached root file system is rebuilt.
-_ROOTFS_RECIPE = "4"
+_ROOTFS_RECIPE = "5"
 
 _SYSTEMD_EXE = "/usr/lib/systemd/systemd"
 # "<nspawn PID> <work dir>" of the running container, so that a run killed hard can be

@@ -116,6 +116,7 @@ def render_config(site: Site, certs: Sequence[Cert], smtp: bool) -> str:
     if smtp:
         parts.append(
             "[alerts]\n"
+            "transport = smtp\n"
             "email_to = ops@example.org\n"
             "email_from = ftps-server@ftps-test.example.org\n"
             "transport = smtp\n"
