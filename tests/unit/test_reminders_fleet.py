@@ -163,3 +163,36 @@ def test_shared_dir_inside_a_home_or_equal_to_state_dir_is_refused(tmp_path: Pat
             )
         text = str(caught.value)
         assert "[alerts]" in text and "shared_state_dir" in text and words in text
+
+
+def test_a_node_does_not_reset_another_nodes_noticed_since(
+    tmp_path: Path, smtp: SmtpServer
+) -> None:
+    """Per-node conditions (node 1's address without a certificate) keep their first day in
+    the shared state while node 2, which has no such problem, runs in between."""
+    files = write_cert(tmp_path / "tls", "main", not_after=AT + dt.timedelta(days=200))
+    shared = tmp_path / "fleet"
+    configs = []
+    for index, addresses in ((1, "127.0.0.1"), (2, "127.0.0.2")):
+        node = tmp_path / f"node{index}"
+        node.mkdir()
+        configs.append(
+            write_config(
+                node,
+                smtp_port=smtp.port,
+                addresses=addresses,
+                alerts=f"shared_state_dir = {shared}\n",
+                certificates=f"""
+                    [certificate:main]
+                    cert = {files.cert}
+                    key = {files.key}
+                    addresses = 127.0.0.2
+                    """,
+            )
+        )
+    reminders.run_reminders(configs[0], AT)
+    reminders.run_reminders(configs[1], AT + DAY)
+    reminders.run_reminders(configs[0], AT + 2 * DAY)
+    bodies = smtp.sink.bodies()
+    assert len(bodies) == 2  # node 1's problem, once a day on its days; node 2 has none
+    assert all(f"Noticed since:    {AT.date().isoformat()}" in body for body in bodies)
