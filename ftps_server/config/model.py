@@ -161,6 +161,8 @@ class AlertsConfig:
     smtp_timeout: int = 30
     warn_days: tuple[int, ...] = (14,)
     template_dir: Path | None = None
+    # A fleet's reminder state on shared storage: one email per condition per day for all nodes.
+    shared_state_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -440,6 +442,7 @@ def _alerts(s: ini.Section) -> AlertsConfig:
         smtp_timeout=s.get("smtp_timeout", ini.int_range(1, 600), d.smtp_timeout),
         warn_days=s.get("warn_days", _warn_days, d.warn_days),
         template_dir=s.get("template_dir", ini.abs_path, None),
+        shared_state_dir=s.get("shared_state_dir", ini.abs_path, None),
     )
 
 
@@ -532,7 +535,29 @@ def load(path: str | Path) -> Config:
     )
     _cross_checks(config, {s.name: s for s in sections})
     _nested_homes(config, {s.name: s for s in sections})
+    _shared_state_dir(config)
     return config
+
+
+def _shared_state_dir(config: Config) -> None:
+    """The fleet's reminder state must be the service's alone: an FTP user who can write
+    there could plant or delete what suppresses every node's reminders."""
+    shared = config.alerts.shared_state_dir
+    if shared is None:
+        return
+
+    def error(message: str) -> ConfigError:
+        return ConfigError(message, file=str(config.path), section="alerts", key="shared_state_dir")
+
+    if shared.resolve() == config.server.state_dir.resolve():
+        raise error(f"{shared} is [server] state_dir; name a directory on the shared storage")
+    for user in config.users:
+        home = user.home.resolve()
+        if shared.resolve() == home or home in shared.resolve().parents:
+            raise error(
+                f"{shared} is inside the home of [user:{user.name}] ({user.home}); "
+                "put it outside every FTP home (e.g. /srv/ftp/.ftps-server-fleet)"
+            )
 
 
 def _included(main: Path, patterns: tuple[str, ...]) -> list[ini.Section]:

@@ -52,6 +52,9 @@ class Report:
     delivered: list[str] = field(default_factory=list)  # subjects accepted by SMTP
     errors: list[str] = field(default_factory=list)
     spooled: int = 0  # emails still waiting in the spool after the run
+    shared: bool = False  # decided in [alerts] shared_state_dir (one email for the fleet)
+    fallback: str = ""  # why the shared directory was not usable (decided alone instead)
+    locked: bool = False  # the state lock was taken (from then on, never decide twice)
 
     def exit_status(self) -> int:
         """0: the run did its job (a run that could not spool raised instead)."""
@@ -216,10 +219,16 @@ def _due(findings: list[Finding], state: State, day: str) -> tuple[list[_Due], d
     return due, actions
 
 
-def _note_since(findings: list[Finding], state: State, day: str) -> None:
+def _note_since(findings: list[Finding], state: State, day: str, *, shared: bool) -> None:
     # "since" = first day a condition was seen; cleared once the condition changes.
     current = {f"{f.subject}|{f.condition}" for f in findings if f.condition != "ok"}
-    state.since = {k: d for k, d in state.since.items() if k in current}
+    # In a shared state, another node's own subjects (its listener addresses) are its to clear.
+    mine = {f.subject for f in findings}
+    state.since = {
+        k: d
+        for k, d in state.since.items()
+        if k in current or (shared and k.rpartition("|")[0] not in mine)
+    }
     for key in current:
         state.since.setdefault(key, day)
 
@@ -248,6 +257,12 @@ def _send_due(
         f = item.finding
         since = state.since.get(f"{f.subject}|{f.condition}", day)
         subject, body = mail.render_reminder(config, f, at=report.at, since=since)
+        if report.fallback:
+            body += (
+                f"\nNote: the fleet's [alerts] shared_state_dir was not usable "
+                f"({report.fallback}); this node decided alone, so other nodes may send "
+                "this reminder too.\n"
+            )
         headers = {"X-FTPS-Server-Condition": f.condition, "X-FTPS-Server-Subject": f.subject}
         message = mail.build_message(config.alerts, subject, body, headers=headers)
         # Spool first, then record: a crash in between is reconciled from the spool next run.
@@ -271,34 +286,74 @@ def _retry_spool(config: Config, store: Store, state: State, report: Report) -> 
 
 
 def _store(config: Config) -> Store:
-    return Store(config.server.state_dir)
+    """Where the dedup state lives: the fleet's shared directory when set, else state_dir."""
+    return Store(config.alerts.shared_state_dir or config.server.state_dir)
+
+
+def _decide_and_send(config: Config, store: Store, state: State, report: Report) -> None:
+    day = report.at.date().isoformat()
+    smtp_ok = _retry_spool(config, store, state, report)
+    _note_since(report.findings, state, day, shared=report.shared)
+    due, actions = _due(report.findings, state, day)
+    report.actions.update(actions)
+    if due and not config.alerts.email_to:
+        log.warning("[alerts] email_to is empty: reminders go to the journal only")
+        report.actions.update({d.finding.subject: "no email_to" for d in due})
+        due = []
+    _send_due(config, store, state, due, report, smtp_ok=smtp_ok)
+    keep = {f"{f.subject}|{f.fingerprint}|" for f in report.findings}
+    state.prune(day, keep, _FORGET_DAYS)
+    store.save(state)
+    report.spooled = store.count_pending()
+
+
+def _run_in(config: Config, store: Store, report: Report) -> None:
+    with store.locked() as state:
+        report.locked = True
+        _decide_and_send(config, store, state, report)
+    log.info(
+        "reminder run finished: %d email(s) delivered, %d waiting in %s",
+        len(report.delivered),
+        report.spooled,
+        store.spool_dir,
+    )
 
 
 def _locked_run(config: Config, report: Report) -> None:
-    store = _store(config)
-    day = report.at.date().isoformat()
+    shared = config.alerts.shared_state_dir
+    if shared is not None:
+        report.shared = True
+        try:
+            _run_in(config, Store(shared), report)
+            return
+        except OSError as exc:
+            if report.locked:
+                # Emails may be out already: deciding again alone could only duplicate them.
+                raise _shared_dir_error(config, exc) from None
+            # Unreachable shared storage must not silence this node: a duplicate is better.
+            report.shared = False
+            report.fallback = f"{shared}: {exc.strerror or exc}"
+            log.error(
+                "cannot use [alerts] shared_state_dir %s; this node decides alone from its "
+                "state_dir %s, so other nodes may send the same reminders",
+                report.fallback,
+                config.server.state_dir,
+            )
+            report.errors.append(f"shared_state_dir unusable ({report.fallback})")
     try:
-        with store.locked() as state:
-            smtp_ok = _retry_spool(config, store, state, report)
-            _note_since(report.findings, state, day)
-            due, report.actions = _due(report.findings, state, day)
-            if due and not config.alerts.email_to:
-                log.warning("[alerts] email_to is empty: reminders go to the journal only")
-                report.actions.update({d.finding.subject: "no email_to" for d in due})
-                due = []
-            _send_due(config, store, state, due, report, smtp_ok=smtp_ok)
-            keep = {f"{f.subject}|{f.fingerprint}|" for f in report.findings}
-            state.prune(day, keep, _FORGET_DAYS)
-            store.save(state)
-            report.spooled = store.count_pending()
-        log.info(
-            "reminder run finished: %d email(s) delivered, %d waiting in %s",
-            len(report.delivered),
-            report.spooled,
-            store.spool_dir,
-        )
+        _run_in(config, Store(config.server.state_dir), report)
     except OSError as exc:
         raise _state_dir_error(config, exc) from None
+
+
+def _shared_dir_error(config: Config, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"cannot use the shared state directory {config.alerts.shared_state_dir}: "
+        f"{exc.strerror or exc}",
+        file=str(config.path),
+        section="alerts",
+        key="shared_state_dir",
+    )
 
 
 def _state_dir_error(config: Config, exc: OSError) -> ConfigError:
@@ -326,7 +381,8 @@ def run_reminders(
         try:
             state = store.load(set_aside=False)
         except OSError as exc:
-            raise _state_dir_error(config, exc) from None
+            error = _shared_dir_error if config.alerts.shared_state_dir else _state_dir_error
+            raise error(config, exc) from None
         due, report.actions = _due(report.findings, state, at.date().isoformat())
         report.actions.update({d.finding.subject: "would send" for d in due})
         report.spooled = store.count_pending()

@@ -1,4 +1,5 @@
-"""The reminders' files in `[server] state_dir`: dedup state, its lock, and the mail spool.
+"""The reminders' files in `[server] state_dir` (or a fleet's `[alerts] shared_state_dir`,
+shared by every node): dedup state, its lock, and the mail spool.
 
 - `reminders.json`: which reminders went out (replaced atomically: temp file, fsync, rename).
 - `reminders.lock`: an exclusive `flock` held for a whole run, so the daily timer and the

@@ -186,62 +186,7 @@ def test_node_index_keeps_a_range_stable(ansible: Ansible) -> None:
     assert blocks["frontend passive_b"][0] == "bind 198.51.100.10:60100-60199"
 
 
-def _docs_group_vars() -> str:
-    """The `group_vars/ftps_servers.yml` block of docs/fleet.md."""
-    text = (ansible_support.REPO / "docs" / "fleet.md").read_text()
-    block = text.split("fleet_passive_index:", 1)[1].split("```", 1)[0]
-    return "fleet_passive_index:" + block
-
-
-def test_documented_node_ranges_match_the_balancer(ansible: Ansible) -> None:
-    """The nodes' passive_ports from docs/fleet.md equal the role's passive frontends."""
-    bin_dir, env, work = ansible
-    nodes = {
-        "ftp-b": {"ansible_host": "192.0.2.2"},
-        "ftp-a": {"ansible_host": "192.0.2.1"},
-        "ftp-c": {"ansible_host": "192.0.2.3", "balancer_node_index": 7},
-    }
-    variables = {
-        "balancer_vips": ["198.51.100.10"],
-        "balancer_passive_first": 40000,
-        "balancer_passive_size": 100,
-    }
-    text = _render(ansible, "docs", nodes, variables)
-    group_vars = work / "docs-inv" / "group_vars"
-    group_vars.mkdir(parents=True)
-    (group_vars / "ftps_servers.yml").write_text(_docs_group_vars())
-    (group_vars / "all.yml").write_text(json.dumps(variables))
-    for node in nodes.values():
-        node["ansible_connection"] = "local"
-    inventory = _inventory(work / "docs-inv", "docs", nodes)
-    proc = subprocess.run(
-        [
-            str(bin_dir / "ansible"),
-            "-i",
-            str(inventory),
-            "ftps_servers",
-            "-m",
-            "debug",
-            "-a",
-            "var=ftps_server_passive_ports",
-            "-o",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=work,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    ranges = {}
-    for line in proc.stdout.splitlines():
-        host, _, rest = line.partition(" | SUCCESS => ")
-        ranges[host] = json.loads(rest)["ftps_server_passive_ports"]
-    blocks = _blocks(text)
-    assert ranges == {
-        host: blocks[f"frontend passive_{host}"][0].split(":", 1)[1] for host in nodes
-    }
-    assert ranges["ftp-a"] == "40000-40099" and ranges["ftp-c"] == "40700-40799"
+# docs/fleet.md's group_vars: tests/integration/test_ansible_fleet_vars.py
 
 
 def test_a_broken_template_value_is_refused_by_haproxy_check(ansible: Ansible) -> None:

@@ -63,7 +63,6 @@ __all__ = [
 
 CACHE_DIR = Path(os.environ.get("FTPS_TEST_CACHE", "/var/cache/ftps-server-tests"))
 NAME = "ftpstest"
-VETH = f"ve-{NAME}"
 HOST_ADDR = "10.77.0.1"
 CT_ADDR = "10.77.0.2"
 EXTRA_ADDRS = ("10.77.0.3", "10.77.0.4")
@@ -104,14 +103,12 @@ ROOTFS_PACKAGES = (
     "python3-pytest",
     "python3-pytest-timeout",
     "python3-trustme",
+    "haproxy",  # the fleet test's balancer (tests/system/test_fleet.py)
 )
 # Bump when the hooks below change, so that the cached root file system is rebuilt.
 _ROOTFS_RECIPE = "5"
 
 _SYSTEMD_EXE = "/usr/lib/systemd/systemd"
-# "<nspawn PID> <work dir>" of the running container, so that a run killed hard can be
-# cleaned up by the next one (by that PID only).
-_PIDFILE = CACHE_DIR / "container.pid"
 _CGROUP_HIERARCHIES = ("unified", "systemd")
 _REQUIRED_TOOLS = ("systemd-nspawn", "mmdebstrap", "nsenter", "ip", "ssh-keygen", "zstd", "tar")
 
@@ -216,10 +213,10 @@ def ensure_rootfs() -> Path:
 
 
 @contextlib.contextmanager
-def _machine_lock(timeout: float = 1800) -> Iterator[None]:
+def _machine_lock(lock_name: str = "container.lock", timeout: float = 1800) -> Iterator[None]:
     """Serialise container sessions: name, veth and addresses are fixed."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_DIR / "container.lock", "w") as fh:
+    with open(CACHE_DIR / lock_name, "w") as fh:
         deadline = time.monotonic() + timeout
         announced = False
         while True:
@@ -242,11 +239,32 @@ def _machine_lock(timeout: float = 1800) -> Iterator[None]:
 class Container:
     """One booted container; see the module docstring."""
 
-    host_addr = HOST_ADDR
-    addr = CT_ADDR
-    extra_addrs = EXTRA_ADDRS
-
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        name: str = NAME,
+        *,
+        host_addr: str | None = HOST_ADDR,
+        addr: str = CT_ADDR,
+        extra_addrs: Sequence[str] = EXTRA_ADDRS,
+        bridge: str | None = None,
+        binds: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """The defaults are the harness's one container (`ftpstest`, 10.77.0.0/24). Another
+        `name` gets its own lock and PID file, so it can run beside that one; with `bridge`
+        the veth joins that (existing) bridge instead of carrying `host_addr`. `binds`:
+        (host dir, inside dir) pairs bind-mounted read-write (shared storage)."""
+        self.name = name
+        self.veth = f"ve-{name}"
+        self.host_addr = host_addr
+        self.addr = addr
+        self.extra_addrs = tuple(extra_addrs)
+        self.bridge = bridge
+        self.binds = tuple(binds)
+        suffix = "" if name == NAME else f"-{name}"
+        # "<nspawn PID> <work dir>" of the running container, so that a run killed hard can
+        # be cleaned up by the next one (by that PID only).
+        self._pidfile = CACHE_DIR / f"container{suffix}.pid"
+        self._lock_name = f"container{suffix}.lock"
         self.ssh_key_path: Path = ensure_ssh_key()
         self.workdir = Path(tempfile.mkdtemp(prefix="ftps-ct-", dir="/var/tmp"))
         self.rootfs = self.workdir / "rootfs"
@@ -259,7 +277,7 @@ class Container:
     def start(self) -> Container:
         """Build or reuse the rootfs, set up the network and boot; raises ContainerError."""
         tarball = ensure_rootfs()
-        self._lock = _machine_lock()
+        self._lock = _machine_lock(self._lock_name)
         self._lock.__enter__()
         try:
             self._cleanup_stale()
@@ -279,24 +297,28 @@ class Container:
     def _cleanup_stale(self) -> None:
         # Left over by a run that was killed hard; ours by name, and we hold the lock.
         self._stop_stale_nspawn()
-        _host(["ip", "link", "del", VETH], check=False)
-        _host(["ip", "netns", "del", NAME], check=False)
+        _host(["ip", "link", "del", self.veth], check=False)
+        _host(["ip", "netns", "del", self.name], check=False)
         self._remove_cgroups()
 
     def _setup_network(self) -> None:
-        _host(["ip", "netns", "add", NAME])
-        _host(["ip", "link", "add", VETH, "type", "veth", "peer", "name", "host0", "netns", NAME])
-        _host(["ip", "addr", "add", f"{HOST_ADDR}/24", "dev", VETH])
-        _host(["ip", "link", "set", VETH, "up"])
-        for addr in (CT_ADDR, *EXTRA_ADDRS):
-            _host(["ip", "-n", NAME, "addr", "add", f"{addr}/24", "dev", "host0"])
-        _host(["ip", "-n", NAME, "link", "set", "lo", "up"])
-        _host(["ip", "-n", NAME, "link", "set", "host0", "up"])
+        name, veth = self.name, self.veth
+        _host(["ip", "netns", "add", name])
+        _host(["ip", "link", "add", veth, "type", "veth", "peer", "name", "host0", "netns", name])
+        if self.bridge:
+            _host(["ip", "link", "set", veth, "master", self.bridge])
+        elif self.host_addr:
+            _host(["ip", "addr", "add", f"{self.host_addr}/24", "dev", veth])
+        _host(["ip", "link", "set", veth, "up"])
+        for addr in (self.addr, *self.extra_addrs):
+            _host(["ip", "-n", name, "addr", "add", f"{addr}/24", "dev", "host0"])
+        _host(["ip", "-n", name, "link", "set", "lo", "up"])
+        _host(["ip", "-n", name, "link", "set", "host0", "up"])
 
     def _stop_stale_nspawn(self) -> None:
         """Stop the nspawn a killed run left (by the PID it recorded), remove its tree."""
         try:
-            pid_text, workdir = _PIDFILE.read_text().split(maxsplit=1)
+            pid_text, workdir = self._pidfile.read_text().split(maxsplit=1)
         except (OSError, ValueError):
             return
         pid, workdir = int(pid_text), workdir.strip()
@@ -321,21 +343,22 @@ class Container:
                     break
         if workdir.startswith("/var/tmp/ftps-ct-"):
             shutil.rmtree(workdir, ignore_errors=True)
-        _PIDFILE.unlink(missing_ok=True)
+        self._pidfile.unlink(missing_ok=True)
 
     def _boot(self) -> None:
-        cgroups = " ".join(f"/sys/fs/cgroup/{h}/ct-{NAME}" for h in _CGROUP_HIERARCHIES)
+        cgroups = " ".join(f"/sys/fs/cgroup/{h}/ct-{self.name}" for h in _CGROUP_HIERARCHIES)
+        binds = "".join(f" --bind={shlex.quote(f'{src}:{dst}')}" for src, dst in self.binds)
         script = (
             f'for d in {cgroups}; do mkdir -p "$d" && echo $$ > "$d/cgroup.procs"; done; '
-            f"exec systemd-nspawn -q -D {shlex.quote(str(self.rootfs))} -M {NAME} -b "
+            f"exec systemd-nspawn -q -D {shlex.quote(str(self.rootfs))} -M {self.name} -b "
             "--register=no --keep-unit --console=pipe "
-            f"--network-namespace-path=/run/netns/{NAME}"
+            f"--network-namespace-path=/run/netns/{self.name}{binds}"
         )
         with open(self.console_log, "wb") as log:
             self.nspawn = subprocess.Popen(
                 ["bash", "-c", script], stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
-        _PIDFILE.write_text(f"{self.nspawn.pid} {self.workdir}\n")
+        self._pidfile.write_text(f"{self.nspawn.pid} {self.workdir}\n")
         self.pid1 = self._wait_pid1()
         deadline = time.monotonic() + 60
         state = ""
@@ -386,10 +409,10 @@ class Container:
                     except subprocess.TimeoutExpired:
                         continue
             self.nspawn = None
-            _PIDFILE.unlink(missing_ok=True)
+            self._pidfile.unlink(missing_ok=True)
             self.pid1 = None
-            _host(["ip", "link", "del", VETH], check=False)
-            _host(["ip", "netns", "del", NAME], check=False)
+            _host(["ip", "link", "del", self.veth], check=False)
+            _host(["ip", "netns", "del", self.name], check=False)
             self._remove_cgroups()
             if os.environ.get("FTPS_TEST_KEEP_ROOTFS"):
                 _log(f"keeping {self.workdir}")
@@ -400,10 +423,9 @@ class Container:
                 lock, self._lock = self._lock, None
                 lock.__exit__(None, None, None)
 
-    @staticmethod
-    def _remove_cgroups() -> None:
+    def _remove_cgroups(self) -> None:
         for hierarchy in _CGROUP_HIERARCHIES:
-            top = Path(f"/sys/fs/cgroup/{hierarchy}/ct-{NAME}")
+            top = Path(f"/sys/fs/cgroup/{hierarchy}/ct-{self.name}")
             if top.is_dir():
                 # Deepest first; cgroup directories are removed with rmdir only.
                 _host(
@@ -512,7 +534,7 @@ class Container:
         path = Path(path)
         path.write_text(
             "[ftps]\n"
-            f"ftps-test ansible_host={CT_ADDR} ansible_user=root "
+            f"ftps-test ansible_host={self.addr} ansible_user=root "
             "ansible_python_interpreter=/usr/bin/python3 "
             f"ansible_ssh_private_key_file={self.ssh_key_path} "
             "ansible_ssh_common_args='-o StrictHostKeyChecking=no "
