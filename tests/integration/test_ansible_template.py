@@ -199,6 +199,7 @@ def _full_vars(tls_dir: str) -> dict[str, Any]:
         ],
         "ftps_server_alerts_email_to": ["ops@example.com", "pki@example.com"],
         "ftps_server_alerts_email_from": "ftps-server@example.com",
+        "ftps_server_alerts_transport": "smtp",
         "ftps_server_alerts_smtp_host": "smtp.example.com",
         "ftps_server_alerts_smtp_port": 465,
         "ftps_server_alerts_smtp_security": "tls",
@@ -300,6 +301,7 @@ def test_full_config_follows_the_contract(ansible: Ansible) -> None:
         "alerts": {
             "email_to": "ops@example.com, pki@example.com",
             "email_from": "ftps-server@example.com",
+            "transport": "smtp",
             "smtp_host": "smtp.example.com",
             "smtp_port": "465",
             "smtp_security": "tls",
@@ -341,6 +343,7 @@ def test_minimal_config_omits_empty_keys(ansible: Ansible) -> None:
             "allow_ccc": "no",
         },
         "alerts": {
+            "transport": "sendmail",
             "smtp_host": "localhost",
             "smtp_port": "25",
             "smtp_security": "starttls",
