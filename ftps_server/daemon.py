@@ -27,6 +27,7 @@ from .reminders import run as reminders
 from .server import handover
 from .server.listeners import Listeners, ServerState, build_state
 from .server.tls import build_contexts
+from .server.wakeup import FdChannel
 from .server.workers import HEARTBEAT, Supervisor, WorkerInbox, WorkerSpec, worker_config
 
 __all__ = ["Daemon", "notify", "register"]
@@ -52,7 +53,7 @@ def notify(*lines: str) -> bool:
     return True
 
 
-class _SignalPipe:
+class _SignalPipe(FdChannel):
     """Delivers signals into the IOLoop through a wake-up fd, so handlers run between events."""
 
     def __init__(self, ioloop: Any, handlers: dict[int, Any]) -> None:
@@ -63,12 +64,6 @@ class _SignalPipe:
             signal.signal(signum, lambda *_: None)
         ioloop.register(self._r, self, ioloop.READ)
 
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
     def handle_read_event(self) -> None:
         try:
             data = os.read(self._r, 64)
@@ -78,9 +73,6 @@ class _SignalPipe:
             handler = self.handlers.get(signum)
             if handler is not None:
                 handler()
-
-    def handle_write_event(self) -> None:
-        """Never registered for writing."""
 
     def handle_close(self) -> None:
         self.close()

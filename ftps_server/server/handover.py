@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .wakeup import FdChannel
+
 __all__ = [
     "ENV_READY",
     "ENV_SOCKETS",
@@ -105,7 +107,7 @@ class _Result:
     reason: str
 
 
-class Spawn:
+class Spawn(FdChannel):
     """One hand-over in progress in the old process; `on_done(ok, pid, reason)` runs once,
     from the IOLoop, when the new process is ready or has failed."""
 
@@ -144,12 +146,6 @@ class Spawn:
         self._timer = ioloop.call_later(READY_TIMEOUT, self._timeout)
 
     # -- the IOLoop's side ------------------------------------------------------------------
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
     def handle_read_event(self) -> None:
         try:
             data = os.read(self._fd, 64)
@@ -160,9 +156,6 @@ class Spawn:
             self._finish(_Result(True, self.proc.pid, "ready"))
         elif not data:
             self._finish(_Result(False, self.proc.pid, self._exit_reason()))
-
-    def handle_write_event(self) -> None:
-        """Never registered for writing."""
 
     def handle_close(self) -> None:
         if not self._done:

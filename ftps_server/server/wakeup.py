@@ -15,7 +15,7 @@ from typing import Any
 
 from pyftpdlib.ioloop import AsyncChat
 
-__all__ = ["LoopWaker"]
+__all__ = ["FdChannel", "LoopWaker"]
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +79,20 @@ class LoopWaker(AsyncChat):
         """Unregister from the loop and close both ends."""
         super().close()
         self._writer.close()
+
+
+class FdChannel:
+    """A raw file descriptor on pyftpdlib's IOLoop (what `IOLoop.register` expects): read
+    events only; subclasses define `handle_read_event`."""
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_write_event(self) -> None:
+        """Never registered for writing."""
+
+    def handle_close(self) -> None:
+        """Closed by its owner."""

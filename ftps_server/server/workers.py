@@ -46,6 +46,7 @@ from ..config.model import Config, normalize_address
 from .ftp import FtpsHandler
 from .listeners import LISTEN_BACKLOG, ListenerServer
 from .state import ServerState
+from .wakeup import FdChannel
 
 __all__ = [
     "HEARTBEAT",
@@ -95,22 +96,6 @@ def worker_config(config: Config, spec: WorkerSpec) -> Config:
     return dataclasses.replace(config, server=server)
 
 
-class _FdChannel:
-    """A raw file descriptor on pyftpdlib's IOLoop (what `IOLoop.register` expects)."""
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    def handle_write_event(self) -> None:
-        """Never registered for writing."""
-
-    def handle_close(self) -> None:
-        """Closed by its owner."""
-
-
 # --- in a worker ---------------------------------------------------------------------------
 
 
@@ -156,7 +141,7 @@ class _WorkerField(logging.Filter):
         return True
 
 
-class WorkerInbox(_FdChannel):
+class WorkerInbox(FdChannel):
     """The worker's end of the main process's socket: connections in, heartbeats out."""
 
     def __init__(self, ioloop: Any, spec: WorkerSpec, state: ServerState) -> None:
@@ -247,7 +232,7 @@ class WorkerInbox(_FdChannel):
 # --- in the main process -------------------------------------------------------------------
 
 
-class _Worker(_FdChannel):
+class _Worker(FdChannel):
     """The main process's view of one worker: its process, its socket, its last heartbeat."""
 
     def __init__(self, supervisor: Supervisor, index: int) -> None:
