@@ -119,7 +119,6 @@ def render_config(site: Site, certs: Sequence[Cert], smtp: bool) -> str:
             "transport = smtp\n"
             "email_to = ops@example.org\n"
             "email_from = ftps-server@ftps-test.example.org\n"
-            "transport = smtp\n"
             f"smtp_host = {HOST_ADDR}\n"
             f"smtp_port = {SMTP_PORT}\n"
             "smtp_security = none\n"
