@@ -496,8 +496,20 @@ class FtpsPassiveDTP(FTPHandler.passive_dtp):
         self._counted = cmd_channel.remote_ip
         _passive_open[self._counted] += 1
 
+    _probing_family = False
+
+    def bind_af_unspecified(self, addr: Any) -> Any:
+        # on a dual-stack listener pyftpdlib first binds port 0 once only to learn the address
+        # family, then closes that socket: not the kernel-port fallback refused in bind()
+        self._probing_family = True
+        try:
+            return super().bind_af_unspecified(addr)
+        finally:
+            self._probing_family = False
+
     def bind(self, address: Any) -> None:
-        if address[1] == 0 and self.cmd_channel.passive_ports is not None:
+        fallback = address[1] == 0 and not self._probing_family
+        if fallback and self.cmd_channel.passive_ports is not None:
             self.close()
             raise PassiveRangeExhausted(errno.EADDRINUSE, "passive port range exhausted")
         super().bind(address)

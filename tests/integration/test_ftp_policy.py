@@ -126,3 +126,20 @@ def test_ipv6_loopback(pki: support.Pki, tmp_path: Path, start_server: object) -
     ftp.storbinary("STOR v6.bin", io.BytesIO(b"six" * 1000))
     assert ftp.nlst() == ["v6.bin"]
     ftp.quit()
+
+
+def test_passive_transfers_on_a_dual_stack_listener_with_a_port_range(
+    pki: support.Pki, tmp_path: Path, start_server: object
+) -> None:
+    # `addresses = *` (the package default) with passive_ports: pyftpdlib binds port 0 once to
+    # learn the address family; the range-exhausted refusal took that for its kernel-port
+    # fallback and every PASV/EPSV killed the session (curl: response reading failed)
+    low = support.free_port()
+    config, ports = _config(pki, tmp_path, addresses="*",
+                            server_extra=f"passive_ports = {low}-{low + 9}")
+    start_server(config)  # type: ignore[operator]
+    ftp = support.explicit_client(pki, "127.0.0.1", ports["explicit"])
+    ftp.login("alice", PASSWORD)
+    ftp.storbinary("STOR dual.bin", io.BytesIO(b"dual" * 1000))
+    assert ftp.nlst() == ["dual.bin"]
+    ftp.quit()
