@@ -229,14 +229,29 @@ xferlog_enable=NO
     return Server("vsftpd", port, password, proc, group)
 
 
-def _wait_port(port: int, timeout: float = 15) -> None:
-    import socket
+def _listening(port: int) -> bool:
+    """True when a socket listens on TCP `port` (read from /proc/net, no connection made)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
 
+
+def _wait_port(port: int, timeout: float = 15) -> None:
+    # Not by connecting: the bench ports lie in the ephemeral range, and a connect to a port
+    # nobody listens on yet can pick that same port as its source and connect to itself
+    # (seen here). That looked like a listening server, and its TIME_WAIT then kept the
+    # server from binding the port for a minute.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex((HOST, port)) == 0:
-                return
+        if _listening(port):
+            return
         time.sleep(0.1)
     raise RuntimeError(f"nothing listens on {HOST}:{port}")
 
