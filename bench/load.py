@@ -47,7 +47,6 @@ from tls_throughput import (  # noqa: E402
     HOST,
     Server,
     _cert,
-    _cpu_seconds,
     start_ftps_server,
     start_vsftpd,
 )
@@ -147,13 +146,13 @@ def concurrent_downloads(
     """`sessions` sessions at once (or started over `ramp` s), each downloading 1 MiB."""
     per = [sessions // procs + (1 if i < sessions % procs else 0) for i in range(procs)]
     start_at = time.time() + 2.0  # every process is forked and waiting by then
-    cpu0 = _cpu_seconds(server.pid)
+    cpu0 = server.cpu_seconds()
     with cf.ProcessPoolExecutor(procs) as pool:
         jobs = [(server.port, server.password, cafile, n, start_at, ramp) for n in per if n]
         results = [r for batch in pool.map(_client_process, jobs) for r in batch]
     wall = time.time() - start_at
     time.sleep(2.0)  # vsftpd's session processes exit and are reaped into the parent's CPU
-    cpu = _cpu_seconds(server.pid) - cpu0
+    cpu = server.cpu_seconds() - cpu0
     failures = [r[3] for r in results if not r[0]]
     for reason in sorted(set(failures))[:5]:
         print(f"  {server.name} failure x{failures.count(reason)}: {reason}", file=sys.stderr)

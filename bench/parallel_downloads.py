@@ -6,7 +6,7 @@
 `--streams` curl clients download the same file at once, each from its own loopback source
 address (127.0.0.2, 127.0.0.3, ...; chosen so that they spread evenly over the workers, since
 all sessions of one address go to one worker). Reported per server: aggregate MB/s and server
-CPU in % of one core (main process and workers, from /proc), medians of alternating runs.
+CPU in % of one core (its cgroup when run as root, else /proc), medians of alternating runs.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def measure(
     clients0 = _children_cpu()
     url = f"ftp://{HOST}:{server.port}/{name}"
     config = f'user = "{BENCH_USER}:{server.password}"\n'.encode()
+    total0 = server.cpu_seconds()
     cpu0, t0 = _tree_cpu(server.pid), time.perf_counter()
     procs = []
     for source in sources:
@@ -82,11 +83,12 @@ def measure(
             assert proc.stderr is not None
             raise RuntimeError(f"{server.name}: curl failed: {proc.stderr.read().decode()}")
     elapsed = time.perf_counter() - t0
+    total = server.cpu_seconds() - total0  # its cgroup: the workers and all
     cpu1 = _tree_cpu(server.pid)
     used = [cpu1[p] - cpu0.get(p, 0.0) for p in cpu1]
     clients = _children_cpu() - clients0
     rate = len(sources) * size / elapsed / 1e6
-    return rate, 100 * sum(used) / elapsed, 100 * max(used) / elapsed, 100 * clients / elapsed
+    return rate, 100 * total / elapsed, 100 * max(used) / elapsed, 100 * clients / elapsed
 
 
 def _children_cpu() -> float:

@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().par
 
 import tls_throughput  # noqa: E402
 from support import ReusingFTP_TLS  # noqa: E402
-from tls_throughput import HOST, Server, _cert, _cpu_seconds, _wait_port  # noqa: E402
+from tls_throughput import HOST, Server, _cert, _wait_port  # noqa: E402
 
 from ftps_server.pki.passwords import HashParams, hash_password  # noqa: E402
 
@@ -100,19 +100,24 @@ def start_stock(work: Path, cert: Path, key: Path, home: Path, port: int) -> Ser
         FTPServer(({HOST!r}, {port}), TLS_FTPHandler).serve_forever()
         """)
     )
-    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.DEVNULL)
+    group = tls_throughput._group(f"pyftpdlib-{port}")
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stderr=subprocess.DEVNULL,
+        preexec_fn=group.enter if group else None,
+    )
     _wait_port(port)
-    return Server("pyftpdlib", port, password, proc)
+    return Server("pyftpdlib", port, password, proc, group)
 
 
 def measure(server: Server, cafile: str, sessions: int, clients: int) -> tuple[float, float, int]:
     """(server CPU ms per session, sessions/s, failures)."""
     per = [sessions // clients + (i < sessions % clients) for i in range(clients)]
-    cpu0, t0 = _cpu_seconds(server.pid), time.perf_counter()
+    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
     with cf.ProcessPoolExecutor(clients) as pool:
         ok = sum(pool.map(_client, [(server.port, server.password, cafile, n) for n in per]))
     elapsed = time.perf_counter() - t0
-    cpu = _cpu_seconds(server.pid) - cpu0
+    cpu = server.cpu_seconds() - cpu0
     return cpu / sessions * 1000, ok / elapsed, sessions - ok
 
 

@@ -36,7 +36,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+from cgroup_cpu import CpuGroup  # noqa: E402
 
 from ftps_server.demo import write_pem  # noqa: E402
 from ftps_server.pki.passwords import hash_password  # noqa: E402
@@ -67,7 +69,8 @@ def _cert(directory: Path) -> tuple[Path, Path]:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` plus its reaped children (vsftpd forks a process per session)."""
+    """utime + stime of `pid` plus its reaped children: the fallback where no cgroup can be
+    made (not root); live children (vsftpd's sessions, ftps-server's workers) are missed."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
     return ticks / os.sysconf("SC_CLK_TCK")
@@ -80,9 +83,20 @@ class Server:
         port: int,
         password: str,
         proc: subprocess.Popen[bytes],
-        pid_of: str | None = None,
+        group: CpuGroup | None = None,
     ) -> None:
         self.name, self.port, self.password, self.proc = name, port, password, proc
+        self.group = group
+
+    def cpu_seconds(self) -> float:
+        """CPU of every process of the server so far: its cgroup, else /proc of its pid."""
+        if self.group is not None:
+            return self.group.cpu_seconds()
+        return _cpu_seconds(self.pid)
+
+    def memory_kib(self) -> tuple[int, int] | None:
+        """(RSS, PSS) in KiB over the server's cgroup, None without one."""
+        return self.group.memory_kib() if self.group is not None else None
 
     @property
     def pid(self) -> int:
@@ -95,6 +109,14 @@ class Server:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(10)
+        if self.group is not None:
+            self.group.remove()
+
+
+def _group(name: str) -> CpuGroup | None:
+    """A cgroup for one server (None when not root: CPU then comes from /proc)."""
+    return CpuGroup.create(name.replace("/", "_").replace(" ", "_"))
 
 
 def start_ftps_server(
@@ -107,9 +129,10 @@ def start_ftps_server(
     password_hash: Callable[[str], str] = hash_password,
     tree: Path = ROOT,
     name: str = "ftps-server",
+    extra_config: str = "",
 ) -> Server:
     """ftps-server (from source `tree`) on HOST:port; `server_options` add to or replace
-    [server] keys."""
+    [server] keys; `extra_config` is appended to the file (more users)."""
     password = secrets.token_urlsafe(12)
     config = work / f"{name}.ini"
     options = {"passive_ports": "41000-41099", **(server_options or {})}
@@ -130,16 +153,18 @@ default = yes
 home = {home}
 permissions = elradfmw
 password = {password_hash(password)}
-""")
+{extra_config}""")
+    group = _group(name)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ftps_server", "serve", "--config", str(config)],
         cwd=work,
         env=dict(os.environ, PYTHONPATH=str(tree)),
         stdout=subprocess.DEVNULL,
         stderr=(work / f"{name}.log").open("wb"),
+        preexec_fn=group.enter if group else None,
     )
     _wait_port(port)
-    return Server(name, port, password, proc)
+    return Server(name, port, password, proc, group)
 
 
 def start_vsftpd(
@@ -193,21 +218,40 @@ xferlog_enable=NO
         lines = dict(line.split("=", 1) for line in conf.read_text().splitlines() if line)
         lines.update(options)
         conf.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+    group = _group(f"vsftpd-{port}")
     proc = subprocess.Popen(
-        ["vsftpd", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ["vsftpd", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=group.enter if group else None,
     )
     _wait_port(port)
-    return Server("vsftpd", port, password, proc)
+    return Server("vsftpd", port, password, proc, group)
+
+
+def _listening(port: int) -> bool:
+    """True when a socket listens on TCP `port` (read from /proc/net, no connection made)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
 
 
 def _wait_port(port: int, timeout: float = 15) -> None:
-    import socket
-
+    # Not by connecting: the bench ports lie in the ephemeral range, and a connect to a port
+    # nobody listens on yet can pick that same port as its source and connect to itself
+    # (seen here). That looked like a listening server, and its TIME_WAIT then kept the
+    # server from binding the port for a minute.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex((HOST, port)) == 0:
-                return
+        if _listening(port):
+            return
         time.sleep(0.1)
     raise RuntimeError(f"nothing listens on {HOST}:{port}")
 
@@ -237,14 +281,14 @@ def measure(
 ) -> tuple[float, float]:
     """(MB/s, server CPU seconds per GiB) for one transfer."""
     url = f"ftp://{HOST}:{server.port}/"
-    cpu0, t0 = _cpu_seconds(server.pid), time.perf_counter()
+    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
     if direction == "download":
         _curl(server, cert, "-o", "/dev/null", url + src.name)
     else:
         _curl(server, cert, "-T", str(src), url + "upload.bin")
     elapsed = time.perf_counter() - t0
-    time.sleep(1.0)  # let vsftpd's per-session processes exit and be reaped into cutime
-    cpu = _cpu_seconds(server.pid) - cpu0
+    time.sleep(1.0)  # let vsftpd's per-session processes finish
+    cpu = server.cpu_seconds() - cpu0
     if direction == "upload":
         uploaded = src.parent / "upload.bin"
         assert uploaded.stat().st_size == size, f"{server.name}: upload incomplete"
