@@ -330,4 +330,5 @@ def test_purge_leaves_nothing(container: Container, installed: str) -> None:
     procs = ct.run(["pgrep", "-af", "ftps-server (serve|remind)"], check=False)
     assert procs.returncode == 1, procs.stdout
     state = ct.run(["systemctl", "is-active", "ftps-server"], check=False).stdout.strip()
-    assert state in ("inactive", "unknown"), state
+    journal = ct.run(["journalctl", "-u", "ftps-server", "-n", "30", "--no-pager"], check=False)
+    assert state in ("inactive", "unknown"), (state, journal.stdout[-4000:])
