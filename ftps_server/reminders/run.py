@@ -95,7 +95,7 @@ def _served_by(config: Config, entry: CertificateEntry) -> tuple[Listener, ...]:
     """The listeners whose connections get `entry`'s certificate."""
     ports = config.ports.enabled()
     bound = config.server.addresses
-    addresses = [a for a in bound if config.certificate_for(a) is entry]
+    addresses = [a for a in bound if config.resolver.for_address(a) is entry]
     if not addresses and not entry.addresses and entry.server_names:
         addresses = list(bound)  # SNI-only: any listener may serve it, by server name
     elif "*" in bound:
@@ -133,7 +133,7 @@ def evaluate(config: Config, at: dt.datetime) -> list[Finding]:
     if not ports:
         return findings
     for address in config.server.addresses:
-        if config.certificate_for(address) is None:
+        if config.resolver.for_address(address) is None:
             where = "every local address (*)" if address == "*" else f"address {address}"
             findings.append(
                 Finding(

@@ -139,13 +139,8 @@ class Listeners:
                 )
 
     def without_certificate(self, state: ServerState) -> int:
-        """How many open listeners cannot offer TLS for their address."""
-        count = 0
-        for address, _kind, _port in self.servers:
-            probe = "127.0.0.1" if address == "*" else address
-            if state.tls.problem_for(probe):
-                count += 1
-        return count
+        """How many open listeners cannot offer TLS for their address (`*`: the default's)."""
+        return sum(1 for address, _kind, _port in self.servers if state.tls.problem_for(address))
 
     def status_line(self, state: ServerState) -> str:
         """A one-line summary for systemd's STATUS=."""

@@ -359,8 +359,8 @@ def test_rendered_config_passes_the_servers_loader(ansible: Ansible, pki: dict[s
     config_mod = pytest.importorskip("ftps_server.config.model")
     config = config_mod.load(path)
     assert [c.name for c in config.certificates] == ["main", "partners"]
-    assert config.certificate_for("192.0.2.11").name == "partners"
-    assert config.certificate_for("192.0.2.99").name == "main"
+    assert config.resolver.for_address("192.0.2.11").name == "partners"
+    assert config.resolver.for_address("192.0.2.99").name == "main"
     assert [n.address for n in config.server.nat] == ["10.0.0.5", "203.0.113.5"]
     assert config.ports.client_cert_implicit == 9991
     assert config.alerts.warn_days == (14, 7, 1)
