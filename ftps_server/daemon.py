@@ -24,6 +24,7 @@ from .errors import FtpsServerError
 from .journal import message_ids
 from .reminders import run as reminders
 from .server.listeners import Listeners, ServerState, build_state
+from .server.pyftpdlib_adapter import clear_scheduled
 from .server.tls import build_contexts
 
 __all__ = ["Daemon", "notify", "register"]
@@ -196,7 +197,7 @@ class Daemon:
             except Exception:
                 log.debug("error closing %r", obj, exc_info=True)
         self.ioloop.socket_map.clear()
-        self.ioloop.sched._tasks.clear()
+        clear_scheduled(self.ioloop)
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT."""

@@ -33,6 +33,7 @@ from ..pki.passwords import verify_password as _verify_password
 from .bans import BanPolicy, Clock, FailureTracker
 from .password_queue import Job, PasswordQueue, default_workers
 from .pending import PendingStore
+from .pyftpdlib_adapter import complete_login, is_closed
 from .users import JailedFS, UserAuthorizer, ensure_homes
 from .wakeup import LoopWaker
 
@@ -118,7 +119,7 @@ class _Check:
 
 
 def _closed(handler: LoginHandler) -> bool:
-    return bool(getattr(handler, "_closed", False))
+    return is_closed(handler)
 
 
 def _policy(config: Config, delays: tuple[float, float]) -> BanPolicy:
@@ -499,7 +500,7 @@ class Authenticator:
         self, handler: LoginHandler, user: UserConfig, attempt: _Attempt, reply: str | None
     ) -> None:
         handler.login_pending = False
-        if getattr(handler, "_closed", False):
+        if is_closed(handler):
             return
         home = str(user.home)
         if not os.path.isdir(home):
@@ -512,12 +513,7 @@ class Authenticator:
             handler.handle_auth_success(home, "", msg)
         else:
             # pyftpdlib's handle_auth_success can only say 230; RFC 4217 wants 232 here
-            handler.respond(reply)
-            handler.authenticated = True
-            handler.password = ""
-            handler.attempted_logins = 0
-            handler.fs = handler.abstracted_fs(home, handler)
-            handler.on_login(user.name)
+            complete_login(handler, home, reply, user.name)
         self._event(
             logging.INFO,
             message_ids.LOGIN_OK,

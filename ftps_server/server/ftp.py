@@ -22,17 +22,10 @@ from typing import Any, ClassVar
 from cryptography import x509
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import DTPHandler, FTPHandler
-from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
-
-try:  # pyftpdlib >= 2.1
-    from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer
-    from pyftpdlib.ioloop import _RetryError
-except ImportError:  # pyftpdlib 2.0 (Debian 13)
-    from pyftpdlib.handlers import BufferedIteratorProducer
-    from pyftpdlib.ioloop import RetryError as _RetryError
 
 from ..config.model import normalize_address
 from . import auth
+from . import pyftpdlib_adapter as pyftpd
 from .checksum_commands import PROTO_CMDS as CHECKSUM_CMDS
 from .checksum_commands import ChecksumCommands
 from .listing import DirectoryReader
@@ -153,7 +146,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             # the client may have spent a ticket on this connection (Java uses each once):
             # a fresh one goes out with the next reply on the control connection
             new_session_ticket(channel.tls)
-        if not self._closed:
+        if not pyftpd.is_closed(self):
             self._transfer_accepted()
 
     def _transfer_accepted(self) -> None:
@@ -174,14 +167,14 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             self._abort(f"553 Cannot open file: {err.strerror or err}.")
 
     def tls_failed(self, reason: str) -> None:
-        if self._closed:
+        if pyftpd.is_closed(self):
             return
         if self._constructing:
             # the ClientHello came with the connection and failed inside __init__: closing
             # now would close the socket under pyftpdlib's active connector, which then
             # answers a stray "425 Can't connect"; fail on the next loop turn instead
             self.modify_ioloop_events(0)
-            self.ioloop.call_later(0, self.tls_failed, reason, _errback=self.handle_error)
+            pyftpd.call_soon(self.ioloop, self.tls_failed, reason, errback=self.handle_error)
             self._constructing = False
             return
         log.info(
@@ -193,37 +186,28 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         channel = self.cmd_channel
         # this PASV/PORT is spent (pyftpdlib has already closed the passive listener): a
         # later transfer command must not be told 150 and wait for a connection that
-        # cannot come. An active connector handed its socket to this handler: forget it,
-        # closing it would close (and unregister) this handler's socket under it.
-        if channel._dtp_acceptor is not None:
-            channel._dtp_acceptor.close()
-            channel._dtp_acceptor = None
-        channel._dtp_connector = None
-        if channel._in_dtp_queue or channel._out_dtp_queue:
-            # 150 went out and the transfer waited for this connection
-            self._discard_queued_transfer()
+        # cannot come
+        pyftpd.forget_data_path(channel)
+        queued = pyftpd.take_queued_transfer(channel)
+        if queued is not None:
+            # 150 went out and the transfer waited for this connection; an upload is logged
+            # as the upload it was, never opened
+            self.file_obj, self.cmd, received = queued
+            if received:
+                self.receive = True
         self._refuse(f"522 {failure}.")
-
-    def _discard_queued_transfer(self) -> None:
-        channel = self.cmd_channel
-        if channel._in_dtp_queue is not None:
-            self.file_obj, self.cmd = channel._in_dtp_queue
-            self.receive = True  # logged as the upload it was, never opened
-        elif channel._out_dtp_queue is not None:
-            _, _, self.file_obj, self.cmd = channel._out_dtp_queue
-        channel._in_dtp_queue = channel._out_dtp_queue = None
 
     def _refuse(self, reply: str) -> None:
         """Close with `reply` as the transfer's final reply; before any transfer command
         (a spare connection, a client that negotiates TLS first) the reply is kept for the
         command: sent now, it would be read as the reply to the client's next command."""
-        if self.cmd is None and not self._initialized:
+        if self.cmd is None and not pyftpd.dtp_initialized(self):
             self.cmd_channel.data_connection_gone = reply
             reply = ""
         self._abort(reply)
 
     def _abort(self, reply: str) -> None:
-        self._resp = (reply, log.warning) if reply else ()
+        pyftpd.set_transfer_reply(self, reply, log.warning)
         self._tls_drop()  # no close_notify on a connection we refuse
         DTPHandler.close(self)
 
@@ -233,28 +217,14 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
     def push_with_producer(self, producer: Any) -> None:
         # set before pushing: push_with_producer starts sending at once, and pyftpdlib sets
         # self.cmd only afterwards when the data connection was already open (125)
-        self._listing = isinstance(producer, BufferedIteratorProducer)
+        self._listing = isinstance(producer, pyftpd.BufferedIteratorProducer)
         if hasattr(producer, "buffer_size"):
             producer.buffer_size = _BULK
         super().push_with_producer(producer)
 
     def _next_chunk(self) -> bytes | None:
         """The next bytes to send from the producer queue, or None when it is empty."""
-        fifo = self.producer_fifo
-        while fifo:
-            first = fifo[0]
-            if first is None:
-                return None
-            if isinstance(first, bytes | bytearray | memoryview):
-                fifo.popleft()
-                if first:
-                    return bytes(first)
-                continue
-            data = first.more()
-            if data:
-                return bytes(data)
-            fifo.popleft()
-        return None
+        return pyftpd.next_chunk(self.producer_fifo)
 
     def initiate_send(self) -> None:
         if self.tls_state is TlsState.PLAIN:
@@ -296,7 +266,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         else:
             self._tls_fill()  # data before STOR: keep it for enable_receiving, notice EOF
             if self._tls_raw_eof:
-                if self._initialized:
+                if pyftpd.dtp_initialized(self):
                     self.handle_close()  # the client went away in the middle of a download
                 else:
                     self._refuse(_NO_DATA_CONNECTION)  # a spare connection closed by the client
@@ -305,7 +275,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         super().enable_receiving(type, cmd)
         if self._accepted:
             self._open_upload()
-            if self._closed:
+            if pyftpd.is_closed(self):
                 return
         if self.tls_state is TlsState.ESTABLISHED and self._tls_in and self._tls_in.pending:
             self._schedule_read()
@@ -355,13 +325,14 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
             why = "the data connection closed without TLS close_notify"
         if why:
             self.transfer_finished = False
-            self._resp = (
+            pyftpd.set_transfer_reply(
+                self,
                 f"426 Upload incomplete: {why}; {received} bytes received and kept.",
                 log.warning,
             )
         else:
             self.transfer_finished = True
-            self._resp = ("226 Transfer complete.", log.debug)
+            pyftpd.set_transfer_reply(self, "226 Transfer complete.", log.debug)
         self.close()
 
     def recv(self, buffer_size: int) -> bytes:
@@ -371,27 +342,28 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         try:
             data = socket.socket.recv(self.socket, buffer_size)
         except OSError as exc:
-            if exc.errno in _ERRNOS_DISCONNECTED:
+            if exc.errno in pyftpd.ERRNOS_DISCONNECTED:
                 self._read_error = "connection reset by the client"
                 self._end_upload()
                 return b""
             if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
-                raise _RetryError from exc
+                raise pyftpd.RetryError from exc
             raise
         if not data:
             self._end_upload()
         return data
 
     def handle_close(self) -> None:
-        if self.receive and self.tls_state is not TlsState.PLAIN and not self._closed:
+        if self.receive and self.tls_state is not TlsState.PLAIN and not pyftpd.is_closed(self):
             # on a TLS upload the normal end goes through _end_upload; anything else that
             # closes the connection (a failed write, a reset) ends it incomplete, never 226
             if self.tls_state is TlsState.ESTABLISHED:
                 self._read_error = self._read_error or "the data connection failed"
                 self._end_upload()
                 return
-            if not self._resp:
-                self._resp = ("426 Data connection closed; transfer aborted.", log.warning)
+            if not pyftpd.transfer_reply_set(self):
+                reply = "426 Data connection closed; transfer aborted."
+                pyftpd.set_transfer_reply(self, reply, log.warning)
             self.close()
             return
         super().handle_close()
@@ -401,28 +373,29 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         if not self._read_scheduled:
             # not self.call_later: those accumulate on the channel until it closes
             self._read_scheduled = True
-            self.ioloop.call_later(0, self._resume_read, _errback=self.handle_error)
+            pyftpd.call_soon(self.ioloop, self._resume_read, errback=self.handle_error)
 
     def _resume_read(self) -> None:
         self._read_scheduled = False
-        if self.connected and not self._closed and self.tls_state is TlsState.ESTABLISHED:
+        if self.connected and not pyftpd.is_closed(self) and self.tls_state is TlsState.ESTABLISHED:
             self._bulk_read()
 
     def _store(self, data: memoryview) -> bool:
         self.tot_bytes_received += len(data)
         chunk: Any = data
-        if self._data_wrapper is not None:
-            chunk = self._data_wrapper(bytes(data))
+        wrapper = pyftpd.data_wrapper(self)
+        if wrapper is not None:
+            chunk = wrapper(bytes(data))
         try:
             self.file_obj.write(chunk)
         except OSError as err:
-            self._resp = (f"452 Cannot write file: {err.strerror}; transfer aborted.", log.warning)
+            reply = f"452 Cannot write file: {err.strerror}; transfer aborted."
+            pyftpd.set_transfer_reply(self, reply, log.warning)
             self.close()
             return False
         return True
 
 
-# PassiveDTP's module differs between pyftpdlib 2.0 and 2.2; the handler names it in both
 class PassiveRangeExhausted(OSError):
     """Every port of passive_ports is in use."""
 
@@ -432,7 +405,7 @@ class PassiveRangeExhausted(OSError):
 _passive_open: Counter[str] = Counter()
 
 
-class FtpsPassiveDTP(FTPHandler.passive_dtp):
+class FtpsPassiveDTP(pyftpd.PassiveDTP):
     """Passive data listener: addresses compared in one form, only ports of the range.
 
     On a dual-stack `*` listener the data connection comes from ::ffff:a.b.c.d while the
@@ -467,7 +440,7 @@ class FtpsPassiveDTP(FTPHandler.passive_dtp):
         return super().handle_accepted(sock, addr)
 
 
-class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
+class FtpsHandler(TlsChannel, ChecksumCommands, pyftpd.PassiveHook, FTPHandler):
     """Control connection of one FTPS session on one listener."""
 
     dtp_handler = FtpsDataHandler
@@ -544,9 +517,8 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         self.masquerade_address = self._nat_address()
         if self.tls_usable:
             auth = [] if self._implicit else ["AUTH TLS", "AUTH SSL"]
-            self._extra_feats = [*auth, "PBSZ", "PROT"]
-            if self._ccc_allowed:
-                self._extra_feats.append("CCC")
+            ccc = ["CCC"] if self._ccc_allowed else []
+            pyftpd.set_extra_features(self, [*auth, "PBSZ", "PROT", *ccc])
         self.checksum_setup(settings)
 
     # --- policy
@@ -666,7 +638,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
 
     def _gate_reading(self) -> None:
         """Stop reading while the queued output is above OUTPUT_BOUND; start again below."""
-        if self._closed or not self.connected or self.tls_state in _TLS_BUSY:
+        if pyftpd.is_closed(self) or not self.connected or self.tls_state in _TLS_BUSY:
             return
         if self._output_blocked():
             events = self.ioloop.WRITE
@@ -676,26 +648,27 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             self._unpause_reading()
         else:
             return
-        # pyftpdlib keeps two records of the registered events; keep both right
-        current = getattr(self, "_current_io_events", None)
-        if events != current or events != self._wanted_io_events:
-            self.ioloop.modify(self._fileno, events)
-            self._current_io_events = self._wanted_io_events = events
+        pyftpd.set_io_events(self, events)
 
     def _unpause_reading(self) -> None:
         self._reading_paused = False
         if self.tls_active and self._tls_in is not None:
             # records may wait in the BIO with nothing new on the socket to signal them
-            self.ioloop.call_later(0, self._resume_reading, _errback=self.handle_error)
+            pyftpd.call_soon(self.ioloop, self._resume_reading, errback=self.handle_error)
 
     def _resume_reading(self) -> None:
-        if self.connected and not self._closed and not self._reading_paused and self.tls_active:
+        if (
+            self.connected
+            and not pyftpd.is_closed(self)
+            and not self._reading_paused
+            and self.tls_active
+        ):
             self.handle_read_event()
 
     def recv(self, buffer_size: int) -> bytes:
         if self._output_blocked():
             self._gate_reading()
-            raise _RetryError  # pyftpdlib's handle_read takes it as "nothing to read now"
+            raise pyftpd.RetryError  # pyftpdlib's handle_read takes it as "nothing to read now"
         return super().recv(buffer_size)
 
     # --- commands
@@ -730,11 +703,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         super().process_command(cmd, *args, **kwargs)
 
     def _data_path_open(self) -> bool:
-        return (
-            self.data_channel is not None
-            or self._dtp_acceptor is not None
-            or self._dtp_connector is not None
-        )
+        return pyftpd.data_path_open(self)
 
     def _no_data_connection(self) -> bool:
         if self.data_channel is not None or not self.authenticated:
@@ -793,7 +762,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         logfun(auth.log_safe(f"{self.log_prefix % self.__dict__} {msg}"))
 
     def logline(self, msg: str, logfun: Any = _pyftpdlib_log.debug) -> None:
-        if self._log_debug:
+        if pyftpd.debug_lines(self):
             logfun(auth.log_safe(f"{self.log_prefix % self.__dict__} {msg}"))
 
     def logerror(self, msg: str) -> None:
@@ -875,13 +844,13 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             return settings.max_passive_per_address
         return max(1, len(self.passive_ports) // 2) if self.passive_ports else 0
 
-    def _make_epasv(self, extmode: bool) -> None:
+    def make_passive(self, extmode: bool, open_listener: Callable[[], None]) -> None:
         cap = self._passive_cap()
         # PASV closes this session's own listener first: it does not count against it
-        own = vars(self).get("_dtp_acceptor")
+        own = pyftpd.own_passive_listener(self)
         held = _passive_open[self.remote_ip] - (own is not None)
         if cap and held >= cap:
-            self._shutdown_connecting_dtp()
+            pyftpd.close_data_path(self)
             log.warning(
                 "refused PASV/EPSV from %s on %s (user %s): %d passive listeners open for "
                 "this address, the limit is %d",
@@ -895,9 +864,9 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             self.respond("425 Too many passive connections open from your address.")
             return
         try:
-            super()._make_epasv(extmode)
+            open_listener()
         except PassiveRangeExhausted:
-            self._dtp_acceptor = None
+            pyftpd.drop_passive_listener(self)
             log.warning(
                 "refused PASV/EPSV from %s on %s (user %s): every port of the passive port "
                 "range %d-%d is in use",
@@ -915,12 +884,12 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
     def _read_directory(self, path: str, deliver: Callable[[Iterator[str], int], None]) -> None:
         def done(names: Iterator[str], count: int) -> None:
             self._listing = None
-            if self.connected and not self._closed:
+            if self.connected and not pyftpd.is_closed(self):
                 deliver(names, count)
 
         def failed(err: OSError) -> None:
             self._listing = None
-            if self.connected and not self._closed:
+            if self.connected and not pyftpd.is_closed(self):
                 self.respond(f"550 {strerror(err)}.")
 
         self._listing = DirectoryReader(self.ioloop, path, done, failed)
@@ -941,7 +910,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
         if not self._data_path_open():  # e.g. the passive listener timed out meanwhile
             self.respond("425 Can't open data connection: it closed while the listing was read.")
             return
-        self.push_dtp_data(BufferedIteratorProducer(lines), isproducer=True, cmd=cmd)
+        self.push_dtp_data(pyftpd.BufferedIteratorProducer(lines), isproducer=True, cmd=cmd)
 
     def ftp_LIST(self, path: str) -> Any:
         isdir = self._is_listable_dir(path)
@@ -976,7 +945,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             self.respond("501 No such directory.")
             return None
         perms = self.authorizer.get_perms(self.username)
-        facts = self._current_facts
+        facts = pyftpd.mlst_facts(self)
         self._read_directory(
             path,
             lambda names, _: self._push_listing(
@@ -1036,12 +1005,15 @@ class FtpsHandler(TlsChannel, ChecksumCommands, FTPHandler):
             super().handle_timeout()  # queues 421 and closes once the output is sent
             if self.connected:
                 # ... which never happens for a client that does not read
-                self.ioloop.call_later(
-                    STUCK_OUTPUT_GRACE, self._close_stuck, _errback=self.handle_error
+                pyftpd.call_soon(
+                    self.ioloop,
+                    self._close_stuck,
+                    errback=self.handle_error,
+                    delay=STUCK_OUTPUT_GRACE,
                 )
 
     def _close_stuck(self) -> None:
-        if self.connected and not self._closed:
+        if self.connected and not pyftpd.is_closed(self):
             log.info(
                 "closing the connection of %s on %s: its output could not be sent",
                 self.remote_ip,

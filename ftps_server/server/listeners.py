@@ -17,6 +17,7 @@ from pyftpdlib.servers import FTPServer
 from ..config.model import Config, listener_name
 from . import auth
 from .ftp import FtpsHandler
+from .pyftpdlib_adapter import share_ip_map
 from .state import ServerState
 from .tls import build_contexts
 
@@ -57,7 +58,7 @@ class ListenerServer(FTPServer):
         self.kind, self.name, self.state = kind, name, state
         # pyftpdlib calls listen() again with its own backlog: pass ours
         super().__init__(sock, FtpsHandler, ioloop=ioloop, backlog=LISTEN_BACKLOG)
-        self.ip_map = ip_map  # shared: max_connections_per_ip spans every listener
+        share_ip_map(self, ip_map)  # max_connections_per_ip spans every listener
         self.apply_limits(state.config)
 
     def apply_limits(self, config: Config) -> None:

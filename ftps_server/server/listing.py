@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .pyftpdlib_adapter import call_soon, is_closed
 from .wakeup import LoopWaker
 
 __all__ = ["SLICE", "DirectoryReader"]
@@ -33,7 +34,7 @@ def _kick(ioloop: Any) -> None:
     when no socket is busy: 100 slices would take 20 s on an idle server.
     """
     waker = _wakers.get(id(ioloop))
-    if waker is None or waker.ioloop is not ioloop or waker._closed:
+    if waker is None or waker.ioloop is not ioloop or is_closed(waker):
         waker = _wakers[id(ioloop)] = LoopWaker(ioloop)
     waker.call_soon_threadsafe(_nothing)
 
@@ -72,7 +73,7 @@ class DirectoryReader:
         self._schedule(self._step)
 
     def _schedule(self, step: Callable[[], None]) -> None:
-        self._timer = self._ioloop.call_later(0, step, _errback=self._error)
+        self._timer = call_soon(self._ioloop, step, errback=self._error)
         _kick(self._ioloop)
 
     def _error(self) -> None:

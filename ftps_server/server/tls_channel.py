@@ -23,12 +23,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
-
-try:  # pyftpdlib >= 2.1
-    from pyftpdlib.ioloop import _RetryError
-except ImportError:  # pyftpdlib 2.0 (Debian 13)
-    from pyftpdlib.ioloop import RetryError as _RetryError
+from .pyftpdlib_adapter import ERRNOS_DISCONNECTED, RetryError, wanted_io_events
 
 __all__ = ["HIGH_WATER", "TlsChannel", "TlsPeerGone", "TlsState", "describe_ssl_error"]
 
@@ -91,7 +86,6 @@ class TlsChannel:
     socket: Any
     ioloop: Any
     connected: bool
-    _wanted_io_events: int
 
     # --- hooks for subclasses
 
@@ -113,7 +107,7 @@ class TlsChannel:
 
     def tls_io_events(self) -> int:
         """The IOLoop events the channel wants once TLS has nothing pending."""
-        return self._wanted_io_events
+        return wanted_io_events(self)
 
     # --- state
 
@@ -169,7 +163,7 @@ class TlsChannel:
         except OSError as exc:
             if exc.errno in _AGAIN:
                 return False
-            if exc.errno in _ERRNOS_DISCONNECTED:
+            if exc.errno in ERRNOS_DISCONNECTED:
                 self.tls_peer_reset = True
                 data = b""
             else:
@@ -203,7 +197,7 @@ class TlsChannel:
                 self._tls_head = head
                 if exc.errno in _AGAIN:
                     return False
-                if exc.errno in _ERRNOS_DISCONNECTED:
+                if exc.errno in ERRNOS_DISCONNECTED:
                     raise TlsPeerGone from exc
                 raise
             self._tls_head = head[sent:] if sent < len(head) else None
@@ -436,14 +430,14 @@ class TlsChannel:
                 return data
             return super().recv(buffer_size)  # type: ignore[misc]
         if self.tls_state is not TlsState.ESTABLISHED or self.tls is None:
-            raise _RetryError
+            raise RetryError
         buffer = bytearray(min(buffer_size, 16384 + 256))
         try:
             n = self.tls_read_into(memoryview(buffer))
         except (ssl.SSLError, OSError):
             n = 0
         if n is None:
-            raise _RetryError
+            raise RetryError
         if n == 0:
             self.handle_close()  # type: ignore[attr-defined]
             return b""
