@@ -36,13 +36,13 @@ from tls_throughput import BENCH_USER, HOST, Server, _cert, _wait_port, measure 
 from ftps_server.checksums import StreamDigest  # noqa: E402
 from ftps_server.pki.passwords import hash_password  # noqa: E402
 
-CHUNK = 256 * 1024  # the data handler's read size (ftp._BULK)
+CHUNK = 256 * 1024  # the data handler's read size (data_channel._BULK)
 
 
 def serve_with_digest(config: str) -> int:
     """Run `ftps-server serve` with every upload chunk also fed to a StreamDigest."""
     from ftps_server import cli
-    from ftps_server.server.ftp import FtpsDataHandler
+    from ftps_server.server.data_channel import FtpsDataHandler
 
     original = FtpsDataHandler._store
 
