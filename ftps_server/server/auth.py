@@ -78,12 +78,10 @@ log = logging.getLogger(__name__)
 CACHE_SECONDS = 900.0
 _PER_USER = 2  # hashes running at once for one user name
 _QUEUE_PER_WORKER = 32  # hashes waiting per worker before a PASS gets 421: ~10 s of work
-# no MESSAGE_ID for a lifted ban exists yet; use it as soon as message_ids defines one
-_UNBAN_ID: str | None = getattr(message_ids, "ADDRESS_UNBANNED", None)
 
 
 class LoginHandler(Protocol):
-    """What auth needs from the lead's FTP handler (a pyftpdlib FTPHandler subclass)."""
+    """What auth needs from the FTP handler (ftp.FtpsHandler, a pyftpdlib FTPHandler)."""
 
     remote_ip: str
     listener_name: str
@@ -172,7 +170,7 @@ class Authenticator:
         self.authorizer.update(config.users)
         self.tracker.set_policy(ban_policy(config, self.delays))
         self.owners = CertificateOwners(config)
-        self._home_problems = ensure_homes(config)
+        ensure_homes(config)  # creates missing homes; a login to an unusable one gets 530
         self._dummy = dummy_hash(config)
         self.cache.clear()  # users, hashes or the dummy may have changed
 
@@ -223,7 +221,6 @@ class Authenticator:
                     "fields": {
                         "REMOTE_ADDR": address,
                         "BAN": "lifted",
-                        **({"MESSAGE_ID": _UNBAN_ID} if _UNBAN_ID else {}),
                     }
                 },
             )

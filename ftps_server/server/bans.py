@@ -156,12 +156,3 @@ class FailureTracker:
             if record.banned_until is None and not record.failures and not record.pending:
                 del self._records[address]
         return lifted
-
-    def banned(self) -> dict[str, float]:
-        """Every address under a ban and the seconds left on it."""
-        now = self.clock()
-        return {
-            a: r.banned_until - now
-            for a, r in self._records.items()
-            if r.banned_until is not None and r.banned_until > now
-        }
