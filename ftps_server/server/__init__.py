@@ -1,4 +1,6 @@
-"""The FTPS server: TLS contexts (`tls`), the TLS record state machine on pyftpdlib channels
-(`tls_channel`), the FTP handlers (`ftp`), listeners and reload (`listeners`, `state`), the login
-policy (`auth`, `users`, `bans`, `pending`) and the hand-off into the IOLoop (`wakeup`).
+"""The FTPS server: TLS contexts (`tls`), the TLS record engine (`tls_engine`) and the mixin
+that moves its bytes on pyftpdlib channels (`tls_channel`), the FTP handlers (`ftp`,
+`data_channel`, `listing`), listeners and reload (`listeners`, `state`), the login policy
+(`login_policy`, applied by `auth`; `users`, `bans`, `pending`), the hand-off into the IOLoop
+(`wakeup`) and pyftpdlib's internals (`pyftpdlib_adapter`).
 The only package that imports pyftpdlib (with `daemon`, which runs its loop)."""
