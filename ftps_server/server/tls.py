@@ -23,6 +23,7 @@ from pathlib import Path
 from ..config.model import PORT_KINDS, CertificateEntry, Config
 from ..config.resolver import CertificateResolver
 from ..pki.certs import EntryStatus, inspect_entry
+from .tls_engine import require_close_notify
 from .tls_openssl import set_groups
 
 __all__ = [
@@ -189,6 +190,7 @@ def _new_context(
     if tls.max_version:
         ctx.maximum_version = _TLS_VERSIONS[tls.max_version]
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    require_close_notify(ctx)  # an upload cut short must not read as complete
     ctx.set_ciphers(tls.ciphers or MOZILLA_INTERMEDIATE_CIPHERS)
     set_groups(ctx)
     ctx.load_cert_chain(material.certfile, material.keyfile)

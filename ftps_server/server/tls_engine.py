@@ -16,7 +16,7 @@ import enum
 import ssl
 from collections.abc import Callable
 
-__all__ = ["TlsEngine", "TlsState", "describe_ssl_error"]
+__all__ = ["TlsEngine", "TlsState", "describe_ssl_error", "require_close_notify"]
 
 
 class TlsState(enum.Enum):
@@ -43,6 +43,15 @@ def describe_ssl_error(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return str(exc)
+
+
+def require_close_notify(context: ssl.SSLContext) -> None:
+    """Make a TCP end without close_notify read as what it is: a truncated stream.
+
+    Python 3.11.0-3.11.3 (Debian 12 ships 3.11.2) set OP_IGNORE_UNEXPECTED_EOF on every new
+    context; OpenSSL then reports a cut-off stream as a clean close, and an upload cut short
+    would be stored as complete (226) whatever [tls] upload_eof says."""
+    context.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
 
 
 class TlsEngine:
@@ -138,6 +147,11 @@ class TlsEngine:
             return 0
         except ssl.SSLEOFError:
             return 0  # TCP closed without close_notify: close_notify stays False
+        except ssl.SSLError as exc:
+            # the same, from Python before 3.11.3 (Debian 12), which does not map it
+            if exc.reason == "UNEXPECTED_EOF_WHILE_READING":
+                return 0
+            raise
         if not n and len(buffer):
             self.close_notify = True  # SSLObject.read reports close_notify as 0
         return int(n)

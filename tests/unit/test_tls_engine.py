@@ -7,7 +7,14 @@ import ssl
 import pytest
 import trustme
 
-from ftps_server.server.tls_engine import TlsEngine, TlsState, describe_ssl_error
+from ftps_server.server.tls_engine import (
+    TlsEngine,
+    TlsState,
+    describe_ssl_error,
+    require_close_notify,
+)
+
+IGNORE_EOF = getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
 
 
 @pytest.fixture(scope="module")
@@ -15,9 +22,11 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def _server_context(ca: trustme.CA) -> ssl.SSLContext:
+def _server_context(ca: trustme.CA, *, strict: bool = True) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("ftp.example.com").configure_cert(ctx)
+    if strict:
+        require_close_notify(ctx)
     return ctx
 
 
@@ -38,10 +47,10 @@ def _pump(client: Client, engine: TlsEngine) -> None:
         client.incoming.write(engine.take(4096))
 
 
-def _established(ca: trustme.CA) -> tuple[Client, TlsEngine]:
+def _established(ca: trustme.CA, context: ssl.SSLContext | None = None) -> tuple[Client, TlsEngine]:
     client, engine = Client(ca), TlsEngine()
     engine.begin()
-    engine.sslobj = engine.wrap(_server_context(ca))
+    engine.sslobj = engine.wrap(context or _server_context(ca))
     for _ in range(10):
         client_done = engine_done = False
         try:
@@ -82,6 +91,23 @@ def test_eof_without_close_notify_is_not(ca: trustme.CA) -> None:
     _client, engine = _established(ca)
     engine.feed(b"")
     assert engine.peer_eof
+    assert engine.read_into(memoryview(bytearray(10))) == 0 and not engine.close_notify
+
+
+@pytest.mark.skipif(not IGNORE_EOF, reason="this ssl module has no OP_IGNORE_UNEXPECTED_EOF")
+def test_a_context_that_ignores_unexpected_eof_is_made_strict(ca: trustme.CA) -> None:
+    # what Python 3.11.0-3.11.3 (Debian 12) does to every new context
+    lax = _server_context(ca, strict=False)
+    lax.options |= IGNORE_EOF
+    _, engine = _established(ca, lax)
+    engine.feed(b"")
+    assert engine.read_into(memoryview(bytearray(10))) == 0 and engine.close_notify  # the hazard
+    strict = _server_context(ca, strict=False)
+    strict.options |= IGNORE_EOF
+    require_close_notify(strict)
+    assert not strict.options & IGNORE_EOF
+    _, engine = _established(ca, strict)
+    engine.feed(b"")
     assert engine.read_into(memoryview(bytearray(10))) == 0 and not engine.close_notify
 
 
