@@ -1,4 +1,4 @@
-"""The login policy's decisions, without a handler, a loop or a thread (like test_bans)."""
+"""server.login_policy: login decisions without a handler, a loop or a thread (like bans)."""
 
 from __future__ import annotations
 
