@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .pyftpdlib_adapter import ERRNOS_DISCONNECTED, RetryError, wanted_io_events
+from .pyftpdlib_adapter import ERRNOS_DISCONNECTED, RetryError, call_soon, wanted_io_events
 from .tls_engine import TlsEngine, TlsState, describe_ssl_error
 
 __all__ = ["HIGH_WATER", "TlsChannel", "TlsPeerGone", "TlsState", "describe_ssl_error"]
@@ -295,9 +295,18 @@ class TlsChannel:
             self._tls_drop()
             self.modify_ioloop_events(self.tls_io_events())  # type: ignore[attr-defined]
             self.tls_cleared()
+            if self._plain_leftover:
+                # commands that came in the same read as the close_notify: no socket event
+                # will announce them
+                errback = self.handle_error  # type: ignore[attr-defined]
+                call_soon(self.ioloop, self._read_leftover, errback=errback)
         else:
             self._tls_drop()
             self._tls_hard_close()
+
+    def _read_leftover(self) -> None:
+        if self.connected and self.tls_state is TlsState.PLAIN and self._plain_leftover:
+            self.handle_read_event()
 
     def clear_command_channel(self, timeout: float | None = None) -> None:
         """CCC: end TLS on this connection but keep the TCP connection open.
