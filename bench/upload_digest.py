@@ -46,7 +46,7 @@ from tls_throughput import (  # noqa: E402
 from ftps_server.checksums import StreamDigest  # noqa: E402
 from ftps_server.pki.passwords import hash_password  # noqa: E402
 
-CHUNK = 256 * 1024  # the data handler's read size (ftp._BULK)
+CHUNK = 256 * 1024  # the data handler's read size (data_channel._BULK)
 
 
 def start(work: Path, name: str, cert: Path, key: Path, home: Path, port: int) -> Server:

@@ -23,9 +23,10 @@ from pyftpdlib.ioloop import IOLoop
 from .config import model as config_mod
 from .errors import FtpsServerError
 from .journal import message_ids
-from .reminders import run as reminders
+from .reminders import run as reminders_run
 from .server import handover
 from .server.listeners import Listeners, ServerState, build_state
+from .server.pyftpdlib_adapter import clear_scheduled
 from .server.tls import build_contexts
 from .server.wakeup import FdChannel
 from .server.workers import HEARTBEAT, Supervisor, WorkerInbox, WorkerSpec, worker_config
@@ -194,7 +195,7 @@ class Daemon:
     def _remind_in_background(self, config: config_mod.Config) -> None:
         def run() -> None:
             try:
-                reminders.run_reminders(config, reminders.now())
+                reminders_run.run_reminders(config, reminders_run.now())
             except Exception:  # a failed reminder must never take the server down
                 log.exception("certificate reminder run at start failed")
 
@@ -333,7 +334,7 @@ class Daemon:
             except Exception:
                 log.debug("error closing %r", obj, exc_info=True)
         self.ioloop.socket_map.clear()
-        self.ioloop.sched._tasks.clear()
+        clear_scheduled(self.ioloop)
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT."""

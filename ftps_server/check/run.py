@@ -54,15 +54,15 @@ _JOIN_GRACE = 0.5  # seconds past the deadline before a stuck probe is abandoned
 def _wildcard_addresses(config: Config) -> list[str]:
     # a `*` bind serves whatever address a client reaches; check the ones certificates name,
     # and loopback as a stand-in for "any other address" (the default certificate)
-    out = [a for e in config.certificates for a in e.addresses if a != "*"]
-    if any(e.default or "*" in e.addresses for e in config.certificates) or not out:
+    out = config.resolver.named_addresses()
+    if config.resolver.default is not None or not out:
         out.append("127.0.0.1")
     return list(dict.fromkeys(out))
 
 
 def _sni_names(config: Config, address: str) -> list[str]:
     # one name per section other than the address's own: a client naming it gets that section
-    own = config.certificate_for(address)
+    own = config.resolver.for_address(address)
     return [e.server_names[0] for e in config.certificates if e.server_names and e is not own]
 
 
@@ -83,9 +83,9 @@ def targets(config: Config, only: str | None = None) -> list[Target]:
 
 def _configured(config: Config, target: Target) -> Configured:
     if target.server_name:
-        entry = config.certificate_for_name(target.server_name)
+        entry = config.resolver.for_name(target.server_name)
     else:
-        entry = config.certificate_for(target.address)
+        entry = config.resolver.for_address(target.address)
     if entry is None:
         return Configured(None)
     try:

@@ -4,7 +4,7 @@ Pure functions over frozen dataclasses, no I/O, so every rule is unit-tested wit
 an `Observation` (what the probes of one listener saw) goes through `judge` and comes out a
 `ListenerReport` with its findings; a `RunReport` collects them.
 
-Rules (DESIGN.md "Check utility", issue 5): CRITICAL for a connection error, an AUTH refusal,
+Rules (issue 5): CRITICAL for a connection error, an AUTH refusal,
 no certificate, expired or not yet valid, a served certificate other than the configured one, a
 chain that does not verify, and a client-cert port that lets a certificate-less client in;
 WARNING for expiry within warn_days and for an address / server_names entry missing from the

@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,6 +23,7 @@ from ..errors import ConfigError
 from ..pki.passwords import PasswordError, parse_hash
 from . import ini
 from .ini import normalize_address
+from .resolver import CertificateResolver, is_default
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -202,20 +204,10 @@ class Config:
         """Every (address, kind, port) the server binds."""
         return [(a, k, p) for a in self.server.addresses for k, p in self.ports.enabled()]
 
-    def certificate_for(self, address: str) -> CertificateEntry | None:
-        """The certificate section serving local `address`: its own, else the default."""
-        fallback = None
-        for entry in self.certificates:
-            if address in entry.addresses:
-                return entry
-            if entry.default or "*" in entry.addresses:
-                fallback = entry
-        return fallback
-
-    def certificate_for_name(self, server_name: str) -> CertificateEntry | None:
-        """The certificate section whose server_names include `server_name` (SNI)."""
-        wanted = server_name.lower().rstrip(".")
-        return next((e for e in self.certificates if wanted in e.server_names), None)
+    @cached_property
+    def resolver(self) -> CertificateResolver[CertificateEntry]:
+        """Which certificate section serves an address or server name (built on first use)."""
+        return CertificateResolver(self.certificates)
 
 
 def _nat(text: str) -> tuple[NatRule, ...]:
@@ -609,7 +601,7 @@ def _cross_checks(config: Config, sections: dict[str, ini.Section]) -> None:
     defaults = []
     for entry in config.certificates:
         sec = sections[f"certificate:{entry.name}"]
-        if entry.default or "*" in entry.addresses:
+        if is_default(entry):
             defaults.append(entry.name)
         for address in entry.addresses:
             if address == "*":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import grp
 import itertools
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,7 +273,3 @@ def inspect_entry(
         return EntryStatus(entry, "expired", f"{entry.cert} expired on {when}", info, len(chain))
     return EntryStatus(entry, "ok", None, info, len(chain))
 
-
-def can_read(path: Path) -> bool:
-    """True when this process may open `path` for reading."""
-    return os.access(path, os.R_OK)

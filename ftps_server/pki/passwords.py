@@ -1,4 +1,4 @@
-"""Salted scrypt password hashes: `$scrypt$ln=15,r=8,p=1$<salt b64>$<hash b64>`, and the
+"""Salted scrypt password hashes: `$scrypt$ln=15,r=8,p=3$<salt b64>$<hash b64>`, and the
 `ftps-server hash-password` command that makes them.
 
 The cost travels inside each hash, so raising the defaults later only affects new hashes and

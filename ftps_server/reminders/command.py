@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config.model import DEFAULT_CONFIG_PATH, load
 from ..errors import FtpsServerError
-from .findings import Finding
+from .findings import ReminderFinding
 from .run import Report, now, parse_time, run_reminders
 
 __all__ = ["register", "run"]
@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _row(f: Finding, action: str) -> list[str]:
+def _row(f: ReminderFinding, action: str) -> list[str]:
     what = f"certificate {f.name}" if f.kind == "certificate" else f"address {f.name}"
     days = "-" if f.days_left is None else str(f.days_left)
     not_after = f"{f.info.not_after:%Y-%m-%d %H:%M}" if f.info else "-"

@@ -1,4 +1,4 @@
-"""What the reminders found: one `Finding` per certificate section or uncovered listener address.
+"""What the reminders found: one `ReminderFinding` per certificate section or uncovered address.
 
 Below `mail` (which renders a finding) and `run` (which decides and sends), so neither imports
 the other for the type.
@@ -14,7 +14,7 @@ from ..config.model import CertificateEntry, host_port
 from ..journal import message_ids
 from ..pki.certs import CertInfo
 
-__all__ = ["Finding", "Listener"]
+__all__ = ["Listener", "ReminderFinding"]
 
 _MESSAGE_IDS = {
     "expiring": message_ids.CERT_EXPIRING,
@@ -37,7 +37,7 @@ class Listener:
 
 
 @dataclass(frozen=True)
-class Finding:
+class ReminderFinding:
     """The condition of one certificate section (kind "certificate") or of one listener
     address that no certificate section serves (kind "address", always `missing`)."""
 

@@ -35,7 +35,7 @@ import jinja2
 from ..config.model import AlertsConfig, Config
 from ..errors import ConfigError, DeliveryError
 from ..pki.certs import expiry_phrase
-from .findings import Finding
+from .findings import ReminderFinding
 
 __all__ = [
     "CREDENTIAL_NAME",
@@ -95,7 +95,9 @@ def render(alerts: AlertsConfig, context: Mapping[str, Any]) -> tuple[str, str]:
     return " ".join(subject.split()), body
 
 
-def reminder_context(config: Config, f: Finding, *, at: dt.datetime, since: str) -> dict[str, Any]:
+def reminder_context(
+    config: Config, f: ReminderFinding, *, at: dt.datetime, since: str
+) -> dict[str, Any]:
     """Everything the reminder templates may use (never key material: paths only)."""
     entry = f.entry
     return {
@@ -125,7 +127,9 @@ def reminder_context(config: Config, f: Finding, *, at: dt.datetime, since: str)
     }
 
 
-def render_reminder(config: Config, f: Finding, *, at: dt.datetime, since: str) -> tuple[str, str]:
+def render_reminder(
+    config: Config, f: ReminderFinding, *, at: dt.datetime, since: str
+) -> tuple[str, str]:
     """(subject, body) for one finding; a broken template_dir falls back to the shipped text."""
     context = reminder_context(config, f, at=at, since=since)
     try:

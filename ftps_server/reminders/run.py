@@ -1,7 +1,5 @@
 """Certificate reminders: decide a condition per certificate section and listener address,
-log one journal record per finding, and email by the rules of DESIGN.md "Reminders".
-
-Rules (per calendar day in UTC):
+log one journal record per finding, and email by these rules (per calendar day in UTC):
 - `expiring`: one email per `warn_days` threshold crossed (several crossed at once, e.g. after
   a missed day: one email); a new fingerprint starts afresh.
 - `expired`, `missing`, `invalid`: one email every day.
@@ -28,10 +26,18 @@ from ..errors import ConfigError, FtpsServerError
 from ..journal import message_ids
 from ..pki.certs import expiry_phrase, inspect_entry, utcnow
 from . import mail
-from .findings import Finding, Listener
+from .findings import Listener, ReminderFinding
 from .store import State, Store
 
-__all__ = ["Finding", "Listener", "Report", "evaluate", "now", "parse_time", "run_reminders"]
+__all__ = [
+    "Listener",
+    "ReminderFinding",
+    "Report",
+    "evaluate",
+    "now",
+    "parse_time",
+    "run_reminders",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,7 @@ class Report:
     """What one run found and did."""
 
     at: dt.datetime
-    findings: list[Finding]
+    findings: list[ReminderFinding]
     dry_run: bool = False
     actions: dict[str, str] = field(default_factory=dict)  # subject -> what happened
     delivered: list[str] = field(default_factory=list)  # subjects accepted by SMTP
@@ -98,7 +104,7 @@ def _served_by(config: Config, entry: CertificateEntry) -> tuple[Listener, ...]:
     """The listeners whose connections get `entry`'s certificate."""
     ports = config.ports.enabled()
     bound = config.server.addresses
-    addresses = [a for a in bound if config.certificate_for(a) is entry]
+    addresses = [a for a in bound if config.resolver.for_address(a) is entry]
     if not addresses and not entry.addresses and entry.server_names:
         addresses = list(bound)  # SNI-only: any listener may serve it, by server name
     elif "*" in bound:
@@ -108,7 +114,9 @@ def _served_by(config: Config, entry: CertificateEntry) -> tuple[Listener, ...]:
     return tuple(Listener(a, kind, port) for a in addresses for kind, port in ports)
 
 
-def _certificate_finding(config: Config, entry: CertificateEntry, at: dt.datetime) -> Finding:
+def _certificate_finding(
+    config: Config, entry: CertificateEntry, at: dt.datetime
+) -> ReminderFinding:
     status = inspect_entry(entry, key_group=config.server.key_group, now=at)
     days = status.info.days_left(at) if status.info else None
     condition = status.condition
@@ -116,7 +124,7 @@ def _certificate_finding(config: Config, entry: CertificateEntry, at: dt.datetim
     if condition == "ok" and days is not None:
         crossed = tuple(t for t in config.alerts.warn_days if days <= t)
         condition = "expiring" if crossed else "ok"
-    return Finding(
+    return ReminderFinding(
         kind="certificate",
         name=entry.name,
         condition=condition,
@@ -129,17 +137,17 @@ def _certificate_finding(config: Config, entry: CertificateEntry, at: dt.datetim
     )
 
 
-def evaluate(config: Config, at: dt.datetime) -> list[Finding]:
+def evaluate(config: Config, at: dt.datetime) -> list[ReminderFinding]:
     """One finding per certificate section, plus one per bound address with no certificate."""
     findings = [_certificate_finding(config, entry, at) for entry in config.certificates]
     ports = config.ports.enabled()
     if not ports:
         return findings
     for address in config.server.addresses:
-        if config.certificate_for(address) is None:
+        if config.resolver.for_address(address) is None:
             where = "every local address (*)" if address == "*" else f"address {address}"
             findings.append(
-                Finding(
+                ReminderFinding(
                     kind="address",
                     name=address,
                     condition="missing",
@@ -151,7 +159,7 @@ def evaluate(config: Config, at: dt.datetime) -> list[Finding]:
     return findings
 
 
-def _describe(f: Finding, at: dt.datetime) -> str:
+def _describe(f: ReminderFinding, at: dt.datetime) -> str:
     where = ", ".join(str(li) for li in f.listeners) or "no enabled listener"
     if f.kind == "address":
         return f"no certificate for {where}: {f.problem}"
@@ -167,7 +175,7 @@ def _describe(f: Finding, at: dt.datetime) -> str:
     return f"certificate {f.name} {f.condition}: {f.problem} ({where})"
 
 
-def log_findings(findings: list[Finding], at: dt.datetime) -> None:
+def log_findings(findings: list[ReminderFinding], at: dt.datetime) -> None:
     """One journal record per finding: warning for expiring, crit for problems."""
     for f in findings:
         level = {"ok": logging.INFO, "expiring": logging.WARNING}.get(f.condition, logging.CRITICAL)
@@ -195,12 +203,14 @@ def log_findings(findings: list[Finding], at: dt.datetime) -> None:
 class _Due:
     """A finding that needs an email, and the dedup keys that email satisfies."""
 
-    finding: Finding
+    finding: ReminderFinding
     sent_keys: list[str]
     day_keys: list[str]
 
 
-def _due(findings: list[Finding], state: State, day: str) -> tuple[list[_Due], dict[str, str]]:
+def _due(
+    findings: list[ReminderFinding], state: State, day: str
+) -> tuple[list[_Due], dict[str, str]]:
     due, actions = [], {}
     for f in findings:
         if f.condition == "ok":
@@ -219,7 +229,7 @@ def _due(findings: list[Finding], state: State, day: str) -> tuple[list[_Due], d
     return due, actions
 
 
-def _note_since(findings: list[Finding], state: State, day: str, *, shared: bool) -> None:
+def _note_since(findings: list[ReminderFinding], state: State, day: str, *, shared: bool) -> None:
     # "since" = first day a condition was seen; cleared once the condition changes.
     current = {f"{f.subject}|{f.condition}" for f in findings if f.condition != "ok"}
     # In a shared state, another node's own subjects (its listener addresses) are its to clear.

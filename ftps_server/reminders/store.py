@@ -82,11 +82,6 @@ class SpoolEntry:
     day_keys: list[str]
     day: str
 
-    @property
-    def subject(self) -> str:
-        """The email's subject line."""
-        return str(self.message["Subject"] or "")
-
 
 class Store:
     """The files of one state directory, never reached through a planted link (see

@@ -12,14 +12,11 @@ accepts only QUIT.
 
 from __future__ import annotations
 
-import base64
 import logging
 import math
 import os
 import time
-import unicodedata
 import weakref
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,13 +24,35 @@ from cryptography import x509
 
 from ..config.model import Config, UserConfig
 from ..journal import message_ids
-from ..pki.certs import cert_info, fingerprint, utcnow
-from ..pki.passwords import DEFAULT_PARAMS, HashParams, PasswordError, VerifierCache, parse_hash
+from ..pki.certs import utcnow
+from ..pki.passwords import PasswordError, VerifierCache
 from ..pki.passwords import verify_password as _verify_password
 from . import metrics
 from .bans import BanPolicy, Clock, FailureTracker
+from .login_policy import (
+    REPLY_ATTEMPTS,
+    REPLY_BAD_NAME,
+    REPLY_BANNED,
+    REPLY_BUSY,
+    REPLY_CERT_LOGIN,
+    REPLY_INCORRECT,
+    REPLY_NO_HOME,
+    REPLY_UNREGISTERED,
+    Attempt,
+    CertificateOwners,
+    UserOutcome,
+    ban_policy,
+    decide_user,
+    dummy_hash,
+    expected_hash,
+    log_safe,
+    name_problem,
+    pass_refusal,
+    printable,
+)
 from .password_queue import Job, PasswordQueue, default_workers
 from .pending import PendingStore
+from .pyftpdlib_adapter import complete_login, is_closed
 from .users import JailedFS, UserAuthorizer, ensure_homes
 from .wakeup import LoopWaker
 
@@ -56,25 +75,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REPLY_INCORRECT = "530 Login incorrect."
-REPLY_UNREGISTERED = "530 Not logged in: client certificate is not registered."
-REPLY_OTHER_USER = "530 Not logged in: client certificate belongs to another user."
-REPLY_NO_HOME = "530 Not logged in: home directory is not available."
-REPLY_CERT_LOGIN = "232 User logged in, authorized by security data exchange."
-REPLY_BANNED = "421 Too many failed logins from {ip}; try again in {seconds} seconds."
-REPLY_ATTEMPTS = "421 Too many logins from {ip} are being checked; try again later."
-REPLY_BUSY = "421 Too many logins are being checked; try again in a few seconds."
-REPLY_BAD_NAME = "501 Syntax error: control characters in user name."
 # How long a proved password is recognised without scrypt (see passwords.VerifierCache)
 CACHE_SECONDS = 900.0
 _PER_USER = 2  # hashes running at once for one user name
 _QUEUE_PER_WORKER = 32  # hashes waiting per worker before a PASS gets 421: ~10 s of work
-# no MESSAGE_ID for a lifted ban exists yet; use it as soon as message_ids defines one
-_UNBAN_ID: str | None = getattr(message_ids, "ADDRESS_UNBANNED", None)
 
 
 class LoginHandler(Protocol):
-    """What auth needs from the lead's FTP handler (a pyftpdlib FTPHandler subclass)."""
+    """What auth needs from the FTP handler (ftp.FtpsHandler, a pyftpdlib FTPHandler)."""
 
     remote_ip: str
     listener_name: str
@@ -97,59 +105,19 @@ class LoginHandler(Protocol):
     def close_when_done(self) -> None: ...
 
 
-@dataclass
-class _Attempt:
-    """What USER established for this connection, used by the PASS that follows."""
-
-    user: str
-    method: str  # the policy being exercised: password | certificate | certificate+password
-    cert_ok: bool = False
-    fingerprint: str | None = None
-
-
 @dataclass(eq=False)
 class _Check:
     """One PASS waiting for the verdict of its job."""
 
     handler: LoginHandler
     user: UserConfig | None
-    attempt: _Attempt
+    attempt: Attempt
     reason: str | None
     reserved: bool  # counted by FailureTracker.reserve (False: joined a check in flight)
 
 
 def _closed(handler: LoginHandler) -> bool:
-    return bool(getattr(handler, "_closed", False))
-
-
-def _policy(config: Config, delays: tuple[float, float]) -> BanPolicy:
-    s = config.server
-    return BanPolicy(
-        s.max_login_failures,
-        float(s.failure_window),
-        float(s.ban_time),
-        *delays,
-        prefix_v6=s.ban_prefix_v6,
-    )
-
-
-def _dummy_hash(config: Config) -> str:
-    """A hash at the cost most users' hashes have, verified for unknown users.
-
-    An unknown user must cost exactly what a known one costs, else timing tells names apart.
-    Random salt and key make a hash no password matches, without deriving one: this runs on
-    the event loop at start and reload, where a 0.3 s derivation would stall transfers.
-    """
-    costs: Counter[HashParams] = Counter()
-    for user in config.users:
-        if user.password:
-            try:
-                costs[parse_hash(user.password)[0]] += 1
-            except PasswordError:
-                continue
-    p = costs.most_common(1)[0][0] if costs else DEFAULT_PARAMS
-    salt, key = (base64.b64encode(os.urandom(n)).decode("ascii") for n in (16, 32))
-    return f"$scrypt$ln={p.ln},r={p.r},p={p.p}${salt}${key}"
+    return is_closed(handler)
 
 
 def _check_password(password: str, stored: str) -> tuple[bool, str | None]:
@@ -158,25 +126,6 @@ def _check_password(password: str, stored: str) -> tuple[bool, str | None]:
         return _verify_password(password, stored), None
     except PasswordError as exc:
         return False, str(exc)
-
-
-def _has_control(text: str) -> bool:
-    """True for control characters, line/paragraph separators or undecodable bytes."""
-    return any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in text)
-
-
-def log_safe(text: str) -> str:
-    """`text` with every control character escaped, so it stays one honest log line."""
-    if not _has_control(text):
-        return text
-    return "".join(
-        repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c for c in text
-    )
-
-
-def _printable(name: str) -> str:
-    # user names reach the journal: cut control characters and absurd lengths
-    return "".join(c if c.isprintable() else "?" for c in name[:64])
 
 
 class Authenticator:
@@ -198,7 +147,7 @@ class Authenticator:
         self.delays = delays
         self.authorizer = UserAuthorizer(config.users)
         self.filesystem = JailedFS
-        self.tracker = FailureTracker(_policy(config, delays), clock)
+        self.tracker = FailureTracker(ban_policy(config, delays), clock)
         self.pending = PendingStore(config.server.state_dir)
         self.wall_clock = utcnow
         n = workers or default_workers()
@@ -214,20 +163,16 @@ class Authenticator:
             done=self._job_done,
         )
         self._waker: LoopWaker | None = None
-        self._attempts: weakref.WeakKeyDictionary[Any, _Attempt] = weakref.WeakKeyDictionary()
+        self._attempts: weakref.WeakKeyDictionary[Any, Attempt] = weakref.WeakKeyDictionary()
         self._apply(config)
 
     def _apply(self, config: Config) -> None:
         self.config = config
         self.authorizer.update(config.users)
-        self.tracker.set_policy(_policy(config, self.delays))
-        self._pinned = {fp: u.name for u in config.users for fp in u.certificates}
-        self._cn_owners: dict[str, set[str]] = {}
-        for u in config.users:
-            if u.certificate_cn:
-                self._cn_owners.setdefault(u.certificate_cn, set()).add(u.name)
-        self._home_problems = ensure_homes(config)
-        self._dummy = _dummy_hash(config)
+        self.tracker.set_policy(ban_policy(config, self.delays))
+        self.owners = CertificateOwners(config)
+        ensure_homes(config)  # creates missing homes; a login to an unusable one gets 530
+        self._dummy = dummy_hash(config)
         self.cache.clear()  # users, hashes or the dummy may have changed
 
     def reload(self, config: Config) -> None:
@@ -256,7 +201,7 @@ class Authenticator:
         **extra: str,
     ) -> None:
         fields = {
-            "USER": _printable(user),
+            "USER": printable(user),
             "REMOTE_ADDR": handler.remote_ip,
             "LISTENER": handler.listener_name,
             "AUTH_METHOD": method,
@@ -280,7 +225,6 @@ class Authenticator:
                     "fields": {
                         "REMOTE_ADDR": address,
                         "BAN": "lifted",
-                        **({"MESSAGE_ID": _UNBAN_ID} if _UNBAN_ID else {}),
                     }
                 },
             )
@@ -308,73 +252,31 @@ class Authenticator:
             handler.close_when_done()
             return
         name = line.strip()
-        if not name:
-            handler.respond("501 Syntax error: USER needs a user name.")
-            return
-        if _has_control(name):
-            # the name goes into every pyftpdlib log prefix: a line break would forge entries
-            handler.respond(REPLY_BAD_NAME)
+        problem = name_problem(name)
+        if problem:
+            handler.respond(problem)
             return
         handler.username = name
         user = self.authorizer.user(name)
-        cert = handler.peer_certificate
-        owners = self._owners(cert) if cert is not None else set()
-        if cert is not None and owners and name not in owners:
-            # registered to someone else: refused for any other name, whatever its policy
-            fp = fingerprint(cert)
-            attempt = _Attempt(name, user.auth if user else "password", fingerprint=fp)
-            self._attempts[handler] = attempt
-            owner = ", ".join(sorted(owners))
-            reason = f"client certificate of another user ({owner})"
-            self._fail(handler, attempt, reason, REPLY_OTHER_USER, CERT_OWNER=owner)
-            return
-        if user is None or user.auth == "password" or cert is None:
-            # unknown users look like known ones: 331 now, the same 530 after PASS
-            self._attempts[handler] = _Attempt(name, user.auth if user else "password")
-            handler.respond("331 Username ok, send password.")
-            return
-        fp = fingerprint(cert)
-        attempt = _Attempt(name, user.auth, fingerprint=fp)
-        self._attempts[handler] = attempt
-        match = self._match(user, cert, fp)
-        if match == "unregistered":
-            self._record_pending(handler, user, cert)
-            self._fail(handler, attempt, "client certificate not registered", REPLY_UNREGISTERED)
-        elif match == "other":
-            self._fail(handler, attempt, "client certificate of another user", REPLY_OTHER_USER)
-        elif user.auth == "certificate":
-            self._succeed(handler, user, attempt, REPLY_CERT_LOGIN)
+        decision = decide_user(name, user, handler.peer_certificate, self.owners)
+        self._attempts[handler] = decision.attempt
+        if decision.outcome is UserOutcome.FAIL:
+            if decision.record_pending and user is not None:
+                self._record_pending(handler, user)
+            attempt, reason, reply = decision.attempt, decision.reason, decision.reply
+            if decision.owner:
+                self._fail(handler, attempt, reason, reply, CERT_OWNER=decision.owner)
+            else:
+                self._fail(handler, attempt, reason, reply)
+        elif decision.outcome is UserOutcome.CERTIFICATE_LOGIN and user is not None:
+            self._succeed(handler, user, decision.attempt, decision.reply)
         else:
-            attempt.cert_ok = True
-            handler.respond("331 Certificate accepted, send password.")
+            handler.respond(decision.reply)
 
-    def _owners(self, cert: x509.Certificate) -> set[str]:
-        """The users a certificate is registered to: pinned, or by a CA-verified CN."""
-        owners = set()
-        pinned = self._pinned.get(fingerprint(cert))
-        if pinned:
-            owners.add(pinned)
-        if self.config.tls.client_ca and self._cn_owners:
-            owners |= self._cn_owners.get(cert_info(cert).common_name or "", set())
-        return owners
-
-    def _match(self, user: UserConfig, cert: x509.Certificate, fp: str) -> str:
-        """'ok', 'other' (pinned by another user) or 'unregistered'."""
-        if fp in user.certificates:
-            return "ok"
-        if fp in self._pinned:
-            return "other"
-        # a CN is only as good as the CA that signed it: without client_ca nothing verified it
-        cn_trusted = bool(user.certificate_cn and self.config.tls.client_ca)
-        if cn_trusted and cert_info(cert).common_name == user.certificate_cn:
-            return "ok"
-        return "unregistered"
-
-    def _record_pending(
-        self, handler: LoginHandler, user: UserConfig, cert: x509.Certificate
-    ) -> None:
-        if not self.config.tls.client_ca:
-            return  # nothing verified this certificate: not worth an administrator's look
+    def _record_pending(self, handler: LoginHandler, user: UserConfig) -> None:
+        """Keep an unregistered (CA-verified) certificate for an administrator's look."""
+        cert = handler.peer_certificate
+        assert cert is not None
         self.pending.record(
             user.name, cert, handler.remote_ip, handler.listener_name, self.wall_clock()
         )
@@ -384,14 +286,9 @@ class Authenticator:
     def pass_command(self, handler: LoginHandler, line: str) -> None:
         """Handle PASS: verify off the loop; reply (230 or a delayed 530) when done."""
         attempt = self._attempts.get(handler)
-        if handler.authenticated:
-            if attempt and attempt.method == "certificate":
-                handler.respond("202 Already logged in by certificate; no password needed.")
-            else:
-                handler.respond("503 User already authenticated.")
-            return
-        if not handler.username or attempt is None or attempt.user != handler.username:
-            handler.respond("503 Login with USER first.")
+        out_of_turn = pass_refusal(handler.authenticated, handler.username, attempt)
+        if out_of_turn or attempt is None:
+            handler.respond(out_of_turn or "503 Login with USER first.")
             return
         refusal = self.connection_refusal(handler)  # a ban may have started since USER
         if refusal:
@@ -399,7 +296,7 @@ class Authenticator:
             handler.close_when_done()
             return
         user = self.authorizer.user(attempt.user)
-        stored, reason = self._expected(user, attempt)
+        stored, reason = expected_hash(user, attempt, self._dummy)
         tag = self.cache.tag(attempt.user, stored, line)
         if reason is None and user is not None and self.cache.matches(attempt.user, tag):
             self._succeed(handler, user, attempt, None)  # proved recently: no scrypt again
@@ -408,7 +305,7 @@ class Authenticator:
         if job is None and self.queue.full():
             log.warning(
                 "login of %s from %s refused: %d password checks already waiting",
-                _printable(attempt.user),
+                printable(attempt.user),
                 handler.remote_ip,
                 self.queue.waiting,
             )
@@ -430,18 +327,6 @@ class Authenticator:
             self.queue.add(job)
         job.checks.append(_Check(handler, user, attempt, reason, reserved))
         self.queue.dispatch(waker)
-
-    def _expected(self, user: UserConfig | None, attempt: _Attempt) -> tuple[str, str | None]:
-        """(hash to verify, failure reason or None when a match logs the user in)."""
-        if user is None:
-            return self._dummy, "unknown user"
-        if user.auth == "certificate":
-            return self._dummy, "no client certificate"
-        assert user.password is not None  # config.load guarantees it for these policies
-        if user.auth == "certificate+password" and not attempt.cert_ok:
-            # still hash, so the missing certificate is not told apart by timing
-            return user.password, "no client certificate"
-        return user.password, None
 
     def _loop_waker(self, ioloop: Any) -> LoopWaker:
         if self._waker is None or self._waker.ioloop is not ioloop:
@@ -469,7 +354,7 @@ class Authenticator:
 
     def _job_done(self, job: Job, ok: bool, problem: str | None) -> None:
         if problem:
-            log.error("user %s: password hash unusable: %s", _printable(job.name), problem)
+            log.error("user %s: password hash unusable: %s", printable(job.name), problem)
         if ok:
             current = self.authorizer.user(job.name)
             if current is not None and current.password == job.stored:  # not changed meanwhile
@@ -500,10 +385,10 @@ class Authenticator:
     # --- outcomes -------------------------------------------------------------------------
 
     def _succeed(
-        self, handler: LoginHandler, user: UserConfig, attempt: _Attempt, reply: str | None
+        self, handler: LoginHandler, user: UserConfig, attempt: Attempt, reply: str | None
     ) -> None:
         handler.login_pending = False
-        if getattr(handler, "_closed", False):
+        if is_closed(handler):
             return
         home = str(user.home)
         if not os.path.isdir(home):
@@ -516,12 +401,7 @@ class Authenticator:
             handler.handle_auth_success(home, "", msg)
         else:
             # pyftpdlib's handle_auth_success can only say 230; RFC 4217 wants 232 here
-            handler.respond(reply)
-            handler.authenticated = True
-            handler.password = ""
-            handler.attempted_logins = 0
-            handler.fs = handler.abstracted_fs(home, handler)
-            handler.on_login(user.name)
+            complete_login(handler, home, reply, user.name)
         metrics.login("ok", attempt.method)
         self._event(
             logging.INFO,
@@ -536,7 +416,7 @@ class Authenticator:
     def _fail(
         self,
         handler: LoginHandler,
-        attempt: _Attempt,
+        attempt: Attempt,
         reason: str,
         reply: str,
         *,
@@ -550,7 +430,7 @@ class Authenticator:
         self._event(
             logging.WARNING,
             message_ids.LOGIN_FAILED,
-            f"failed login for {_printable(attempt.user)} from {handler.remote_ip}: {reason}",
+            f"failed login for {printable(attempt.user)} from {handler.remote_ip}: {reason}",
             handler,
             attempt.user,
             attempt.method,

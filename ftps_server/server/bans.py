@@ -158,7 +158,7 @@ class FailureTracker:
         return lifted
 
     def banned(self) -> dict[str, float]:
-        """Every address under a ban and the seconds left on it."""
+        """Every address under a ban and the seconds left on it (the metrics' ban gauge)."""
         now = self.clock()
         return {
             a: r.banned_until - now

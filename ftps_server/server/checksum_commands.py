@@ -12,6 +12,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .. import checksums
+from . import pyftpdlib_adapter as pyftpd
 from .wakeup import LoopWaker
 
 if TYPE_CHECKING:
@@ -67,20 +68,18 @@ class ChecksumCommands:
         username: str
         ioloop: Any
         connected: bool
-        _closed: bool
-        _extra_feats: list[str]
 
         def respond(self, resp: str, logfun: Any = ...) -> None: ...
         def run_as_current_user(self, function: Any, *args: Any) -> Any: ...
         def log_cmd(self, cmd: str, arg: str, respcode: int, respstr: str) -> None: ...
 
     def checksum_setup(self, settings: ServerConfig) -> None:
-        """Per-session state; adds the HASH line to FEAT (call after _extra_feats is set)."""
+        """Per-session state; adds the HASH line to FEAT (call after the FTPS lines are set)."""
         self._checksum_busy = False
         self._hash_offered = settings.checksum_algorithms
         self._hash_algorithm = checksums.default_algorithm(self._hash_offered)
-        # a new list: pyftpdlib's default is one list shared by every handler
-        self._extra_feats = [*self._extra_feats, self._hash_feature()]
+        features = [*pyftpd.extra_features(self), self._hash_feature()]
+        pyftpd.set_extra_features(self, features)
 
     def process_command(self, cmd: str, *args: Any, **kwargs: Any) -> None:
         if getattr(self, "_checksum_busy", False) and cmd != "QUIT":
@@ -110,8 +109,8 @@ class ChecksumCommands:
             self.respond(f"501 Unknown or disabled algorithm; selection unchanged ({offered}).")
             return
         self._hash_algorithm = wanted
-        feats = [f for f in self._extra_feats if not f.startswith("HASH ")]
-        self._extra_feats = [*feats, self._hash_feature()]
+        feats = [f for f in pyftpd.extra_features(self) if not f.startswith("HASH ")]
+        pyftpd.set_extra_features(self, [*feats, self._hash_feature()])
         self.respond(f"200 {wanted}")
 
     def ftp_HASH(self, line: str) -> None:
@@ -184,7 +183,12 @@ class ChecksumCommands:
             )
 
         refusal = service.start(
-            self.username, fd, algorithm, span, lambda: self._closed or not self.connected, done
+            self.username,
+            fd,
+            algorithm,
+            span,
+            lambda: pyftpd.is_closed(self) or not self.connected,
+            done,
         )
         if refusal is checksums.Refusal.USER:
             os.close(fd)
@@ -211,7 +215,7 @@ class ChecksumCommands:
         outcome: checksums.Outcome,
     ) -> None:
         self._checksum_busy = False
-        if self._closed or not self.connected or outcome.cancelled:
+        if pyftpd.is_closed(self) or not self.connected or outcome.cancelled:
             return
         if outcome.hexdigest is not None:
             reply = self._checksum_reply(cmd, algorithm, span, outcome.hexdigest, ftp_path)

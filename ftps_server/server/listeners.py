@@ -20,6 +20,7 @@ from . import auth, metrics
 from .ftp import FtpsHandler
 from .proxied import Address, client_address, read_header
 from .proxy_protocol import ProxyHeader
+from .pyftpdlib_adapter import share_ip_map
 from .state import ServerState
 from .tls import build_contexts
 
@@ -61,7 +62,7 @@ class ListenerServer(FTPServer):
         self.proxy_header: ProxyHeader | None = None  # set only while a handler is made
         # pyftpdlib calls listen() again with its own backlog: pass ours
         super().__init__(sock, FtpsHandler, ioloop=ioloop, backlog=LISTEN_BACKLOG)
-        self.ip_map = ip_map  # shared: max_connections_per_ip spans every listener
+        share_ip_map(self, ip_map)  # max_connections_per_ip spans every listener
         self.apply_limits(state.config)
 
     def apply_limits(self, config: Config) -> None:
@@ -182,13 +183,8 @@ class Listeners:
                 )
 
     def without_certificate(self, state: ServerState) -> int:
-        """How many open listeners cannot offer TLS for their address."""
-        count = 0
-        for address, _kind, _port in self.servers:
-            probe = "127.0.0.1" if address == "*" else address
-            if state.tls.problem_for(probe):
-                count += 1
-        return count
+        """How many open listeners cannot offer TLS for their address (`*`: the default's)."""
+        return sum(1 for address, _kind, _port in self.servers if state.tls.problem_for(address))
 
     def status_line(self, state: ServerState) -> str:
         """A one-line summary for systemd's STATUS=."""

@@ -239,9 +239,9 @@ def _snapshot(listeners: Any, state: Any) -> _Snapshot:
     named = [e for e in config.certificates if e.server_names]
     for address, kind, port in sorted(listeners.servers):
         name = listener_name(address, port, kind)
-        probe = "127.0.0.1" if address == "*" else address
-        rows.append((name, kind, state.tls.problem_for(probe) is None))
-        own = config.certificate_for(probe)
+        # the resolver's rule: `*` is served by the default section
+        rows.append((name, kind, state.tls.problem_for(address) is None))
+        own = state.tls.entry_for(address)
         for entry in [own, *(e for e in named if e is not own)]:
             if entry is None:
                 continue

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config.model import normalize_address
 from .proxy_protocol import MAX_HEADER_BYTES, ProxyHeader, ProxyHeaderError, parse, take
+from .pyftpdlib_adapter import call_soon
 
 __all__ = ["Address", "HeaderReader", "client_address", "read_header"]
 
@@ -61,11 +62,11 @@ class HeaderReader:
         self.socket, self.peer, self.ioloop, self.where = sock, peer, ioloop, where
         self._done = done
         self._buffer = b""
-        self._closed = False
+        self._released = False
         sock.setblocking(False)  # accept() hands out blocking sockets
-        self._fileno = sock.fileno()
-        ioloop.register(self._fileno, self, ioloop.READ)
-        self._timer = ioloop.call_later(timeout, self._expire, _errback=self.handle_error)
+        self._fd = sock.fileno()
+        ioloop.register(self._fd, self, ioloop.READ)
+        self._timer = call_soon(ioloop, self._expire, errback=self.handle_error, delay=timeout)
 
     # --- what pyftpdlib's IOLoop calls
 
@@ -112,7 +113,7 @@ class HeaderReader:
         self.close()
 
     def close(self) -> None:
-        if not self._closed:
+        if not self._released:
             self._release()
             self.socket.close()
 
@@ -133,7 +134,7 @@ class HeaderReader:
 
     def _release(self) -> None:
         """Stop watching the socket (it stays open): the handler registers it anew."""
-        self._closed = True
+        self._released = True
         if not self._timer.cancelled:
             self._timer.cancel()
-        self.ioloop.unregister(self._fileno)
+        self.ioloop.unregister(self._fd)

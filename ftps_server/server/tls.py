@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config.model import PORT_KINDS, CertificateEntry, Config
+from ..config.resolver import CertificateResolver
 from ..pki.certs import EntryStatus, inspect_entry
+from .tls_engine import require_close_notify
 from .tls_openssl import ParsedChain, parse_chain, set_groups, use_chain
 
 __all__ = [
@@ -111,21 +113,20 @@ class TlsContexts:
     material: dict[str, Material] = field(default_factory=dict)  # entry name -> cert + key
     client_ca: Material | None = None
     crl: Material | None = None
-    by_name: dict[str, str] = field(default_factory=dict)  # SNI name -> entry name
+    # address / SNI name -> section, with the reasons of the sections that cannot be served;
+    # replaced by build_contexts once every section is judged
+    resolver: CertificateResolver[CertificateEntry] = field(
+        default_factory=lambda: CertificateResolver(())
+    )
+    sni: bool = False  # a usable section lists server names: contexts get the SNI callback
 
     def entry_for(self, local_address: str) -> CertificateEntry | None:
         """The configured certificate section for a local address (usable or not)."""
-        return self.config.certificate_for(local_address)
+        return self.resolver.for_address(local_address)
 
     def problem_for(self, local_address: str) -> str | None:
         """Why `local_address` cannot offer TLS, or None when it can."""
-        entry = self.entry_for(local_address)
-        if entry is None:
-            return f"no certificate is assigned to {local_address} and none is the default"
-        status = self.statuses[entry.name]
-        if not status.usable:
-            return f"certificate [{entry.name}]: {status.problem}"
-        return None
+        return self.resolver.problem_for(local_address)
 
     def usable(self, local_address: str, kind: str) -> bool:
         """True when connections of `kind` to `local_address` can get a context."""
@@ -141,7 +142,7 @@ class TlsContexts:
 
     def _session_context(self, entry_name: str, mode: ssl.VerifyMode) -> ssl.SSLContext:
         first = self._build(entry_name, mode)
-        if self.by_name:
+        if self.sni:
             first.sni_callback = self._sni_chooser(entry_name, mode)
         return first
 
@@ -166,8 +167,9 @@ class TlsContexts:
         def choose(sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
             if not server_name:
                 return
-            wanted = self.by_name.get(server_name.lower().rstrip("."))
-            if wanted is None or wanted == own_entry or (wanted, mode) not in self.contexts:
+            entry = self.resolver.for_name(server_name)
+            wanted = entry.name if entry is not None else own_entry
+            if wanted == own_entry or (wanted, mode) not in self.contexts:
                 return
             target = others.get(wanted)
             if target is None:
@@ -191,6 +193,7 @@ def _new_context(
     if tls.max_version:
         ctx.maximum_version = _TLS_VERSIONS[tls.max_version]
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    require_close_notify(ctx)  # an upload cut short must not read as complete
     ctx.set_ciphers(tls.ciphers or MOZILLA_INTERMEDIATE_CIPHERS)
     set_groups(ctx)
     if material.parsed is None or not use_chain(ctx, material.parsed):
@@ -259,10 +262,7 @@ def build_contexts(config: Config) -> TlsContexts:
             problem = f"TLS library refused {entry.cert} / {entry.key}: {reason}"
             statuses[entry.name] = EntryStatus(entry, "invalid", problem, status.info)
             log.critical("certificate [%s] cannot be served: %s", entry.name, problem)
-    tls.by_name = {
-        name: entry.name
-        for entry in config.certificates
-        if entry.name in tls.material
-        for name in entry.server_names
-    }
+    problems = {n: s.problem or s.condition for n, s in statuses.items() if not s.usable}
+    tls.resolver = CertificateResolver(config.certificates, problems)
+    tls.sni = any(e.server_names for e in config.certificates if e.name in tls.material)
     return tls

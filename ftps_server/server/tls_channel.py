@@ -1,21 +1,19 @@
 """TLS on a pyftpdlib channel with Python's ssl module, non-blocking, on the shared IOLoop.
 
-A mixin for pyftpdlib's AsyncChat subclasses (control and data channels). It owns only the
-TLS state machine and the movement of bytes between the socket and an `ssl.SSLObject`;
-FTP semantics stay in `ftp.py`.
+A mixin for pyftpdlib's AsyncChat subclasses (control and data channels). It only moves
+bytes between the socket and the connection's `TlsEngine` (tls_engine.py: the state machine,
+the `ssl.SSLObject` and its memory BIOs) and sets the loop's events; FTP semantics stay in
+`ftp.py` and `data_channel.py`.
 
 Why memory BIOs instead of `SSLSocket`: OpenSSL on a socket does one or two syscalls per
 16 KiB record (header, then body) and one `send` per record written. With memory BIOs one
 `recv` or `send` of up to 1 MiB carries dozens of records, so bulk transfers spend their time
 in AES, not in syscalls and the event loop.
 
-    PLAIN --start_tls--> HANDSHAKE --ok--> ESTABLISHED --close/CCC--> CLOSING --> closed/PLAIN
 """
 
 from __future__ import annotations
 
-import contextlib
-import enum
 import errno
 import logging
 import socket
@@ -24,12 +22,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
-
-try:  # pyftpdlib >= 2.1
-    from pyftpdlib.ioloop import _RetryError
-except ImportError:  # pyftpdlib 2.0 (Debian 13)
-    from pyftpdlib.ioloop import RetryError as _RetryError
+from .pyftpdlib_adapter import ERRNOS_DISCONNECTED, RetryError, call_soon, wanted_io_events
+from .tls_engine import TlsEngine, TlsState, describe_ssl_error
 
 __all__ = ["HIGH_WATER", "TlsChannel", "TlsPeerGone", "TlsState", "describe_ssl_error"]
 
@@ -53,32 +47,6 @@ class _RecvBuffer(threading.local):
 _recv_buffer = _RecvBuffer()
 
 
-class TlsState(enum.Enum):
-    PLAIN = "plain"
-    HANDSHAKE = "handshake"
-    ESTABLISHED = "established"
-    CLOSING = "closing"
-
-
-_ALLOWED = {
-    TlsState.PLAIN: {TlsState.HANDSHAKE},
-    TlsState.HANDSHAKE: {TlsState.ESTABLISHED, TlsState.PLAIN},
-    TlsState.ESTABLISHED: {TlsState.CLOSING, TlsState.PLAIN},
-    TlsState.CLOSING: {TlsState.PLAIN},
-}
-
-
-def describe_ssl_error(exc: BaseException) -> str:
-    """A short human reason for a failed handshake, e.g. 'certificate verify failed: ...'."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return (exc.reason or exc.strerror or str(exc)).replace("_", " ").lower()
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
-    return str(exc)
-
-
 class TlsPeerGone(Exception):
     """The TCP connection is closed or reset."""
 
@@ -86,14 +54,9 @@ class TlsPeerGone(Exception):
 class TlsChannel:
     """Mixin: put before the pyftpdlib AsyncChat subclass in the bases."""
 
-    tls_state: TlsState = TlsState.PLAIN
-    tls: ssl.SSLObject | None = None
-    _tls_in: ssl.MemoryBIO | None = None
-    _tls_out: ssl.MemoryBIO | None = None
+    _tls_engine: TlsEngine | None = None  # made by the first start_tls
     _tls_head: memoryview | None = None  # the part of a send the socket did not take
-    _tls_raw_eof = False
     tls_peer_reset = False  # the raw EOF was a reset (data the peer sent may be lost)
-    tls_close_notify = False  # the peer ended TLS with close_notify (a clean end of data)
     _tls_ccc = False
     _tls_timer: Any = None
     _tls_progress = False
@@ -105,7 +68,6 @@ class TlsChannel:
     socket: Any
     ioloop: Any
     connected: bool
-    _wanted_io_events: int
 
     # --- hooks for subclasses
 
@@ -122,35 +84,61 @@ class TlsChannel:
 
     def tls_wrap(self, context: ssl.SSLContext) -> ssl.SSLObject:
         """Make the server-side SSLObject over the channel's memory BIOs."""
-        assert self._tls_in is not None and self._tls_out is not None
-        return context.wrap_bio(self._tls_in, self._tls_out, server_side=True)
+        assert self._tls_engine is not None
+        return self._tls_engine.wrap(context)
 
     def tls_io_events(self) -> int:
         """The IOLoop events the channel wants once TLS has nothing pending."""
-        return self._wanted_io_events
+        return wanted_io_events(self)
 
-    # --- state
+    # --- state (the engine's, read through the names the FTP handlers use)
+
+    @property
+    def tls_state(self) -> TlsState:
+        engine = self._tls_engine
+        return engine.state if engine is not None else TlsState.PLAIN
+
+    @property
+    def tls(self) -> ssl.SSLObject | None:
+        """The connection's SSLObject (None in clear text and before the ClientHello)."""
+        engine = self._tls_engine
+        return engine.sslobj if engine is not None else None
+
+    @property
+    def _tls_in(self) -> ssl.MemoryBIO | None:
+        engine = self._tls_engine
+        return engine.incoming if engine is not None else None
+
+    @property
+    def _tls_raw_eof(self) -> bool:
+        engine = self._tls_engine
+        return engine.peer_eof if engine is not None else False
+
+    @property
+    def tls_close_notify(self) -> bool:
+        """The peer ended TLS with close_notify (a clean end of data)."""
+        engine = self._tls_engine
+        return engine.close_notify if engine is not None else False
 
     @property
     def tls_active(self) -> bool:
         return self.tls_state is TlsState.ESTABLISHED
 
     def _tls_set_state(self, new: TlsState) -> None:
-        if new is not self.tls_state and new not in _ALLOWED[self.tls_state]:
-            raise RuntimeError(f"illegal TLS transition {self.tls_state.value} -> {new.value}")
-        self.tls_state = new
+        assert self._tls_engine is not None
+        self._tls_engine.set_state(new)
 
     def _tls_drop(self) -> None:
-        self.tls_state = TlsState.PLAIN
-        self.tls = None
+        if self._tls_engine is not None:
+            self._tls_engine.drop()
         self._tls_context = None
 
     def start_tls(self, context: ssl.SSLContext, timeout: float | None = None) -> None:
         """Switch the connection to TLS as the server side and start the handshake."""
-        self._tls_set_state(TlsState.HANDSHAKE)
-        self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        if self._tls_engine is None:
+            self._tls_engine = TlsEngine()
+        self._tls_engine.begin()
         self._tls_head = None
-        self._tls_raw_eof = False
         if timeout:
             self._tls_timer = self.ioloop.call_later(timeout, self._tls_handshake_timeout)
         if self.tls_wrap_on_hello:
@@ -159,7 +147,7 @@ class TlsChannel:
             self._tls_context = context
             self._tls_update_events()
             return
-        self.tls = self.tls_wrap(context)
+        self._tls_engine.sslobj = self.tls_wrap(context)
         self._tls_handshake()
 
     def _tls_handshake_timeout(self) -> None:
@@ -175,8 +163,9 @@ class TlsChannel:
 
     def _tls_fill(self) -> bool:
         """Move what the socket has into the incoming BIO; False when nothing was there."""
-        assert self._tls_in is not None
-        if self._tls_raw_eof:
+        engine = self._tls_engine
+        assert engine is not None and engine.incoming is not None
+        if engine.peer_eof:
             return False
         try:
             view = _recv_buffer.view
@@ -184,41 +173,37 @@ class TlsChannel:
         except OSError as exc:
             if exc.errno in _AGAIN:
                 return False
-            if exc.errno in _ERRNOS_DISCONNECTED:
+            if exc.errno in ERRNOS_DISCONNECTED:
                 self.tls_peer_reset = True
                 n = 0
             else:
                 raise
-        if not n:
-            self._tls_raw_eof = True
-            self._tls_in.write_eof()
-            return True  # EOF is news too: the next read reports it
-        self._tls_in.write(view[:n])
-        return True
+        engine.feed(view[:n])  # the buffer is reused: the BIO copies it now
+        return True  # EOF (nothing read) is news too: the next read reports it
 
     @property
     def tls_backlog(self) -> int:
         """Encrypted bytes waiting for the socket."""
         head = len(self._tls_head) if self._tls_head is not None else 0
-        return head + (self._tls_out.pending if self._tls_out is not None else 0)
+        return head + (self._tls_engine.pending_out if self._tls_engine is not None else 0)
 
     def _tls_flush(self) -> bool:
         """Send queued encrypted bytes; True when nothing is left queued."""
-        out = self._tls_out
-        assert out is not None
+        engine = self._tls_engine
+        assert engine is not None
         while True:
             head = self._tls_head
             if head is None:
-                if not out.pending:
+                if not engine.pending_out:
                     return True
-                head = memoryview(out.read(RAW_CHUNK))
+                head = memoryview(engine.take(RAW_CHUNK))
             try:
                 sent = socket.socket.send(self.socket, head)
             except OSError as exc:
                 self._tls_head = head
                 if exc.errno in _AGAIN:
                     return False
-                if exc.errno in _ERRNOS_DISCONNECTED:
+                if exc.errno in ERRNOS_DISCONNECTED:
                     raise TlsPeerGone from exc
                 raise
             self._tls_head = head[sent:] if sent < len(head) else None
@@ -237,13 +222,15 @@ class TlsChannel:
 
     def _tls_handshake(self) -> None:
         try:
-            if self.tls is None:
+            engine = self._tls_engine
+            assert engine is not None
+            if engine.sslobj is None:
                 if not self._tls_fill():
                     self._tls_update_events()
                     return
                 assert self._tls_context is not None
-                self.tls, self._tls_context = self.tls_wrap(self._tls_context), None
-            if not self._tls_drive(self.tls.do_handshake):
+                engine.sslobj, self._tls_context = self.tls_wrap(self._tls_context), None
+            if not self._tls_drive(engine.sslobj.do_handshake):
                 return
         except (ssl.SSLError, OSError, TlsPeerGone) as exc:
             self._tls_cancel_timer()
@@ -270,15 +257,13 @@ class TlsChannel:
     def _tls_drive(self, step: Callable[[], object]) -> bool:
         """Run a TLS step (handshake, CCC unwrap) until it completes: True, or False when it
         waits for the peer (the loop's events are then set to come back)."""
-        while True:
-            try:
-                step()
-                return True
-            except ssl.SSLWantReadError:
-                self._tls_flush()
-                if not self._tls_fill():
-                    self._tls_update_events()
-                    return False
+        assert self._tls_engine is not None
+        while not self._tls_engine.step(step):
+            self._tls_flush()
+            if not self._tls_fill():
+                self._tls_update_events()
+                return False
+        return True
 
     def _tls_try_flush(self) -> None:
         try:
@@ -288,14 +273,14 @@ class TlsChannel:
 
     def _tls_shutdown(self) -> None:
         """Send close_notify and close, or (CCC) wait for the peer's and go on in clear."""
-        assert self.tls is not None
+        engine = self._tls_engine
+        assert engine is not None and engine.sslobj is not None
         try:
             if self._tls_ccc:
-                if not self._tls_drive(self.tls.unwrap):
+                if not self._tls_drive(engine.sslobj.unwrap):
                     return
             else:
-                with contextlib.suppress(ssl.SSLWantReadError):
-                    self.tls.unwrap()  # queues our close_notify; the peer's is not needed
+                engine.send_close_notify()
             done = self._tls_flush()
         except (ssl.SSLError, OSError, ValueError, TlsPeerGone):
             self._tls_ccc, done = False, True
@@ -306,14 +291,22 @@ class TlsChannel:
         if self._tls_ccc:
             self._tls_ccc = False
             self._tls_cancel_timer()
-            assert self._tls_in is not None
-            self._plain_leftover = self._tls_in.read()
+            self._plain_leftover = engine.leftover()
             self._tls_drop()
             self.modify_ioloop_events(self.tls_io_events())  # type: ignore[attr-defined]
             self.tls_cleared()
+            if self._plain_leftover:
+                # commands that came in the same read as the close_notify: no socket event
+                # will announce them
+                errback = self.handle_error  # type: ignore[attr-defined]
+                call_soon(self.ioloop, self._read_leftover, errback=errback)
         else:
             self._tls_drop()
             self._tls_hard_close()
+
+    def _read_leftover(self) -> None:
+        if self.connected and self.tls_state is TlsState.PLAIN and self._plain_leftover:
+            self.handle_read_event()
 
     def clear_command_channel(self, timeout: float | None = None) -> None:
         """CCC: end TLS on this connection but keep the TCP connection open.
@@ -367,11 +360,12 @@ class TlsChannel:
             super().handle_read_event()  # type: ignore[misc]
 
     def _tls_drain_closing(self) -> None:
+        assert self._tls_engine is not None
         try:
             self._tls_fill()
         except OSError:
-            self._tls_raw_eof = True
-        if self._tls_raw_eof:  # the peer is gone: nothing left to flush to
+            self._tls_engine.peer_eof = True
+        if self._tls_engine.peer_eof:  # the peer is gone: nothing left to flush to
             self._tls_drop()
             self._tls_hard_close()
 
@@ -414,10 +408,11 @@ class TlsChannel:
             return super().send(data)  # type: ignore[misc]
         if self.tls_state is not TlsState.ESTABLISHED or self.tls is None:
             return 0  # nothing goes out before the handshake is done or after close_notify
+        assert self._tls_engine is not None
         try:
             if self.tls_backlog >= HIGH_WATER and not self._tls_flush():
                 return 0
-            written = self.tls.write(data)
+            written = self._tls_engine.write(data)
             self._tls_flush()
         except (ssl.SSLError, TlsPeerGone):
             self.handle_close()  # type: ignore[attr-defined]
@@ -426,23 +421,17 @@ class TlsChannel:
 
     def tls_read_into(self, buffer: memoryview) -> int | None:
         """Decrypt into `buffer`: a count, 0 at EOF, None when no complete record is there."""
-        assert self.tls is not None
+        engine = self._tls_engine
+        assert engine is not None
         while True:
-            try:
-                n = self.tls.read(len(buffer), buffer)
-            except ssl.SSLWantReadError:
+            n = engine.read_into(buffer)
+            if n is None:
                 if not self._tls_fill():
                     return None
                 continue
-            except ssl.SSLZeroReturnError:
-                self.tls_close_notify = True
-                return 0
-            except ssl.SSLEOFError:
-                return 0  # TCP closed without close_notify: tls_close_notify stays False
-            if not n and len(buffer):
-                self.tls_close_notify = True  # SSLObject.read reports close_notify as 0
-            self._tls_progress = True
-            return int(n)
+            if n or engine.close_notify:
+                self._tls_progress = True  # a record was read (close_notify is one too)
+            return n
 
     def recv(self, buffer_size: int) -> bytes:
         if self.tls_state is TlsState.PLAIN:
@@ -451,14 +440,14 @@ class TlsChannel:
                 return data
             return super().recv(buffer_size)  # type: ignore[misc]
         if self.tls_state is not TlsState.ESTABLISHED or self.tls is None:
-            raise _RetryError
+            raise RetryError
         buffer = bytearray(min(buffer_size, 16384 + 256))
         try:
             n = self.tls_read_into(memoryview(buffer))
         except (ssl.SSLError, OSError):
             n = 0
         if n is None:
-            raise _RetryError
+            raise RetryError
         if n == 0:
             self.handle_close()  # type: ignore[attr-defined]
             return b""

@@ -135,7 +135,7 @@ class DeferredFile:
         self._inside = inside
         self._file: Any = None
         self._offset: int | None = None
-        self._closed = False
+        self._shut = False
 
     @property
     def opened(self) -> bool:
@@ -143,12 +143,12 @@ class DeferredFile:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._shut
 
     def open(self) -> None:
         """Create/truncate/append now; OSError when the file can no longer be opened."""
         if self._file is None:
-            if self._closed:
+            if self._shut:
                 raise OSError(9, "upload destination already closed", self.name)
             if not self._inside(self.name):  # a link swapped in since the command
                 raise PermissionError(13, "Path is outside the home directory", self.name)
@@ -168,7 +168,7 @@ class DeferredFile:
         return int(self._file.write(data))
 
     def close(self) -> None:
-        self._closed = True
+        self._shut = True
         if self._file is not None:
             self._file.close()
 

@@ -45,6 +45,7 @@ from pyftpdlib.ioloop import Acceptor
 from ..config.model import Config, normalize_address
 from .ftp import FtpsHandler
 from .listeners import LISTEN_BACKLOG, ListenerServer
+from .pyftpdlib_adapter import call_soon, share_ip_map
 from .state import ServerState
 from .wakeup import FdChannel
 
@@ -121,7 +122,7 @@ class RemoteListener(ListenerServer):
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         self.kind, self.name, self.state = kind, name, state
         self.proxy_header = None  # as ListenerServer: set only while a handler is made
-        self.ip_map = ip_map
+        share_ip_map(self, ip_map)
         self.apply_limits(state.config)
 
 
@@ -371,7 +372,7 @@ class Supervisor:
                 how,
                 delay,
             )
-            self.ioloop.call_later(delay, self._restart, worker, _errback=self._restart_failed)
+            call_soon(self.ioloop, self._restart, worker, errback=self._restart_failed, delay=delay)
 
     def _restart(self, worker: _Worker) -> None:
         if not self.stopping and worker.proc is None:

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+import ftps_server.config.model as config_mod
+
 _SUPPORT = Path(__file__).resolve().parents[1] / "system" / "ansible_support.py"
 _spec = importlib.util.spec_from_file_location("ansible_support", _SUPPORT)
 assert _spec is not None and _spec.loader is not None
@@ -359,11 +361,10 @@ def test_rendered_config_passes_the_servers_loader(ansible: Ansible, pki: dict[s
     path = Path(pki["dir"]) / "ftps-server.ini"
     path.write_text(text)
     path.chmod(0o600)
-    config_mod = pytest.importorskip("ftps_server.config.model")
     config = config_mod.load(path)
     assert [c.name for c in config.certificates] == ["main", "partners"]
-    assert config.certificate_for("192.0.2.11").name == "partners"
-    assert config.certificate_for("192.0.2.99").name == "main"
+    assert config.resolver.for_address("192.0.2.11").name == "partners"
+    assert config.resolver.for_address("192.0.2.99").name == "main"
     assert [n.address for n in config.server.nat] == ["10.0.0.5", "203.0.113.5"]
     assert config.ports.client_cert_implicit == 9991
     assert config.alerts.warn_days == (14, 7, 1)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import io
+import re
 import socket
+import ssl
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import support
@@ -143,3 +148,69 @@ def test_passive_transfers_on_a_dual_stack_listener_with_a_port_range(
     ftp.storbinary("STOR dual.bin", io.BytesIO(b"dual" * 1000))
     assert ftp.nlst() == ["dual.bin"]
     ftp.quit()
+
+class _BioClient:
+    """An FTPS client whose TLS runs over memory BIOs, so the test decides what goes into
+    each TCP write."""
+
+    def __init__(self, pki: support.Pki, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.clear = b""
+        assert self._clear_reply().startswith(b"220")
+        self.sock.sendall(b"AUTH TLS\r\n")
+        assert self._clear_reply().startswith(b"234")
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        ctx = support.client_context(pki)
+        self.tls = ctx.wrap_bio(self.inc, self.out, server_hostname="127.0.0.1")
+        self._call(self.tls.do_handshake)
+        self.text = b""
+
+    def _clear_reply(self) -> bytes:
+        while b"\r\n" not in self.clear:
+            data = self.sock.recv(4096)
+            assert data, "connection closed"
+            self.clear += data
+        line, _, self.clear = self.clear.partition(b"\r\n")
+        return line
+
+    def _call(self, step: Callable[[], Any]) -> Any:
+        while True:
+            try:
+                result = step()
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.out.read())
+                data = self.sock.recv(65536)
+                assert data, "connection closed"
+                self.inc.write(data)
+                continue
+            self.sock.sendall(self.out.read())
+            return result
+
+    def cmd(self, line: str) -> bytes:
+        self._call(lambda: self.tls.write(line.encode() + b"\r\n"))
+        while not re.search(rb"(^|\r\n)\d{3} [^\r]*\r\n$", self.text):
+            self.text += self._call(lambda: self.tls.read(4096))
+        reply, self.text = self.text, b""
+        return reply
+
+
+def test_command_in_the_same_segment_as_the_ccc_close_notify_is_answered(
+    pki: support.Pki, tmp_path: Path, start_server: object
+) -> None:
+    """A client that sends its first clear-text command right behind its close_notify (one
+    TCP segment, as a busy server reads it) gets its reply: no further socket event comes."""
+    config, ports = _config(pki, tmp_path, tls_extra="allow_ccc = yes")
+    start_server(config)  # type: ignore[operator]
+    client = _BioClient(pki, ports["explicit"])
+    assert client.cmd("USER alice").startswith(b"331")
+    assert client.cmd(f"PASS {PASSWORD}").startswith(b"230")
+    assert client.cmd("CCC").startswith(b"200")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.tls.unwrap()  # our close_notify, not yet sent
+    client.sock.sendall(client.out.read() + b"NOOP\r\n")
+    raw = b""
+    while not re.search(rb"200 [^\r\n]*\r\n", raw):  # after the server's close_notify record
+        data = client.sock.recv(4096)  # times out (10 s) when the NOOP is never answered
+        assert data, raw
+        raw += data
+    client.sock.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ftplib
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -300,10 +301,22 @@ def test_data_connection_without_session_reuse_is_refused(site: Site) -> None:
     ftp = support.explicit_client(site.pki, "127.0.0.1", site.ports["explicit"])
     ftp.reuse_session = False  # type: ignore[attr-defined]
     ftp.login("alice", PASSWORD)
-    with pytest.raises((ftplib.Error, OSError)):
+    # The server drops the data connection without close_notify and answers 522 once. Where
+    # the client sees that drop as an error (a reset, or an EOF it does not suppress), nlst
+    # raises before reading the reply; where it takes the EOF as the listing's end (Debian
+    # 12's Python, with a FIN), nlst itself reads the 522. Either way exactly one 522.
+    try:
         ftp.nlst()
-    with pytest.raises(ftplib.Error, match=r"^522 .*resume the TLS session"):
-        ftp.voidresp()
+    except ftplib.Error as exc:
+        reply = str(exc)
+    except OSError:
+        with pytest.raises(ftplib.Error) as raised:
+            ftp.voidresp()
+        reply = str(raised.value)
+    else:
+        pytest.fail("NLST succeeded on a data connection that did not resume the session")
+    assert re.match(r"522 .*resume the TLS session", reply), reply
+    assert ftp.voidcmd("NOOP").startswith("200")  # no second final reply is waiting
     assert site.server.wait_log("TLS session not resumed")  # type: ignore[union-attr]
 
 

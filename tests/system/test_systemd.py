@@ -92,12 +92,21 @@ def test_wildcard_address_transfers(
         helpers.write_config(ct, site.config())
         ct.run(["systemctl", "reload", UNIT])
         wait_active(ct)
+        payload = host_dir / "wildcard.bin"
+        payload.write_bytes(hashlib.sha256(b"wildcard").digest() * 4096)
         for name, address in (("site-a", CT_ADDR), ("site-b", EXTRA_ADDRS[0])):
-            cert = site.certs[name]
+            cert = site.certs[name]  # ftps_args verifies against this address's certificate
             for kind in ("explicit", "implicit"):
-                helpers.curl(
+                remote = f"wild-{name}-{kind}.bin"
+                url = helpers.ftps_url(kind, address, remote)
+                helpers.curl([*helpers.ftps_args(cert, site), "-T", str(payload), url])
+                back = host_dir / f"back-{remote}"
+                helpers.curl([*helpers.ftps_args(cert, site), "-o", str(back), url])
+                assert back.read_bytes() == payload.read_bytes()
+                listing = helpers.curl(
                     [*helpers.ftps_args(cert, site), "--list-only", helpers.ftps_url(kind, address)]
                 )
+                assert remote in listing.stdout.split()
     finally:
         site.addresses = helpers.Site.addresses
         helpers.write_config(ct, site.config())

@@ -6,6 +6,7 @@ runs on a real pyftpdlib IOLoop, so the worker-thread -> loop hand-off is exerci
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from typing import Any
 
 import trustme
 from cryptography import x509
-from pyftpdlib.ioloop import IOLoop
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.ioloop import AsyncChat, IOLoop
 
 import ftps_server.config.model as config_mod
 from ftps_server.pki.certs import fingerprint
@@ -96,14 +98,21 @@ def load(path: Path) -> config_mod.Config:
     return config_mod.load(path)
 
 
-class FakeHandler:
-    """Stands in for the lead's FTPHandler subclass (see auth.LoginHandler)."""
+class FakeHandler(AsyncChat):
+    """Stands in for the FTP handler (see auth.LoginHandler): a real pyftpdlib channel over a
+    socket pair, so closing it and pyftpdlib's login body are pyftpdlib's own, not copies
+    (test_pyftpdlib_contract checks what the server assumes of them)."""
+
+    # pyftpdlib's own: the password login ends in it (230), the certificate login in
+    # pyftpdlib_adapter.complete_login (232)
+    handle_auth_success = FTPHandler.handle_auth_success
 
     def __init__(
         self, state: Any, ioloop: Any, cert: x509.Certificate | None = None, ip: str = "127.0.0.1"
     ) -> None:
+        self.peer, sock = socket.socketpair()
+        super().__init__(sock, ioloop=ioloop)
         self.server_state = state
-        self.ioloop = ioloop
         self.remote_ip = ip
         self.listener_name = "127.0.0.1:990 implicit"
         self.listener_kind = "implicit"
@@ -118,23 +127,26 @@ class FakeHandler:
         self.fs: Any = None
         self.replies: list[str] = []
         self.closing = False
-        self._closed = False
         self.logged_in_as: str | None = None
 
     def respond(self, line: str) -> None:
         self.replies.append(line)
 
-    def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
-        self.respond(f"230 {msg_login}")
-        self.authenticated = True
-        self.fs = self.abstracted_fs(home, self)
-        self.on_login(self.username)
+    def push(self, data: str) -> None:  # type: ignore[override]
+        self.replies.append(data)
+
+    def log(self, msg: str) -> None:
+        """pyftpdlib's session log line (handle_auth_success writes one)."""
 
     def on_login(self, username: str) -> None:
         self.logged_in_as = username
 
     def close_when_done(self) -> None:
         self.closing = True
+
+    def close(self) -> None:
+        super().close()
+        self.peer.close()
 
 
 @dataclass

@@ -255,7 +255,7 @@ def test_client_gone_during_verification(state: State, ioloop: IOLoop) -> None:
     handler = FakeHandler(state, ioloop)
     auth.user_command(handler, "bob")  # type: ignore[arg-type]
     auth.pass_command(handler, PASSWORD)  # type: ignore[arg-type]
-    handler._closed = True
+    handler.close()
     run_until(ioloop, lambda: not handler.login_pending)
     assert handler.replies == ["331 Username ok, send password."] and not handler.authenticated
 

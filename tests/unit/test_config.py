@@ -72,9 +72,9 @@ warn_days = 1, 14, 7
     assert c.certificates[0].server_names == ("ftp.example.com",)
     assert c.users[0].certificates == (FP,)
     assert c.alerts.warn_days == (14, 7, 1)
-    assert c.certificate_for("192.0.2.10") is c.certificates[0]
-    assert c.certificate_for("192.0.2.99") is c.certificates[0]  # the default
-    assert c.certificate_for_name("ftp.example.com.") is c.certificates[0]
+    assert c.resolver.for_address("192.0.2.10") is c.certificates[0]
+    assert c.resolver.for_address("192.0.2.99") is c.certificates[0]  # the default
+    assert c.resolver.for_name("ftp.example.com.") is c.certificates[0]
 
 
 @pytest.mark.parametrize(
