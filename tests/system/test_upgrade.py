@@ -46,7 +46,6 @@ def test_upgrade_during_download_hands_over(
         timeout=120,
     )
     want = ct.run(["sha256sum", big]).stdout.split()[0]
-    old_pid = ct.systemctl_show("ftps-server", "MainPID")
     cert = site.certs["site-a"]
     target = host_dir / "big.bin"
     target.unlink(missing_ok=True)
@@ -67,6 +66,10 @@ def test_upgrade_during_download_hands_over(
             assert download.poll() is None, download.communicate()
             assert time.monotonic() < deadline, "the download did not start"
             time.sleep(0.2)
+        # the process serving the download: read once it runs (an earlier test's reinstall may
+        # have just handed over, and the process that was main before then drains and exits)
+        wait_active(ct)
+        old_pid = ct.systemctl_show("ftps-server", "MainPID")
 
         cursor = _cursor(ct)
         proc = ct.install_deb(new_deb)
