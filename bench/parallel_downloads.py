@@ -3,10 +3,13 @@
 
     python3 bench/parallel_downloads.py [--size-mib 1024] [--streams 4] [--runs 3]
 
-`--streams` curl clients download the same file at once, each from its own loopback source
+`--streams` clients download the same file at once, each from its own loopback source
 address (127.0.0.2, 127.0.0.3, ...; chosen so that they spread evenly over the workers, since
 all sessions of one address go to one worker). Reported per server: aggregate MB/s and server
 CPU in % of one core (its cgroup when run as root, else /proc), medians of alternating runs.
+Clients (`--client`): curl, which decrypts like any real client, and `sink_client.py`, which
+reads the records without decrypting them, so that on a machine with few cores the clients
+leave the CPU to the server and its capacity shows (both by default).
 """
 
 from __future__ import annotations
@@ -59,29 +62,41 @@ def _sources(streams: int, workers: int) -> list[str]:
     return [by_worker[i % workers][i // workers] for i in range(streams)]
 
 
+def _client(
+    server: Server, cert: Path, name: str, size: int, source: str, client: str
+) -> list[str]:
+    if client == "sink":
+        cmd = [sys.executable, str(Path(__file__).resolve().parent / "sink_client.py")]
+        cmd += ["--port", str(server.port), "--user", BENCH_USER, "--cafile", str(cert)]
+        return [*cmd, "--source", source, "--file", name, "--size", str(size)]
+    cmd = ["curl", "-sS", "--ssl-reqd", "--cacert", str(cert), "-K", "-"]
+    cmd += ["--max-time", "600", "--interface", source, "-o", "/dev/null"]
+    return [*cmd, f"ftp://{HOST}:{server.port}/{name}"]
+
+
 def measure(
-    server: Server, cert: Path, name: str, size: int, sources: list[str]
+    server: Server, cert: Path, name: str, size: int, sources: list[str], client: str = "curl"
 ) -> tuple[float, float, float, float]:
     """(aggregate MB/s, server CPU, its busiest process's CPU and client CPU, in % of one
-    core) for parallel downloads."""
+    core) for parallel downloads by `client` (curl, or sink_client.py: see there)."""
     clients0 = _children_cpu()
-    url = f"ftp://{HOST}:{server.port}/{name}"
-    config = f'user = "{BENCH_USER}:{server.password}"\n'.encode()
+    secret = server.password if client == "sink" else f'user = "{BENCH_USER}:{server.password}"'
     total0 = server.cpu_seconds()
     cpu0, t0 = _tree_cpu(server.pid), time.perf_counter()
     procs = []
     for source in sources:
-        cmd = ["curl", "-sS", "--ssl-reqd", "--cacert", str(cert), "-K", "-"]
-        cmd += ["--max-time", "600", "--interface", source, "-o", "/dev/null", url]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        cmd = _client(server, cert, name, size, source, client)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         assert proc.stdin is not None
-        proc.stdin.write(config)
+        proc.stdin.write(f"{secret}\n".encode())
         proc.stdin.close()
         procs.append(proc)
     for proc in procs:
         if proc.wait(660) != 0:
             assert proc.stderr is not None
-            raise RuntimeError(f"{server.name}: curl failed: {proc.stderr.read().decode()}")
+            raise RuntimeError(f"{server.name}: {client} failed: {proc.stderr.read().decode()}")
     elapsed = time.perf_counter() - t0
     total = server.cpu_seconds() - total0  # its cgroup: the workers and all
     cpu1 = _tree_cpu(server.pid)
@@ -102,6 +117,12 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="workers of the second server")
+    parser.add_argument(
+        "--client",
+        choices=("curl", "sink", "both"),
+        default="both",
+        help="curl decrypts (a real client); sink discards the records (server capacity)",
+    )
     args = parser.parse_args()
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     work = Path(tempfile.mkdtemp(prefix="ftps-par-", dir=shm))
@@ -130,27 +151,32 @@ def main() -> int:
             servers.append(server)
         time.sleep(2.0)  # the workers import and load the configuration
         sources = _sources(args.streams, args.workers)
-        results: dict[str, list[tuple[float, float, float, float]]] = {}
+        clients = ("curl", "sink") if args.client == "both" else (args.client,)
+        results: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
         for run in range(args.runs):
-            for server in servers:
-                results.setdefault(server.name, []).append(
-                    measure(server, cert, src.name, args.size_mib * 2**20, sources)
-                )
+            for client in clients:
+                for server in servers:
+                    results.setdefault((client, server.name), []).append(
+                        measure(server, cert, src.name, args.size_mib * 2**20, sources, client)
+                    )
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
-        print(
-            f"\n{args.streams} parallel TLS downloads of {args.size_mib} MiB (curl), "
-            f"medians of {args.runs} alternating runs"
-        )
-        print("| metric | " + " | ".join(results) + " |\n|---|" + "---|" * len(results))
-        labels = (
-            "aggregate MB/s",
-            "server CPU, % of one core (all its processes)",
-            "  of which its busiest process",
-            "curl clients' CPU, %",
-        )
-        for i, label in enumerate(labels):
-            cells = [f"{statistics.median(r[i] for r in rs):.0f}" for rs in results.values()]
-            print(f"| {label} | " + " | ".join(cells) + " |")
+        for client in clients:
+            what = "curl" if client == "curl" else "sink clients: records read, not decrypted"
+            print(
+                f"\n{args.streams} parallel TLS downloads of {args.size_mib} MiB ({what}), "
+                f"medians of {args.runs} alternating runs"
+            )
+            mine = {name: rs for (c, name), rs in results.items() if c == client}
+            print("| metric | " + " | ".join(mine) + " |\n|---|" + "---|" * len(mine))
+            labels = (
+                "aggregate MB/s",
+                "server CPU, % of one core (all its processes)",
+                "  of which its busiest process",
+                "clients' CPU, %",
+            )
+            for i, label in enumerate(labels):
+                cells = [f"{statistics.median(r[i] for r in rs):.0f}" for rs in mine.values()]
+                print(f"| {label} | " + " | ".join(cells) + " |")
     finally:
         for server in servers:
             server.stop()
