@@ -1,7 +1,7 @@
 """The configuration contract: frozen dataclasses, their defaults, and the values a field may take.
 
-Built only by `loader.load`, which types and checks every value first; nothing here reads a file
-or sees a raw string.
+`loader.load` builds them from the INI file, typing and checking every value first; nothing here
+reads a file or sees a raw string.
 """
 
 from __future__ import annotations
