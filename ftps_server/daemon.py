@@ -20,7 +20,8 @@ from typing import Any
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.ioloop import IOLoop
 
-from .config import model as config_mod
+from .config import loader
+from .config.model import Config, listener_name
 from .errors import FtpsServerError
 from .journal import message_ids
 from .reminders import run as reminders_run
@@ -103,8 +104,8 @@ class Daemon:
         self.inbox: WorkerInbox | None = None
         self.supervisor: Supervisor | None = None
 
-    def _load(self) -> config_mod.Config:
-        config = config_mod.load(self.config_path)
+    def _load(self) -> Config:
+        config = loader.load(self.config_path)
         return worker_config(config, self.worker) if self.worker else config
 
     def start(self) -> None:
@@ -150,7 +151,7 @@ class Daemon:
         )
         self._remind_or_hint(config)
 
-    def _remind_or_hint(self, config: config_mod.Config) -> None:
+    def _remind_or_hint(self, config: Config) -> None:
         """Run the reminders, or, with no certificate configured at all (a fresh install), log
         one line saying what to do instead of a CRITICAL line per listener and condition."""
         if config.certificates:
@@ -167,7 +168,7 @@ class Daemon:
     def _fail_unbound(self) -> None:
         """Ready means serving: with no listener bound, exit non-zero so systemd shows it."""
         failed = ", ".join(
-            f"{config_mod.listener_name(address, port, kind)} ({why})"
+            f"{listener_name(address, port, kind)} ({why})"
             for (address, kind, port), why in sorted(self.listeners.failed.items())
         )
         reason = f"no listener could be bound: {failed or 'none configured'}"
@@ -192,7 +193,7 @@ class Daemon:
         # the ping comes from the event loop itself, so a stalled loop stops the pings
         self._watchdog = self.ioloop.call_every(interval, lambda: notify("WATCHDOG=1"))
 
-    def _remind_in_background(self, config: config_mod.Config) -> None:
+    def _remind_in_background(self, config: Config) -> None:
         def run() -> None:
             try:
                 reminders_run.run_reminders(config, reminders_run.now())
@@ -356,7 +357,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     path = Path(args.file or args.config)
-    config = config_mod.load(path)
+    config = loader.load(path)
     tls = build_contexts(config) if args.certificates else None
     print(
         f"{path}: OK ({len(config.listeners())} listeners, "
@@ -373,7 +374,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add `serve` and `check-config`."""
-    default = str(config_mod.DEFAULT_CONFIG_PATH)
+    default = str(loader.DEFAULT_CONFIG_PATH)
     serve = subparsers.add_parser("serve", help="run the FTPS server")
     serve.add_argument("--config", default=default, help=f"INI file (default {default})")
     # internal: how the main process starts its `[server] workers`

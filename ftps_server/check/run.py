@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config.model import DEFAULT_CONFIG_PATH, PORT_KINDS, Config, load, normalize_address
+from ..config.ini import normalize_address
+from ..config.loader import DEFAULT_CONFIG_PATH, load
+from ..config.model import PORT_KINDS, Config
 from ..errors import CertificateError, CheckError, ConfigError
 from ..pki.certs import cert_info, fingerprint, load_chain, utcnow
 from . import report as check_report

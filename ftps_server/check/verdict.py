@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from ..config.model import CertificateEntry, normalize_address
+from ..config.ini import normalize_address
+from ..config.model import CertificateEntry
 from ..pki.certs import CertInfo, cert_info, expiry_phrase
 from ..safe_text import escape_controls
 from .probe import Attempt, Target

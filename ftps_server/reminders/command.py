@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config.model import DEFAULT_CONFIG_PATH, load
+from ..config.loader import DEFAULT_CONFIG_PATH, load
 from ..errors import FtpsServerError
 from .findings import ReminderFinding
 from .run import Report, now, parse_time, run_reminders

@@ -16,7 +16,7 @@ from . import pyftpdlib_adapter as pyftpd
 from .wakeup import LoopWaker
 
 if TYPE_CHECKING:
-    from .config import ServerConfig
+    from ..config.model import ServerConfig
 
 __all__ = ["PROTO_CMDS", "ChecksumCommands"]
 

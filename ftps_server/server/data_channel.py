@@ -23,7 +23,7 @@ from typing import Any
 from pyftpdlib.handlers import DTPHandler
 
 from ..checksums import StreamDigest
-from ..config.model import normalize_address
+from ..config.ini import normalize_address
 from . import metrics
 from . import pyftpdlib_adapter as pyftpd
 from .proxied import Address, client_address, read_header

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from cryptography import x509
 from pyftpdlib.handlers import FTPHandler
 
-from ..config.model import normalize_address
+from ..config.ini import normalize_address
 from . import auth, metrics
 from . import pyftpdlib_adapter as pyftpd
 from .checksum_commands import PROTO_CMDS as CHECKSUM_CMDS

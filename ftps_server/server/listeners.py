@@ -15,7 +15,8 @@ from typing import Any
 
 from pyftpdlib.servers import FTPServer
 
-from ..config.model import Config, listener_name, normalize_address
+from ..config.ini import normalize_address
+from ..config.model import Config, listener_name
 from . import auth, metrics
 from .ftp import FtpsHandler
 from .proxied import Address, client_address, read_header

@@ -24,7 +24,8 @@ from typing import Any
 from cryptography import x509
 
 from .. import state_files
-from ..config.model import DEFAULT_CONFIG_PATH, Config, load
+from ..config.loader import DEFAULT_CONFIG_PATH, load
+from ..config.model import Config
 from ..pki.certs import cert_info
 from ..safe_text import escape_controls, has_controls
 

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from ..config.model import normalize_address
+from ..config.ini import normalize_address
 from .proxy_protocol import MAX_HEADER_BYTES, ProxyHeader, ProxyHeaderError, parse, take
 from .pyftpdlib_adapter import call_soon
 

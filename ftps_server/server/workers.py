@@ -42,7 +42,8 @@ from typing import Any
 
 from pyftpdlib.ioloop import Acceptor
 
-from ..config.model import Config, normalize_address
+from ..config.ini import normalize_address
+from ..config.model import Config
 from .ftp import FtpsHandler
 from .listeners import LISTEN_BACKLOG, ListenerServer
 from .pyftpdlib_adapter import call_soon, share_ip_map

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ftps_server.config.model import load
+from ftps_server.config.loader import load
 
 _SUPPORT = Path(__file__).resolve().parents[1] / "system" / "ansible_support.py"
 _spec = importlib.util.spec_from_file_location("ansible_support", _SUPPORT)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-import ftps_server.config.model as config_mod
+from ftps_server.config.loader import load
 
 _SUPPORT = Path(__file__).resolve().parents[1] / "system" / "ansible_support.py"
 _spec = importlib.util.spec_from_file_location("ansible_support", _SUPPORT)
@@ -356,12 +356,12 @@ def test_minimal_config_omits_empty_keys(ansible: Ansible) -> None:
 
 
 def test_rendered_config_passes_the_servers_loader(ansible: Ansible, pki: dict[str, Any]) -> None:
-    """The server's own `config.load` and `ftps-server check-config` accept the output."""
+    """The server's own `config.loader.load` and `ftps-server check-config` accept the output."""
     text = _render(ansible, "loadable", _full_vars(pki["dir"]))
     path = Path(pki["dir"]) / "ftps-server.ini"
     path.write_text(text)
     path.chmod(0o600)
-    config = config_mod.load(path)
+    config = load(path)
     assert [c.name for c in config.certificates] == ["main", "partners"]
     assert config.resolver.for_address("192.0.2.11").name == "partners"
     assert config.resolver.for_address("192.0.2.99").name == "main"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import support
 
-import ftps_server.config.model as config
+from ftps_server.config.loader import load
 from ftps_server.errors import ConfigError
 
 HOST = "127.0.0.1"
@@ -75,7 +75,7 @@ def test_bad_max_version_names_file_section_and_key(tmp_path: Path, text: str, w
     path = tmp_path / "c.ini"
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
-        config.load(path)
+        load(path)
     assert (info.value.file, info.value.section, info.value.key) == (
         str(path),
         "tls",

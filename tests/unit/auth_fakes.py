@@ -18,7 +18,8 @@ from cryptography import x509
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.ioloop import AsyncChat, IOLoop
 
-import ftps_server.config.model as config_mod
+from ftps_server.config import loader
+from ftps_server.config.model import Config
 from ftps_server.pki.certs import fingerprint
 from ftps_server.pki.passwords import HashParams, hash_password
 
@@ -94,8 +95,8 @@ certificate_cn = erin
     return path
 
 
-def load(path: Path) -> config_mod.Config:
-    return config_mod.load(path)
+def load(path: Path) -> Config:
+    return loader.load(path)
 
 
 class FakeHandler(AsyncChat):
@@ -151,7 +152,7 @@ class FakeHandler(AsyncChat):
 
 @dataclass
 class State:
-    config: config_mod.Config
+    config: Config
     auth: Any
 
 

@@ -21,7 +21,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 import ftps_server.journal.log as journal
-from ftps_server.config.model import Config, load
+from ftps_server.config.loader import load
+from ftps_server.config.model import Config
 
 UTC = dt.UTC
 AT = dt.datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

@@ -33,7 +33,8 @@ from ftps_server.check.verdict import (
     judge,
     worst,
 )
-from ftps_server.config.model import CertificateEntry, load
+from ftps_server.config.loader import load
+from ftps_server.config.model import CertificateEntry
 from ftps_server.pki.certs import cert_info, fingerprint
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)

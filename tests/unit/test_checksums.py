@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import ftps_server.config.model as config
 from ftps_server import checksums
+from ftps_server.config.loader import load
+from ftps_server.config.model import Config
 from ftps_server.errors import ConfigError
 
 DATA = os.urandom(3 * checksums.CHUNK + 12_345)  # several chunks and a partial one
@@ -265,10 +266,10 @@ def test_close_stops_running_jobs(data_file: Path) -> None:
 # --- [server] checksum_algorithms ------------------------------------------------------------
 
 
-def _load(tmp_path: Path, server: str) -> config.Config:
+def _load(tmp_path: Path, server: str) -> Config:
     path = tmp_path / "c.ini"
     path.write_text(f"[server]\nstate_dir = {tmp_path}/s\nroot = {tmp_path}/h\n{server}\n")
-    return config.load(path)
+    return load(path)
 
 
 def test_config_key_defaults_to_every_algorithm(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""config.load: typed values, defaults, and errors that name file, section and key."""
+"""config.loader.load: typed values, defaults, and errors that name file, section and key."""
 
 from __future__ import annotations
 
@@ -7,17 +7,18 @@ from pathlib import Path
 
 import pytest
 
-import ftps_server.config.model as config
+from ftps_server.config.loader import load
+from ftps_server.config.model import Config
 from ftps_server.errors import ConfigError
 
 HASH = "$scrypt$ln=10,r=8,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA=="
 FP = ":".join(["AB"] * 32)
 
 
-def _load(tmp_path: Path, text: str) -> config.Config:
+def _load(tmp_path: Path, text: str) -> Config:
     path = tmp_path / "c.ini"
     path.write_text(text)
-    return config.load(path)
+    return load(path)
 
 
 def _error(tmp_path: Path, text: str) -> ConfigError:
@@ -149,7 +150,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def _error_path(path: Path) -> ConfigError:
     with pytest.raises(ConfigError) as info:
-        config.load(path)
+        load(path)
     return info.value
 
 

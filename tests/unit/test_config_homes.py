@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import ftps_server.config.model as config
+from ftps_server.config.loader import load
 from ftps_server.errors import ConfigError
 
 HASH = "$scrypt$ln=10,r=8,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA=="
@@ -29,7 +29,7 @@ def _users(tmp: Path, alice: str, bob: str) -> Path:
 
 def _error(path: Path) -> ConfigError:
     with pytest.raises(ConfigError) as info:
-        config.load(path)
+        load(path)
     return info.value
 
 
@@ -63,9 +63,9 @@ def test_home_reached_through_a_symlink_is_inside(tmp_path: Path) -> None:
 
 def test_siblings_and_prefix_names_are_fine(tmp_path: Path) -> None:
     path = _users(tmp_path, f"home = {tmp_path}/homes/al", f"home = {tmp_path}/homes/alice")
-    assert [u.name for u in config.load(path).users] == ["alice", "bob"]
+    assert [u.name for u in load(path).users] == ["alice", "bob"]
     path = _users(tmp_path, "", "")  # root/alice and root/bob by default
-    assert config.load(path).users[0].shared_home is False
+    assert load(path).users[0].shared_home is False
 
 
 def test_sharing_needs_both_users_to_say_so(tmp_path: Path) -> None:
@@ -74,10 +74,10 @@ def test_sharing_needs_both_users_to_say_so(tmp_path: Path) -> None:
     only_one = _users(tmp_path, outer, inner + "\nshared_home = yes")
     assert _error(only_one).section == "user:bob"
     both = _users(tmp_path, outer + "\nshared_home = yes", inner + "\nshared_home = yes")
-    users = config.load(both).users
+    users = load(both).users
     assert [u.shared_home for u in users] == [True, True]
     same = _users(tmp_path, outer + "\nshared_home = yes", outer + "\nshared_home = yes")
-    assert len(config.load(same).users) == 2
+    assert len(load(same).users) == 2
     bad = _users(tmp_path, "shared_home = maybe", "")
     assert (_error(bad).section, _error(bad).key) == ("user:alice", "shared_home")
 

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-import ftps_server.config.model as config
+from ftps_server.config.loader import load
+from ftps_server.config.model import Config
 from ftps_server.errors import ConfigError
 
 
-def _load(tmp_path: Path, text: str) -> config.Config:
+def _load(tmp_path: Path, text: str) -> Config:
     path = tmp_path / "c.ini"
     path.write_text(text)
-    return config.load(path)
+    return load(path)
 
 
 def _error(tmp_path: Path, text: str) -> str:

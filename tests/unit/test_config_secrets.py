@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import ftps_server.config.model as config_mod
 import ftps_server.reminders.mail as mail
+from ftps_server.config.loader import load
 from ftps_server.errors import ConfigError
 
 SECRET = "hunter2"
@@ -37,7 +37,7 @@ def write(tmp: Path, body: str) -> Path:
 def test_config_error_does_not_echo_the_secret(tmp_path: Path, body: str) -> None:
     path = write(tmp_path, body)
     with pytest.raises(ConfigError) as caught:
-        config_mod.load(path)
+        load(path)
     message = str(caught.value)
     assert SECRET not in message
     assert str(path) in message and caught.value.key in ("password", "smtp_password_file")
@@ -45,7 +45,7 @@ def test_config_error_does_not_echo_the_secret(tmp_path: Path, body: str) -> Non
 
 def test_other_keys_still_show_the_bad_value(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="'often'"):
-        config_mod.load(write(tmp_path, "max_login_failures = often\n"))
+        load(write(tmp_path, "max_login_failures = often\n"))
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ def test_unreadable_smtp_password_file_is_not_quoted(tmp_path: Path) -> None:
     secret_file.write_bytes(b"hunter2\xff\xfe")  # not UTF-8
     path = write(tmp_path, f"[alerts]\nsmtp_password_file = {secret_file}\n")
     with pytest.raises(ConfigError) as caught:
-        mail.read_password(config_mod.load(path).alerts)
+        mail.read_password(load(path).alerts)
     message = str(caught.value)
     assert SECRET not in message and "0xff" not in message and "\\xff" not in message
     assert str(secret_file) in message

@@ -24,7 +24,8 @@ from reminder_support import (
 
 import ftps_server.reminders.mail as mail
 import ftps_server.reminders.run as reminders
-from ftps_server.config.model import AlertsConfig, Config, load
+from ftps_server.config.loader import load
+from ftps_server.config.model import AlertsConfig, Config
 from ftps_server.errors import ConfigError, DeliveryError
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ftps_server.config.model import load
+from ftps_server.config.loader import load
 from ftps_server.errors import ConfigError
 from ftps_server.server import metrics
 

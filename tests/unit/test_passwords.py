@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import ftps_server.config.model as config
 from ftps_server import cli
+from ftps_server.config import sections
+from ftps_server.config.loader import load
+from ftps_server.errors import ConfigError
 from ftps_server.pki.passwords import (
     DEFAULT_PARAMS,
     HashParams,
@@ -25,7 +27,7 @@ FAST = HashParams(ln=4, r=8, p=1)
 
 def test_round_trip_and_format_accepted_by_config() -> None:
     stored = hash_password("s3cret ünïcode", FAST)
-    assert config._HASH_RE.match(stored)
+    assert sections._HASH_RE.match(stored)
     assert stored.startswith("$scrypt$ln=4,r=8,p=1$")
     assert verify_password("s3cret ünïcode", stored)
     assert not verify_password("s3cret unicode", stored)
@@ -98,7 +100,7 @@ def test_config_rejects_unusable_hash_naming_section_and_key(tmp_path: Path) -> 
     ini.write_text(
         "[user:ann]\nauth = password\npassword = $scrypt$ln=40,r=8,p=1$c2FsdA==$" + "A" * 44 + "\n"
     )
-    with pytest.raises(config.ConfigError, match=r"\[user:ann\] password: is not a usable hash"):
-        config.load(ini)
+    with pytest.raises(ConfigError, match=r"\[user:ann\] password: is not a usable hash"):
+        load(ini)
     ini.write_text(f"[user:ann]\nauth = password\npassword = {hash_password('x', FAST)}\n")
-    assert config.load(ini).users[0].password
+    assert load(ini).users[0].password

@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-import ftps_server.config.model as config
 import ftps_server.server.pending as pending
 from ftps_server import cli
 from ftps_server.pki.certs import fingerprint
@@ -105,7 +104,7 @@ def test_cli_lists_and_line_registers(tmp_path: Path, capsys: pytest.CaptureFixt
         line if x.startswith("certificates =") else x for x in section.splitlines()
     )
     path.write_text(original[:start] + new_section + "\n\n" + original[end:])
-    dave = next(u for u in config.load(path).users if u.name == "dave")
+    dave = next(u for u in load(path).users if u.name == "dave")
     assert fingerprint(pki.stranger) in dave.certificates
     assert cli.main(["pending-certs", "--config", str(path)]) == 0
     assert capsys.readouterr().out.strip() == "no pending client certificates"

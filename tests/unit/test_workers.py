@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import ftps_server.config.model as config
+from ftps_server.config.model import Config
 from ftps_server.server.workers import WorkerSpec, pick, worker_config
 
 
@@ -17,7 +17,7 @@ def test_an_address_has_one_worker_in_every_spelling() -> None:
 
 
 def test_each_worker_gets_its_own_slice_of_passive_ports_and_a_share_of_connections() -> None:
-    base = config.Config(Path("/nonexistent/ftps-server.ini"))
+    base = Config(Path("/nonexistent/ftps-server.ini"))
     server = dataclasses.replace(base.server, passive_ports=(60000, 60010), max_connections=10)
     cfg = dataclasses.replace(base, server=server)
     slices = [worker_config(cfg, WorkerSpec(i, 3, -1)).server for i in range(3)]
