@@ -188,7 +188,7 @@ def expected_hash(user: UserConfig | None, attempt: Attempt, dummy: str) -> tupl
         return dummy, "unknown user"
     if user.auth == "certificate":
         return dummy, "no client certificate"
-    assert user.password is not None  # config.load guarantees it for these policies
+    assert user.password is not None  # config.loader.load guarantees it for these policies
     if user.auth == "certificate+password" and not attempt.cert_ok:
         return user.password, "no client certificate"
     return user.password, None

@@ -80,7 +80,7 @@ def test_unregistered_certificate_is_kept_for_review(config: Config, pki: Any) -
 
 
 def test_cn_counts_only_with_a_client_ca(config: Config, pki: Any) -> None:
-    # config.load refuses certificate users without client_ca; the policy does not rely on it
+    # config.loader.load refuses certificate users without client_ca; the policy does not rely on it
     no_ca = CertificateOwners(replace(config, tls=replace(config.tls, client_ca=None)))
     assert no_ca.owners(pki.carol) == set() and not no_ca.cn_trusted
     carol = _user(config, "carol")
