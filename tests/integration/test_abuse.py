@@ -181,6 +181,26 @@ def test_control_characters_cannot_forge_log_lines_or_leak_a_pipelined_password(
     assert "forged line" not in log
 
 
+def test_no_bidi_override_or_c1_control_reaches_a_log_line(
+    pki: support.Pki, tmp_path: Path, start_server: Any
+) -> None:
+    # pyftpdlib logs CWD with its argument: U+202E would show the line reordered, NEL and
+    # U+2028 break it in viewers that honour them
+    config, ports = policy_config(pki, tmp_path)
+    server = start_server(config)
+    raw = socket.create_connection((HOST, ports["explicit"]), 5)
+    tls = support.client_context(pki).wrap_socket(_after_auth(raw), server_hostname=HOST)
+    tls.sendall("CWD gpj\u202eexe\r\nCWD a\x85b\u2028c\r\nQUIT\r\n".encode())
+    f = tls.makefile("rb")
+    assert f.readline().startswith(b"530")
+    assert f.readline().startswith(b"530")
+    assert f.readline().startswith(b"221")
+    tls.close()
+    assert server.wait_log("characters withheld"), server.log()
+    log = server.log()
+    assert not any(c in log for c in "\u202e\x85\u2028"), log
+
+
 def _after_auth(sock: socket.socket) -> socket.socket:
     f = sock.makefile("rb")
     assert f.readline().startswith(b"220")
