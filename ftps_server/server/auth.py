@@ -45,7 +45,6 @@ from .login_policy import (
     decide_user,
     dummy_hash,
     expected_hash,
-    log_safe,
     name_problem,
     pass_refusal,
     printable,
@@ -68,7 +67,6 @@ __all__ = [
     "Authenticator",
     "LoginHandler",
     "connection_refusal",
-    "log_safe",
     "pass_command",
     "user_command",
 ]

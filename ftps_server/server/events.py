@@ -35,7 +35,6 @@ __all__ = [
     "SessionLog",
     "SessionView",
     "Transfer",
-    "clean",
     "transfer_result",
 ]
 
@@ -43,13 +42,6 @@ log = logging.getLogger(__name__)
 
 #: final replies of a transfer that the client (or the network) cut short, not the server
 _ABORT_CODES = {"", "421", "426"}
-
-
-def clean(text: str) -> str:
-    """Client-supplied `text` as one printable line: controls escaped, bad bytes shown as \\x.."""
-    text = escape_controls(text)
-    # a file name pyftpdlib decoded with surrogateescape cannot be encoded for the journal
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def transfer_result(completed: bool, reply: str) -> str:
@@ -95,7 +87,7 @@ class Transfer:
         """The transfer's own journal fields (the session adds SESSION_ID, USER, ...)."""
         out = {
             "DIRECTION": self.direction,
-            "PATH": clean(self.path),
+            "PATH": escape_controls(self.path),
             "BYTES": str(self.size),
             "DURATION_MS": str(round(self.seconds * 1000)),
             "RESULT": self.result,
@@ -104,7 +96,7 @@ class Transfer:
             "TLS_CIPHER": self.tls_cipher,
         }
         if self.result != "ok" and self.reply:
-            out["REASON"] = clean(self.reply)
+            out["REASON"] = escape_controls(self.reply)
         if self.sha256 and self.result != "failed":  # what was kept on disk: the digest holds
             out["SHA256"] = self.sha256
         return out
@@ -127,13 +119,13 @@ class FileAction:
     def fields(self) -> dict[str, str]:
         out = {
             "ACTION": self.action,
-            "PATH": clean(self.path),
+            "PATH": escape_controls(self.path),
             "RESULT": "ok" if self.ok else "failed",
         }
         if self.new_path is not None:
-            out["NEW_PATH"] = clean(self.new_path)
+            out["NEW_PATH"] = escape_controls(self.new_path)
         if not self.ok:
-            out["REASON"] = clean(f"{self.code} {self.reply}")
+            out["REASON"] = escape_controls(f"{self.code} {self.reply}")
         return out
 
 
@@ -183,7 +175,7 @@ class SessionLog:
                 "SESSION_ID": self.id,
                 "REMOTE_ADDR": self._session.remote_ip,
                 "LISTENER": self._session.listener_name,
-                **({"USER": clean(user)} if user else {}),
+                **({"USER": escape_controls(user)} if user else {}),
             }
         }
 
@@ -213,7 +205,7 @@ class SessionLog:
         }
         who = ""
         if client_cert is not None:
-            subject = clean(client_cert.subject.rfc4514_string())
+            subject = escape_controls(client_cert.subject.rfc4514_string())
             fields["CLIENT_CERT_SUBJECT"] = subject
             fields["CLIENT_CERT_FINGERPRINT"] = fingerprint(client_cert)
             who = f", client certificate {subject}"
@@ -227,7 +219,7 @@ class SessionLog:
     def tls_failed(self, reason: str, *, data: bool = False, data_peer: str = "") -> None:
         """A TLS handshake failed: on the control connection, or on a data connection."""
         ip, listener = self._session.remote_ip, self._session.listener_name
-        reason = clean(reason)
+        reason = escape_controls(reason)
         fields = {"REASON": reason, "CHANNEL": "data" if data else "control"}
         if data:
             fields["DATA_REMOTE_ADDR"] = data_peer or ip
@@ -246,9 +238,9 @@ class SessionLog:
         else:
             totals.downloads += 1
             totals.bytes_downloaded += transfer.size
-        user = self._session.username or "-"
+        path, user = escape_controls(transfer.path), escape_controls(self._session.username or "-")
         text = (
-            f"{transfer.direction} {clean(transfer.path)!r} by {clean(user)}: {transfer.result}, "
+            f"{transfer.direction} {path!r} by {user}: {transfer.result}, "
             f"{transfer.size} bytes in {transfer.seconds:.3f} s"
         )
         level = logging.INFO if transfer.result == "ok" else logging.WARNING
@@ -259,7 +251,7 @@ class SessionLog:
                 seconds=transfer.seconds,
                 remote_host=self._session.remote_ip,
                 size=transfer.size,
-                filename=clean(transfer.real_path),
+                filename=escape_controls(transfer.real_path),
                 binary=transfer.binary,
                 incoming=transfer.upload,
                 user=self._session.username,
@@ -290,13 +282,13 @@ class SessionLog:
 
     def file_action(self, event: FileAction) -> None:
         """A file or directory was deleted, renamed or made (or the attempt failed)."""
-        target = f" to {clean(event.new_path)!r}" if event.new_path is not None else ""
-        outcome = "ok" if event.ok else f"failed: {event.code} {clean(event.reply)}"
-        user = clean(self._session.username or "-")
+        target = f" to {escape_controls(event.new_path)!r}" if event.new_path is not None else ""
+        outcome = "ok" if event.ok else f"failed: {event.code} {escape_controls(event.reply)}"
+        user = escape_controls(self._session.username or "-")
         self._emit(
             logging.INFO if event.ok else logging.WARNING,
             message_ids.FILE_ACTION,
-            f"{event.action} {clean(event.path)!r}{target} by {user}: {outcome}",
+            f"{event.action} {escape_controls(event.path)!r}{target} by {user}: {outcome}",
             event.fields(),
         )
 

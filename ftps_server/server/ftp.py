@@ -19,6 +19,7 @@ from cryptography import x509
 from pyftpdlib.handlers import FTPHandler
 
 from ..config.ini import normalize_address
+from ..safe_text import before_controls, escape_controls, has_controls
 from . import auth, metrics
 from . import pyftpdlib_adapter as pyftpd
 from .checksum_commands import PROTO_CMDS as CHECKSUM_CMDS
@@ -51,11 +52,6 @@ _TLS_BUSY = (TlsState.HANDSHAKE, TlsState.CLOSING)
 _PRE_TLS_COMMANDS = {"AUTH", "FEAT", "QUIT", "NOOP", "SYST", "HELP", "OPTS"}
 # pyftpdlib's own lines for what a session event (events.py) reports with fields
 _STRUCTURED = re.compile(r"FTP session (opened|closed) \((dis)?connect\)|USER '.*' logged in\.$")
-
-
-def _has_control(text: str) -> bool:
-    """True when `text` holds a C0 control character or DEL."""
-    return any(ch < " " or ch == "\x7f" for ch in text)
 
 
 class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveHook, FTPHandler):
@@ -386,10 +382,11 @@ class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveH
 
     def log_cmd(self, cmd: str, arg: str, respcode: int, respstr: str) -> None:
         withheld = ""
-        if _has_control(cmd) or _has_control(arg):
+        if has_controls(cmd) or has_controls(arg):
             # a bare CR or LF would start a forged line in a text log, and what follows one
-            # may be anything the client pipelined (a PASS line): log only the size
-            cmd = re.sub(r"[\x00-\x1f\x7f].*", "", cmd, flags=re.S)[:16]
+            # may be anything the client pipelined (a PASS line): log only the size. Any
+            # control character withholds, so pyftpdlib's line never needs one escaped
+            cmd = before_controls(cmd)[:16]
             withheld = f"<{len(arg)} characters withheld: control characters in the command line>"
         if cmd in FILE_COMMANDS:  # a structured entry instead of pyftpdlib's line
             # CR/LF: withheld as above; other controls (ESC in a name) are escaped by events
@@ -404,7 +401,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveH
     def log(self, msg: str, logfun: Any = _pyftpdlib_log.info) -> None:
         if _STRUCTURED.match(msg) or self._transfer_reply(msg):
             logfun = _pyftpdlib_log.debug  # said by a session event already: only for --debug
-        logfun(auth.log_safe(f"{self.log_prefix % self.__dict__} {msg}"))
+        logfun(escape_controls(f"{self.log_prefix % self.__dict__} {msg}"))
 
     def _transfer_reply(self, msg: str) -> bool:
         """True for the final reply of a transfer: its event (REASON=) says it with fields."""
@@ -413,10 +410,10 @@ class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveH
 
     def logline(self, msg: str, logfun: Any = _pyftpdlib_log.debug) -> None:
         if pyftpd.debug_lines(self):
-            logfun(auth.log_safe(f"{self.log_prefix % self.__dict__} {msg}"))
+            logfun(escape_controls(f"{self.log_prefix % self.__dict__} {msg}"))
 
     def logerror(self, msg: str) -> None:
-        _pyftpdlib_log.error(auth.log_safe(f"{self.log_prefix % self.__dict__} {msg}"))
+        _pyftpdlib_log.error(escape_controls(f"{self.log_prefix % self.__dict__} {msg}"))
 
     def ftp_USER(self, line: str) -> None:
         auth.user_command(self, line)

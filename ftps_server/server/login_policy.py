@@ -1,7 +1,7 @@
 """The login policy as plain decisions: no sockets, no threads, no pyftpdlib.
 
 Which reply USER gets, which hash a PASS is checked against and why it fails, who owns a
-client certificate, how a user name is made safe for a log line. `auth` applies these
+client certificate (client text is made safe for a log line by `safe_text`). `auth` applies these
 decisions to a session (replies, the password-check queue, bans, events); here they are
 tested like `bans`, with config objects and certificates only.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import enum
 import os
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from cryptography import x509
 from ..config.model import Config, UserConfig
 from ..pki.certs import cert_info, fingerprint
 from ..pki.passwords import DEFAULT_PARAMS, HashParams, PasswordError, parse_hash
+from ..safe_text import has_controls
 from .bans import BanPolicy
 
 __all__ = [
@@ -40,8 +40,6 @@ __all__ = [
     "decide_user",
     "dummy_hash",
     "expected_hash",
-    "has_control",
-    "log_safe",
     "name_problem",
     "pass_refusal",
     "printable",
@@ -126,7 +124,7 @@ def name_problem(name: str) -> str | None:
     """The reply refusing a USER argument, or None when it may be tried."""
     if not name:
         return "501 Syntax error: USER needs a user name."
-    if has_control(name):
+    if has_controls(name):
         # the name goes into every pyftpdlib log prefix: a line break would forge entries
         return REPLY_BAD_NAME
     return None
@@ -223,20 +221,6 @@ def dummy_hash(config: Config) -> str:
     p = costs.most_common(1)[0][0] if costs else DEFAULT_PARAMS
     salt, key = (base64.b64encode(os.urandom(n)).decode("ascii") for n in (16, 32))
     return f"$scrypt$ln={p.ln},r={p.r},p={p.p}${salt}${key}"
-
-
-def has_control(text: str) -> bool:
-    """True for control characters, line/paragraph separators or undecodable bytes."""
-    return any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in text)
-
-
-def log_safe(text: str) -> str:
-    """`text` with every control character escaped, so it stays one honest log line."""
-    if not has_control(text):
-        return text
-    return "".join(
-        repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c for c in text
-    )
 
 
 def printable(name: str) -> str:

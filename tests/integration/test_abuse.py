@@ -6,6 +6,7 @@ import ftplib
 import io
 import os
 import socket
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -163,12 +164,7 @@ def test_nul_byte_in_a_path_is_a_syntax_error_not_a_dropped_session(
 def test_control_characters_cannot_forge_log_lines_or_leak_a_pipelined_password(
     pki: support.Pki, tmp_path: Path, start_server: Any
 ) -> None:
-    config, ports = policy_config(pki, tmp_path)
-    server = start_server(config)
-    raw = socket.create_connection((HOST, ports["explicit"]), 5)
-    tls = support.client_context(pki).wrap_socket(
-        _after_auth(raw), server_hostname=HOST
-    )
+    server, tls = _tls_before_login(pki, tmp_path, start_server)
     # a client with bare-LF line ends: the LF and everything behind it land in one argument
     tls.sendall(f"CWD x\n<3>ERROR forged line\nPASS {PASSWORD}\r\nQUIT\r\n".encode())
     f = tls.makefile("rb")
@@ -179,6 +175,33 @@ def test_control_characters_cannot_forge_log_lines_or_leak_a_pipelined_password(
     log = server.log()
     assert PASSWORD not in log
     assert "forged line" not in log
+
+
+def test_no_bidi_override_or_c1_control_reaches_a_log_line(
+    pki: support.Pki, tmp_path: Path, start_server: Any
+) -> None:
+    # pyftpdlib logs CWD with its argument: U+202E would show the line reordered, NEL and
+    # U+2028 break it in viewers that honour them
+    server, tls = _tls_before_login(pki, tmp_path, start_server)
+    tls.sendall("CWD gpj\u202eexe\r\nCWD a\x85b\u2028c\r\nQUIT\r\n".encode())
+    f = tls.makefile("rb")
+    assert f.readline().startswith(b"530")
+    assert f.readline().startswith(b"530")
+    assert f.readline().startswith(b"221")
+    tls.close()
+    assert server.wait_log("characters withheld"), server.log()
+    log = server.log()
+    assert not any(c in log for c in "\u202e\x85\u2028"), log
+
+
+def _tls_before_login(
+    pki: support.Pki, tmp_path: Path, start_server: Any
+) -> tuple[support.ServerProcess, ssl.SSLSocket]:
+    """A server and a raw TLS control connection to it, after AUTH TLS, before USER."""
+    config, ports = policy_config(pki, tmp_path)
+    server = start_server(config)
+    raw = socket.create_connection((HOST, ports["explicit"]), 5)
+    return server, support.client_context(pki).wrap_socket(_after_auth(raw), server_hostname=HOST)
 
 
 def _after_auth(sock: socket.socket) -> socket.socket:

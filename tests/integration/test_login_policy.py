@@ -514,14 +514,15 @@ def test_user_name_cannot_forge_log_lines(table_site: Site) -> None:
     # issue 12.5: a bare LF inside USER used to reach pyftpdlib's log prefix
     ftp = connect(table_site, "explicit", None)
     forged = "FORGED 198.51.100.9:4444-[root] USER 'root' logged in."
-    for line in (f"USER pw\n{forged}", "USER pw\x1b]0;title\x07"):
+    # a bidi override would show every later line of the session reordered ("pwexe.jpg")
+    for line in (f"USER pw\n{forged}", "USER pw\x1b]0;title\x07", "USER pw\u202egpj.exe"):
         ftp.sock.sendall(line.encode() + b"\r\n")  # ftplib itself refuses to send a bare LF
         assert ftp.getmultiline() == "501 Syntax error: control characters in user name."
     ftp.close()
     time.sleep(0.2)  # the server logs the disconnect after our close
     for line in table_site.server.log().splitlines():
         text = line.split(": ", 1)[-1]
-        assert not text.startswith("FORGED") and "\x1b" not in line, line
+        assert not text.startswith("FORGED") and "\x1b" not in line and "\u202e" not in line
 
 
 # --- a login flood from one address ---------------------------------------------------------
