@@ -21,7 +21,8 @@ Phases: idle TLS sessions (fresh servers; PSS growth over the cgroup / sessions)
 handshakes/s, 1 GiB download and upload with curl, repeat logins of one user, first logins of
 distinct users (ftps-server only: 1 at a time and 4 at a time, with the server's CPU share),
 N clients x 3 x 1 MiB (each client: one session, three RETR of 1 MiB, all started at once from
-distinct loopback addresses), 4 parallel 1 GiB downloads with workers = 1 and 2. Every loop is
+distinct loopback addresses), 4 parallel 1 GiB downloads with workers = 1 and 2, by curl and by
+sink clients (parallel_downloads.py). Every loop is
 bounded in count and time; it stops only the processes it started.
 """
 
@@ -54,18 +55,19 @@ from cryptography.x509.oid import NameOID
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().parent)]
 
+import parallel_downloads as parallel  # noqa: E402
 import tls_throughput  # noqa: E402
 from support import ReusingFTP_TLS  # noqa: E402
 from tls_throughput import HOST, Server, _wait_port  # noqa: E402
 
 from ftps_server.demo import write_pem  # noqa: E402
 from ftps_server.pki.passwords import HashParams, hash_password  # noqa: E402
-from ftps_server.server.workers import pick  # noqa: E402
 
 BENCH_USER = tls_throughput.BENCH_USER = "ftpcmp"
 PASSWORD_USERS = "distinct users' password"
 TIMEOUT = 60.0  # per socket operation
 PHASE_LIMIT = 300.0  # seconds any one measurement may take
+PARALLEL_CLIENTS = ("curl", "sink")  # see parallel_downloads.py and sink_client.py
 Row = dict[str, float]
 
 
@@ -366,25 +368,14 @@ def many_clients(server: Server, cafile: Path, clients: int, procs: int = 4) -> 
 
 
 def parallel_downloads(server: Server, cert: Path, size: int, sources: list[str]) -> Row:
-    url = f"ftp://{HOST}:{server.port}/file.bin"
-    config = f'user = "{BENCH_USER}:{server.password}"\n'.encode()
-    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
-    procs = []
-    for source in sources:
-        cmd = ["curl", "-sS", "--ssl-reqd", "--cacert", str(cert), "-K", "-"]
-        cmd += ["--max-time", "600", "--interface", source, "-o", "/dev/null", url]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert proc.stdin is not None
-        proc.stdin.write(config)
-        proc.stdin.close()
-        procs.append(proc)
-    for proc in procs:
-        if proc.wait(660) != 0:
-            assert proc.stderr is not None
-            raise RuntimeError(f"{server.name}: curl failed: {proc.stderr.read().decode()}")
-    elapsed = time.perf_counter() - t0
-    cpu = server.cpu_seconds() - cpu0
-    return {"par_mbps": len(sources) * size / elapsed / 1e6, "par_cpu": 100 * cpu / elapsed}
+    row: Row = {}
+    for client in PARALLEL_CLIENTS:
+        mbps, cpu, _, clients = parallel.measure(
+            server, cert, "file.bin", size, sources, client, user=BENCH_USER
+        )
+        row |= {f"par_{client}_mbps": mbps, f"par_{client}_cpu": cpu}
+        row[f"par_{client}_clients"] = clients
+    return row
 
 
 # --- driver -------------------------------------------------------------------------------
@@ -561,7 +552,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[Results, list[str]]:
                     row = many_clients(server, cafile, clients)
                     res.add(name, {f"c{clients}_{k}": v for k, v in row.items()})
                     time.sleep(2.0)
-        sources = _parallel_sources(4, 2)
+        sources = parallel.sources_for(4, 2)
         for run_no in range(args.runs):
             print(f"run {run_no + 1}: 4 parallel downloads", file=sys.stderr)
             for name, server in (("now", cheap["now"]), ("now-w2", w2), ("vsftpd", vsftpd)):
@@ -575,14 +566,6 @@ def run(args: argparse.Namespace, work: Path) -> tuple[Results, list[str]]:
         for server in servers:
             server.stop()
     return res, log
-
-
-def _parallel_sources(streams: int, workers: int) -> list[str]:
-    by_worker: dict[int, list[str]] = {}
-    for last in range(2, 250):
-        address = f"127.0.0.{last}"
-        by_worker.setdefault(pick(address, workers), []).append(address)
-    return [by_worker[i % workers][i // workers] for i in range(streams)]
 
 
 def table(res: Results, args: argparse.Namespace) -> str:
@@ -642,22 +625,28 @@ def table(res: Results, args: argparse.Namespace) -> str:
         row("  p50 session s", f"c{n}_p50", "{:.2f}")
         row("  server CPU s", f"c{n}_cpu", "{:.1f}")
     row(f"idle TLS session, PSS KiB ({args.idle} sessions, one measurement)", "idle_pss", "{:.1f}")
-    par = [
-        "",
-        f"4 parallel {gib} downloads (curl, distinct source addresses):",
-        "",
-        "| metric | now, workers = 1 | now, workers = 2 | vsftpd 3.0.3 |",
-        "|---|---|---|---|",
-    ]
-    for label, key, fmt in (
-        ("server CPU, % of one core (cgroup)", "par_cpu", "{:.0f}"),
-        ("aggregate MB/s", "par_mbps", "{:.0f}"),
+    par: list[str] = []
+    for client, what in (
+        ("curl", "curl"),
+        ("sink", "sink clients: records read by the kernel, not decrypted (sink_client.py)"),
     ):
-        par.append(
-            f"| {label} | "
-            + " | ".join(cell(c, key, fmt) for c in ("now", "now-w2", "vsftpd"))
-            + " |"
-        )
+        par += [
+            "",
+            f"4 parallel {gib} downloads ({what}, distinct source addresses):",
+            "",
+            "| metric | now, workers = 1 | now, workers = 2 | vsftpd 3.0.3 |",
+            "|---|---|---|---|",
+        ]
+        for label, key, fmt in (
+            ("server CPU, % of one core (cgroup)", f"par_{client}_cpu", "{:.0f}"),
+            ("aggregate MB/s", f"par_{client}_mbps", "{:.0f}"),
+            ("clients' CPU, % of one core", f"par_{client}_clients", "{:.0f}"),
+        ):
+            par.append(
+                f"| {label} | "
+                + " | ".join(cell(c, key, fmt) for c in ("now", "now-w2", "vsftpd"))
+                + " |"
+            )
     raw = ["", "Every run (in order), for the record:", ""]
     for (col, key), values in sorted(res.data.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         raw.append(f"- {key} {col}: " + ", ".join(f"{v:.3g}" for v in values))

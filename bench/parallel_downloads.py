@@ -53,7 +53,7 @@ def _tree_cpu(pid: int) -> dict[int, float]:
     return found
 
 
-def _sources(streams: int, workers: int) -> list[str]:
+def sources_for(streams: int, workers: int) -> list[str]:
     """Loopback client addresses, round-robin over the workers of the larger server."""
     by_worker: dict[int, list[str]] = {}
     for last in range(2, 250):
@@ -75,17 +75,23 @@ def _client(
 
 
 def measure(
-    server: Server, cert: Path, name: str, size: int, sources: list[str], client: str = "curl"
+    server: Server,
+    cert: Path,
+    name: str,
+    size: int,
+    sources: list[str],
+    client: str = "curl",
+    user: str = BENCH_USER,
 ) -> tuple[float, float, float, float]:
     """(aggregate MB/s, server CPU, its busiest process's CPU and client CPU, in % of one
     core) for parallel downloads by `client` (curl, or sink_client.py: see there)."""
     clients0 = _children_cpu()
-    secret = server.password if client == "sink" else f'user = "{BENCH_USER}:{server.password}"'
+    secret = server.password if client == "sink" else f'user = "{user}:{server.password}"'
     total0 = server.cpu_seconds()
     cpu0, t0 = _tree_cpu(server.pid), time.perf_counter()
     procs = []
     for source in sources:
-        cmd = _client(server, cert, name, size, source, client)
+        cmd = _client(server, cert, name, size, source, client, user)
         proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -150,7 +156,7 @@ def main() -> int:
             )
             servers.append(server)
         time.sleep(2.0)  # the workers import and load the configuration
-        sources = _sources(args.streams, args.workers)
+        sources = sources_for(args.streams, args.workers)
         clients = ("curl", "sink") if args.client == "both" else (args.client,)
         results: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
         for run in range(args.runs):
