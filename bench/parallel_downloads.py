@@ -63,11 +63,11 @@ def sources_for(streams: int, workers: int) -> list[str]:
 
 
 def _client(
-    server: Server, cert: Path, name: str, size: int, source: str, client: str
+    server: Server, cert: Path, name: str, size: int, source: str, client: str, user: str
 ) -> list[str]:
     if client == "sink":
         cmd = [sys.executable, str(Path(__file__).resolve().parent / "sink_client.py")]
-        cmd += ["--port", str(server.port), "--user", BENCH_USER, "--cafile", str(cert)]
+        cmd += ["--port", str(server.port), "--user", user, "--cafile", str(cert)]
         return [*cmd, "--source", source, "--file", name, "--size", str(size)]
     cmd = ["curl", "-sS", "--ssl-reqd", "--cacert", str(cert), "-K", "-"]
     cmd += ["--max-time", "600", "--interface", source, "-o", "/dev/null"]
