@@ -132,7 +132,7 @@ def main() -> int:
         worst = 0.0
         while time.monotonic() < until:
             with lock:
-                n = next(names)
+                n = next(names, 0)  # once the fresh names run out: u0, a cached verifier
             worst = max(worst, _login(pki, port, f"u{n}", PASSWORD, "127.0.0.3"))
         for thread in flooders:
             thread.join(LIMIT)
