@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import datetime as dt
 import ftplib
-import ipaddress
 import os
 import resource
 import shutil
@@ -41,16 +39,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().parent)]
@@ -58,9 +50,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().par
 import parallel_downloads as parallel  # noqa: E402
 import tls_throughput  # noqa: E402
 from support import ReusingFTP_TLS  # noqa: E402
-from tls_throughput import HOST, Server, _wait_port  # noqa: E402
+from tls_throughput import HOST, Server  # noqa: E402
 
-from ftps_server.demo import write_pem  # noqa: E402
 from ftps_server.pki.passwords import HashParams, hash_password  # noqa: E402
 
 BENCH_USER = tls_throughput.BENCH_USER = "ftpcmp"
@@ -72,23 +63,7 @@ Row = dict[str, float]
 
 
 def _cert(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=7))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]), False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return write_pem(directory, "bench", cert, key), directory / "bench.key"
+    return tls_throughput.self_signed(directory, kind="ec")
 
 
 def _context(cafile: Path) -> ssl.SSLContext:
@@ -107,41 +82,6 @@ def _login(
     ftp.login(user, password)
     ftp.prot_p()
     return ftp
-
-
-def start_stock(work: Path, cert: Path, key: Path, home: Path, port: int, passive: str) -> Server:
-    """Stock pyftpdlib 2.x TLS_FTPHandler (pyOpenSSL), TLS required on both channels."""
-    password = "stock-" + os.urandom(6).hex()
-    low, high = (int(p) for p in passive.split("-"))
-    script = work / f"stock-{port}.py"
-    script.write_text(
-        textwrap.dedent(f"""
-        import logging
-        from pyftpdlib.authorizers import DummyAuthorizer
-        from pyftpdlib.handlers import TLS_FTPHandler
-        from pyftpdlib.servers import FTPServer
-        logging.basicConfig(level=logging.WARNING)
-        auth = DummyAuthorizer()
-        auth.add_user({BENCH_USER!r}, {password!r}, {str(home)!r}, perm="elradfmw")
-        TLS_FTPHandler.certfile = {str(cert)!r}
-        TLS_FTPHandler.keyfile = {str(key)!r}
-        TLS_FTPHandler.tls_control_required = True
-        TLS_FTPHandler.tls_data_required = True
-        TLS_FTPHandler.authorizer = auth
-        TLS_FTPHandler.passive_ports = range({low}, {high + 1})
-        server = FTPServer(({HOST!r}, {port}), TLS_FTPHandler)
-        server.max_cons = 5000
-        server.serve_forever()
-        """)
-    )
-    group = tls_throughput._group(f"pyftpdlib-{port}")
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stderr=(work / f"stock-{port}.log").open("wb"),
-        preexec_fn=group.enter if group else None,
-    )
-    _wait_port(port)
-    return Server("pyftpdlib", port, password, proc, group)
 
 
 # --- phases -------------------------------------------------------------------------------
@@ -478,7 +418,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[Results, list[str]]:
             },
         )
         servers.append(vsftpd)
-        stock = start_stock(work, cert, key, home, 47996, "44500-44999")
+        stock = tls_throughput.start_stock(work, cert, key, home, 47996, "44500-44999")
         servers.append(stock)
         for path in home.iterdir():
             path.chmod(0o666)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime as dt
-import ipaddress
 import os
 import secrets
 import shutil
@@ -33,13 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+from tls_throughput import self_signed  # noqa: E402
 
 from ftps_server.pki.passwords import HashParams, hash_password  # noqa: E402
 
@@ -74,32 +69,7 @@ def _free_range(count: int) -> int:
 
 def _cert(directory: Path) -> tuple[Path, Path]:
     """Self-signed certificate for the VIP and the nodes (the client verifies it)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleet-bench")])
-    now = dt.datetime.now(dt.UTC)
-    sans = [x509.IPAddress(ipaddress.ip_address(a)) for a in (VIP, *NODES.values())]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=7))
-        .add_extension(x509.SubjectAlternativeName(sans), False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "bench.pem", directory / "bench.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
+    return self_signed(directory, (VIP, *NODES.values()), kind="ec")
 
 
 def _wait_port(host: str, port: int, timeout: float = 20) -> None:
@@ -284,7 +254,7 @@ def main() -> int:
         one = statistics.median(results["1 node"])
         two = statistics.median(results["2 nodes"])
 
-        def cpu(name: str) -> str:
+        def node_cpu(name: str) -> str:
             per_node = zip(*busy[name], strict=True)
             return " / ".join(f"{statistics.median(c) * 100:.0f}%" for c in per_node)
 
@@ -296,8 +266,8 @@ def main() -> int:
         print(f"load average before: {load}")
         print("| backend | aggregate MB/s | ratio | node1 / node2 CPU (of one core) |")
         print("|---|---|---|---|")
-        print(f"| 1 node | {one:.0f} | 1.00x | {cpu('1 node')} |")
-        print(f"| 2 nodes | {two:.0f} | {two / one:.2f}x | {cpu('2 nodes')} |")
+        print(f"| 1 node | {one:.0f} | 1.00x | {node_cpu('1 node')} |")
+        print(f"| 2 nodes | {two:.0f} | {two / one:.2f}x | {node_cpu('2 nodes')} |")
     except RuntimeError:
         for log in sorted(work.glob("*.log")):
             print(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)

@@ -119,11 +119,11 @@ def main() -> int:
 
         half = args.count // 2
         serial, cpu1 = _rate(half, 1, fresh, pid)
-        parallel, cpu_n = _rate(half, cores, fresh, pid)
+        rate_n, cpu_n = _rate(half, cores, fresh, pid)
         print(f"first logins of distinct users, 1 at a time: {serial:.2f}/s, CPU {cpu1:.0%}")
         print(
-            f"first logins of distinct users, {cores} at a time: {parallel:.2f}/s, "
-            f"CPU {cpu_n:.0%} ({parallel / serial:.2f}x serial on {cores} cores)"
+            f"first logins of distinct users, {cores} at a time: {rate_n:.2f}/s, "
+            f"CPU {cpu_n:.0%} ({rate_n / serial:.2f}x serial on {cores} cores)"
         )
         until = time.monotonic() + 8
         flooders = [threading.Thread(target=_flood, args=(pki, port, until, w)) for w in range(8)]

@@ -21,7 +21,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -130,18 +129,11 @@ def main() -> int:
         help="curl decrypts (a real client); sink discards the records (server capacity)",
     )
     args = parser.parse_args()
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    work = Path(tempfile.mkdtemp(prefix="ftps-par-", dir=shm))
+    work, home = tls_throughput.workspace("ftps-par-", args.size_mib, BENCH_USER)
     servers: list[Server] = []
     try:
         cert, key = _cert(work)
-        home = work / "home" / BENCH_USER
-        home.mkdir(parents=True)
         src = home / "file.bin"
-        with src.open("wb") as f:
-            block = os.urandom(2**20)
-            for _ in range(args.size_mib):
-                f.write(block)
 
         def cheap(password: str) -> str:
             return hash_password(password, HashParams(ln=10, r=8, p=1))

@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().par
 
 import tls_throughput  # noqa: E402
 from support import ReusingFTP_TLS  # noqa: E402
-from tls_throughput import HOST, Server, _cert, _wait_port  # noqa: E402
+from tls_throughput import HOST, Server, _cert, start_stock  # noqa: E402
 
 from ftps_server.pki.passwords import HashParams, hash_password  # noqa: E402
 
@@ -76,38 +75,6 @@ def _client(args: tuple[int, str, str, int]) -> int:
     ctx.check_hostname = False
     deadline = time.monotonic() + PHASE_LIMIT
     return sum(_session(ctx, port, password) for _ in range(count) if time.monotonic() < deadline)
-
-
-def start_stock(work: Path, cert: Path, key: Path, home: Path, port: int) -> Server:
-    """Stock pyftpdlib 2.x TLS_FTPHandler (pyOpenSSL), TLS required on both channels."""
-    password = "stock-" + os.urandom(6).hex()
-    script = work / "stock.py"
-    script.write_text(
-        textwrap.dedent(f"""
-        import logging
-        from pyftpdlib.authorizers import DummyAuthorizer
-        from pyftpdlib.handlers import TLS_FTPHandler
-        from pyftpdlib.servers import FTPServer
-        logging.basicConfig(level=logging.WARNING)
-        auth = DummyAuthorizer()
-        auth.add_user({BENCH_USER!r}, {password!r}, {str(home)!r}, perm="elr")
-        TLS_FTPHandler.certfile = {str(cert)!r}
-        TLS_FTPHandler.keyfile = {str(key)!r}
-        TLS_FTPHandler.tls_control_required = True
-        TLS_FTPHandler.tls_data_required = True
-        TLS_FTPHandler.authorizer = auth
-        TLS_FTPHandler.passive_ports = range(44100, 44200)
-        FTPServer(({HOST!r}, {port}), TLS_FTPHandler).serve_forever()
-        """)
-    )
-    group = tls_throughput._group(f"pyftpdlib-{port}")
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stderr=subprocess.DEVNULL,
-        preexec_fn=group.enter if group else None,
-    )
-    _wait_port(port)
-    return Server("pyftpdlib", port, password, proc, group)
 
 
 def measure(server: Server, cafile: str, sessions: int, clients: int) -> tuple[float, float, int]:
@@ -155,7 +122,7 @@ def main() -> int:
         try:
             import OpenSSL  # noqa: F401
 
-            servers.append(start_stock(work, cert, key, home, 43992))
+            servers.append(start_stock(work, cert, key, home, 43992, "44100-44199"))
         except ImportError:
             print("pyOpenSSL not installed: no stock pyftpdlib column", file=sys.stderr)
         results: dict[str, list[tuple[float, float, int]]] = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import ipaddress
 import os
 import secrets
 import shutil
@@ -26,13 +27,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,25 +49,50 @@ HOST = "127.0.0.1"
 BENCH_USER = "ftpbench"
 
 
-def _cert(directory: Path) -> tuple[Path, Path]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
+def self_signed(
+    directory: Path, hosts: tuple[str, ...] = (HOST,), kind: str = "rsa", name: str = "bench"
+) -> tuple[Path, Path]:
+    """A self-signed certificate for `hosts` (IP SANs) as `name`.pem/.key in `directory`:
+    RSA-2048 (`kind="rsa"`) or EC P-256 (`kind="ec"`)."""
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    if kind == "ec":
+        key = ec.generate_private_key(ec.SECP256R1())
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.UTC)
+    sans = [x509.IPAddress(ipaddress.ip_address(host)) for host in hosts]
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(subject)
+        .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=7))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address(HOST))]),
-            False,
-        )
+        .add_extension(x509.SubjectAlternativeName(sans), False)
         .sign(key, hashes.SHA256())
     )
-    return write_pem(directory, "bench", cert, key), directory / "bench.key"
+    return write_pem(directory, name, cert, key), directory / f"{name}.key"
+
+
+def _cert(directory: Path) -> tuple[Path, Path]:
+    return self_signed(directory)
+
+
+def workspace(prefix: str, size_mib: int, user: str) -> tuple[Path, Path]:
+    """A work directory (on tmpfs when there is one: the disk is not what is compared) and
+    the home of `user` in it holding `file.bin` of `size_mib` MiB of random bytes."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=shm))
+    work.chmod(0o755)
+    home = work / "home" / user
+    home.mkdir(parents=True)
+    with (home / "file.bin").open("wb") as f:
+        block = os.urandom(2**20)
+        for _ in range(size_mib):
+            f.write(block)
+    return work, home
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -276,6 +303,41 @@ def _curl(server: Server, cert: Path, *args: str) -> None:
         raise RuntimeError(f"{server.name}: curl {args[-1]} failed: {r.stderr.decode().strip()}")
 
 
+def start_stock(work: Path, cert: Path, key: Path, home: Path, port: int, passive: str) -> Server:
+    """Stock pyftpdlib 2.x TLS_FTPHandler (pyOpenSSL), TLS required on both channels."""
+    password = "stock-" + os.urandom(6).hex()
+    low, high = (int(p) for p in passive.split("-"))
+    script = work / f"stock-{port}.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import logging
+        from pyftpdlib.authorizers import DummyAuthorizer
+        from pyftpdlib.handlers import TLS_FTPHandler
+        from pyftpdlib.servers import FTPServer
+        logging.basicConfig(level=logging.WARNING)
+        auth = DummyAuthorizer()
+        auth.add_user({BENCH_USER!r}, {password!r}, {str(home)!r}, perm="elradfmw")
+        TLS_FTPHandler.certfile = {str(cert)!r}
+        TLS_FTPHandler.keyfile = {str(key)!r}
+        TLS_FTPHandler.tls_control_required = True
+        TLS_FTPHandler.tls_data_required = True
+        TLS_FTPHandler.authorizer = auth
+        TLS_FTPHandler.passive_ports = range({low}, {high + 1})
+        server = FTPServer(({HOST!r}, {port}), TLS_FTPHandler)
+        server.max_cons = 5000
+        server.serve_forever()
+        """)
+    )
+    group = _group(f"pyftpdlib-{port}")
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stderr=(work / f"stock-{port}.log").open("wb"),
+        preexec_fn=group.enter if group else None,
+    )
+    _wait_port(port)
+    return Server("pyftpdlib", port, password, proc, group)
+
+
 def measure(
     server: Server, cert: Path, direction: str, size: int, src: Path
 ) -> tuple[float, float]:
@@ -306,21 +368,12 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root (it installs vsftpd and a system user for it)", file=sys.stderr)
         return 2
-    # tmpfs when there is one: the disk is not what is being compared
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    work = Path(tempfile.mkdtemp(prefix="ftps-bench-", dir=shm))
-    work.chmod(0o755)
+    work, home = workspace("ftps-bench-", args.size_mib, BENCH_USER)
     servers: list[Server] = []
     try:
         cert, key = _cert(work)
-        home = work / "home" / BENCH_USER
-        home.mkdir(parents=True)
         size = args.size_mib * 2**20
         src = home / "file.bin"
-        with src.open("wb") as f:
-            block = os.urandom(2**20)
-            for _ in range(args.size_mib):
-                f.write(block)
         servers = [
             start_ftps_server(work, cert, key, home, 41990),
             start_vsftpd(work, cert, key, home, 41991),

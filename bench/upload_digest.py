@@ -25,7 +25,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from tls_throughput import (  # noqa: E402
     _wait_port,
     measure,
     start_vsftpd,
+    workspace,
 )
 
 from ftps_server.checksums import StreamDigest  # noqa: E402
@@ -101,20 +101,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--vsftpd", action="store_true", help="vsftpd in the same run (root)")
     args = parser.parse_args()
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    work = Path(tempfile.mkdtemp(prefix="ftps-digest-bench-", dir=shm))
-    work.chmod(0o755)
+    work, home = workspace("ftps-digest-bench-", args.size_mib, BENCH_USER)
     servers: list[Server] = []
     try:
         cert, key = _cert(work)
-        home = work / "home" / BENCH_USER
-        home.mkdir(parents=True)
         size = args.size_mib * 2**20
         src = home / "file.bin"
-        with src.open("wb") as f:
-            block = os.urandom(2**20)
-            for _ in range(args.size_mib):
-                f.write(block)
         servers = [
             start(work, "none", cert, key, home, 41980),
             start(work, "sha256", cert, key, home, 41981),
