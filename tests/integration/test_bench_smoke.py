@@ -1,0 +1,39 @@
+"""The benches in bench/ still run (tiny sizes, one run): they are run by hand, so nothing
+else would notice a bench broken by a change in the server or in tests/support.py.
+
+Nothing here is timed: the figures they print are not checked, only that they finish with no
+failed session or download and print their tables (the sink client checks the server's 226
+and the byte count itself and exits 1 otherwise)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from support import ROOT
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the benches run as root (cgroups)")
+
+
+def _bench(*args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_parallel_downloads_with_curl_and_sink_clients() -> None:
+    out = _bench("bench/parallel_downloads.py", "--size-mib", "8", "--streams", "2", "--runs", "1")
+    assert "(curl)" in out and "sink clients" in out
+    rows = [line for line in out.splitlines() if line.startswith("| aggregate MB/s |")]
+    assert len(rows) == 2 and all(float(cell) > 0 for row in rows for cell in row.split("|")[2:4])
+
+
+def test_short_sessions() -> None:
+    out = _bench("bench/short_sessions.py", "--sessions", "6", "--runs", "1")
+    failed = next(line for line in out.splitlines() if line.startswith("| failed sessions"))
+    assert set(failed.split("|")[2:-1]) == {" 0 "}, out
