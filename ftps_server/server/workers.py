@@ -7,7 +7,10 @@ included, is therefore served by one process, and whatever is kept per address (
 failures, `max_connections_per_ip`, passive listeners, pending client certificates) stays
 exact without sharing memory between processes. Data connections reach their worker without
 the main process: each worker binds PASV/EPSV listeners only in its own slice of
-`passive_ports` (active mode connects from the worker).
+`passive_ports` (active mode connects from the worker). A connection from a balancer
+(`proxy_from`) would be steered by the balancer's address; the main process reads its PROXY
+header first (listeners.py, with the reader of proxied.py) and steers by the header's source,
+sending the parsed header along with the descriptor.
 
 Why not SO_REUSEPORT: the kernel's default reuseport hash includes the source port, so two
 connections of one address land on different workers; steering by address needs a BPF
@@ -372,7 +375,7 @@ class Supervisor:
     ) -> None:
         """Give an accepted connection, and its PROXY header if it came through a balancer,
         to the worker of its client address."""
-        host, port = peer
+        host, port = str(peer[0]), int(peer[1])  # IPv6: (host, port, flowinfo, scope_id)
         client = host if header is None else client_address(peer, header)[0]
         worker = self.workers[pick(client, self.count)]
         family = int(listener.socket.family)

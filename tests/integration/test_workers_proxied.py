@@ -18,6 +18,7 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +46,7 @@ ON_0, ON_1 = _clients(0, 2), _clients(1, 2)
 
 
 def proxy_header(source: str, source_port: int, port: int, version: int) -> bytes:
+    """What the balancer sends: `source` dialled the VIP (NODE here) on `port`."""
     if version == 1:
         return f"PROXY TCP4 {source} {NODE} {source_port} {port}\r\n".encode()
     addresses = (
@@ -59,12 +61,12 @@ class BalancedFTP(support.ReusingFTP_TLS):
     """ftplib behind a hand-made balancer: each connection (control and passive data) starts
     with a PROXY header naming `client` as its source."""
 
-    def __init__(self, pki: support.Pki, client: str, version: int) -> None:
+    def __init__(self, pki: support.Pki, client: str, version: int, node: str = NODE) -> None:
         super().__init__(context=support.client_context(pki), timeout=10)
-        self.client, self.version = client, version
+        self.client, self.version, self.node = client, version, node
 
     def _dial(self, port: int, source: str | None = None) -> socket.socket:
-        sock = socket.create_connection((NODE, port), self.timeout)
+        sock = socket.create_connection((self.node, port), self.timeout)
         own_port = sock.getsockname()[1]
         sock.sendall(proxy_header(source or self.client, own_port, port, self.version))
         return sock
@@ -104,25 +106,24 @@ class Site:
     server: support.ServerProcess
 
 
-@pytest.fixture(scope="module")
-def site(pki: support.Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    tmp = tmp_path_factory.mktemp("workers-proxied")
+def _serve(pki: support.Pki, tmp: Path, node: str, passive: tuple[int, int]) -> Site:
+    """A node on `node` with two workers behind the balancer on that same address."""
     cert = pki.server("node", NODE)
     home = tmp / "home" / "alice"
     home.mkdir(parents=True)
     (home / "data.bin").write_bytes(DATA)
-    port = support.free_port(NODE)
+    port = support.free_port(node)
     config = support.write_config(
         tmp / "ftps-server.ini",
         f"""
         [server]
-        addresses = {NODE}
+        addresses = {node}
         state_dir = {tmp}/state
         root = {tmp}/home
-        passive_ports = {PASSIVE[0]}-{PASSIVE[1]}
+        passive_ports = {passive[0]}-{passive[1]}
         workers = 2
         proxy_protocol = yes
-        proxy_from = {NODE}
+        proxy_from = {node}
         handshake_timeout = 3
         max_login_failures = 2
         ban_time = 120
@@ -139,16 +140,21 @@ def site(pki: support.Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         password = {hash_password(PASSWORD, HashParams(ln=10, r=8, p=1))}
         """,
     )
-    server = support.ServerProcess(config, tmp)
+    return Site(pki, port, support.ServerProcess(config, tmp))
+
+
+@pytest.fixture(scope="module")
+def site(pki: support.Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    started = _serve(pki, tmp_path_factory.mktemp("workers-proxied"), NODE, PASSIVE)
     try:
-        yield Site(pki, port, server)
+        yield started
     finally:
-        server.stop()
+        started.server.stop()
 
 
-def _login(site: Site, client: str, version: int = 2) -> BalancedFTP:
-    ftp = BalancedFTP(site.pki, client, version)
-    ftp.connect(NODE, site.port)
+def _login(site: Site, client: str, version: int = 2, node: str = NODE) -> BalancedFTP:
+    ftp = BalancedFTP(site.pki, client, version, node)
+    ftp.connect(node, site.port)
     ftp.auth()
     ftp.prot_p()
     ftp.login("alice", PASSWORD)
@@ -294,3 +300,23 @@ def test_ban_of_one_real_client_spares_another_on_the_other_worker(site: Site) -
     ftp = _login(site, spared)  # same balancer, another worker: not banned
     assert "data.bin" in ftp.nlst()
     ftp.quit()
+
+
+def test_a_balancer_on_ipv6_steers_by_the_real_client(pki: support.Pki, tmp_path: Path) -> None:
+    """pyftpdlib hands IPv6 peers over as 4-tuples; the dispatch must take them as well."""
+    try:
+        support.free_port("::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    site = _serve(pki, tmp_path, "::1", (47180, 47199))
+    try:
+        for client in (ON_0[0], ON_1[0]):
+            ftp = _login(site, client, node="::1")
+            got = io.BytesIO()
+            ftp.retrbinary("RETR data.bin", got.write)  # EPSV: the data connection on ::1 too
+            assert got.getvalue() == DATA
+            ftp.quit()
+        seen = _workers_of(site, 2)
+    finally:
+        site.server.stop()
+    assert {c: seen.get(c) for c in (ON_0[0], ON_1[0])} == {ON_0[0]: {0}, ON_1[0]: {1}}
