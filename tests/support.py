@@ -216,6 +216,15 @@ class ServerProcess:
 # --- clients -------------------------------------------------------------------------------
 
 
+def closed_without_reply(sock: socket.socket, within: float) -> bool:
+    """True when the server closes `sock` (or resets it) within `within` s, sending nothing."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
 def client_context(
     pki: Pki, cert: CertFiles | None = None, check_hostname: bool = False
 ) -> ssl.SSLContext:

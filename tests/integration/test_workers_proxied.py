@@ -181,14 +181,6 @@ def _slice(index: int) -> range:
     return range(PASSIVE[0] + index * size, PASSIVE[0] + (index + 1) * size)
 
 
-def _closed_without_banner(sock: socket.socket, within: float) -> bool:
-    sock.settimeout(within)
-    try:
-        return sock.recv(100) == b""
-    except ConnectionResetError:
-        return True
-
-
 def test_each_real_client_is_served_by_its_own_worker(site: Site) -> None:
     assert {pick(c, 2) for c in ON_0} == {0} and {pick(c, 2) for c in ON_1} == {1}
     before = len(_OPENED.findall(site.server.log()))
@@ -214,7 +206,7 @@ def test_passive_download_through_the_balancer_on_worker_1(site: Site) -> None:
         _host, port = ftp.makepasv()
         assert port in _slice(1)  # worker 1's own slice: the data connection reaches it
         with ftp._dial(port, source=other) as thief:
-            assert _closed_without_banner(thief, 5)
+            assert support.closed_without_reply(thief, 5)
         with pytest.raises(ftplib.error_temp, match=f"foreign address {other}"):
             ftp.getresp()
         got = io.BytesIO()
@@ -240,7 +232,7 @@ def test_bad_header_from_the_balancer_is_refused(site: Site, payload: bytes, rea
     with socket.create_connection((NODE, site.port), 5) as sock:
         sock.sendall(payload)
         started = time.monotonic()
-        assert _closed_without_banner(sock, 10)
+        assert support.closed_without_reply(sock, 10)
         assert time.monotonic() - started < 2.5  # at once, not at handshake_timeout
     assert site.server.wait_log(f"closed connection from {NODE} on {NODE}:{site.port}")
     assert site.server.wait_log(reason)
@@ -250,7 +242,7 @@ def test_bad_header_from_the_balancer_is_refused(site: Site, payload: bytes, rea
 def test_missing_header_is_closed_after_handshake_timeout(site: Site) -> None:
     with socket.create_connection((NODE, site.port), 5) as sock:
         started = time.monotonic()
-        assert _closed_without_banner(sock, 15)
+        assert support.closed_without_reply(sock, 15)
         assert time.monotonic() - started >= 2.5  # handshake_timeout = 3
     assert site.server.wait_log("no complete PROXY header within handshake_timeout")
 
