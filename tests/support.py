@@ -31,8 +31,8 @@ UTC = dt.UTC
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on `host` right now."""
-    with socket.socket() as s:
+    """A TCP port that is free on `host` (IPv4 or IPv6) right now."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
@@ -214,6 +214,15 @@ class ServerProcess:
 
 
 # --- clients -------------------------------------------------------------------------------
+
+
+def closed_without_reply(sock: socket.socket, within: float) -> bool:
+    """True when the server closes `sock` (or resets it) within `within` s, sending nothing."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
 
 
 def client_context(

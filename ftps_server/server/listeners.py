@@ -79,16 +79,17 @@ class ListenerServer(FTPServer):
         if settings.is_proxy(addr[0]):
             # a balancer's connection: the handler (limits, bans, certificate) waits for the
             # header and sees the addresses it names
-            read_header(
-                sock, addr, self.ioloop, settings.handshake_timeout, self.name, self._proxied
-            )
+            read_header(sock, addr, self.ioloop, settings.handshake_timeout, self.name, self.serve)
             return None
-        return super().handle_accepted(sock, addr)
+        return self.serve(sock, addr, None)
 
-    def _proxied(self, sock: socket.socket, peer: Address, header: ProxyHeader) -> Any:
+    def serve(self, sock: socket.socket, peer: Address, header: ProxyHeader | None) -> Any:
+        """Start the session of a connection from `peer` (normalised), whose PROXY header,
+        if it came through a balancer, has been read already."""
         self.proxy_header = header
         try:
-            return super().handle_accepted(sock, client_address(peer, header))
+            addr = peer if header is None else client_address(peer, header)
+            return super().handle_accepted(sock, addr)
         finally:
             self.proxy_header = None
 

@@ -7,7 +7,10 @@ included, is therefore served by one process, and whatever is kept per address (
 failures, `max_connections_per_ip`, passive listeners, pending client certificates) stays
 exact without sharing memory between processes. Data connections reach their worker without
 the main process: each worker binds PASV/EPSV listeners only in its own slice of
-`passive_ports` (active mode connects from the worker).
+`passive_ports` (active mode connects from the worker). A connection from a balancer
+(`proxy_from`) would be steered by the balancer's address; the main process reads its PROXY
+header first (listeners.py, with the reader of proxied.py) and steers by the header's source,
+sending the parsed header along with the descriptor.
 
 Why not SO_REUSEPORT: the kernel's default reuseport hash includes the source port, so two
 connections of one address land on different workers; steering by address needs a BPF
@@ -46,6 +49,8 @@ from ..config.ini import normalize_address
 from ..config.model import Config
 from .ftp import FtpsHandler
 from .listeners import LISTEN_BACKLOG, ListenerServer
+from .proxied import Address, client_address
+from .proxy_protocol import ProxyHeader
 from .pyftpdlib_adapter import call_soon, share_ip_map
 from .state import ServerState
 from .wakeup import FdChannel
@@ -96,6 +101,32 @@ def worker_config(config: Config, spec: WorkerSpec) -> Config:
     share = -(-server.max_connections // spec.count)
     server = dataclasses.replace(server, passive_ports=ports, max_connections=share)
     return dataclasses.replace(config, server=server)
+
+
+# The message that comes with each descriptor: listener kind, name and family, the peer's
+# address and port, then, for a connection through a balancer, the PROXY header the main
+# process read (version, length, source address and port, destination address and port;
+# empty strings for addresses a LOCAL or UNKNOWN header does not carry).
+_MESSAGE_BYTES = 1024  # the longest message is ~300 bytes (IPv6 everywhere)
+
+
+def _encode_header(header: ProxyHeader | None) -> list[str]:
+    if header is None:
+        return []
+    fields = [str(header.version), str(header.length)]
+    for address in (header.source, header.destination):
+        fields += ["", ""] if address is None else [address[0], str(address[1])]
+    return fields
+
+
+def _decode_header(fields: list[str]) -> ProxyHeader | None:
+    """The header `_encode_header` wrote; ValueError for anything else."""
+    if not fields:
+        return None
+    version, length, shost, sport, dhost, dport = fields
+    source = (shost, int(sport)) if shost else None
+    destination = (dhost, int(dport)) if dhost else None
+    return ProxyHeader(int(version), int(length), source, destination)
 
 
 # --- in a worker ---------------------------------------------------------------------------
@@ -176,7 +207,7 @@ class WorkerInbox(FdChannel):
     def handle_read_event(self) -> None:
         for _ in range(64):  # bounded: other channels get their turn
             try:
-                message, fds, _flags, _addr = socket.recv_fds(self.sock, 512, 1)
+                message, fds, _flags, _addr = socket.recv_fds(self.sock, _MESSAGE_BYTES, 1)
             except BlockingIOError:
                 return
             except OSError:
@@ -193,8 +224,9 @@ class WorkerInbox(FdChannel):
     def _accept(self, message: str, fd: int) -> None:
         sock = socket.socket(fileno=fd)
         try:
-            kind, name, family, host, port = message.split("\t")
+            kind, name, family, host, port, *proxied = message.split("\t")
             addr, family_number = (host, int(port)), int(family)
+            header = _decode_header(proxied)
         except ValueError:
             log.error(
                 "worker %d: malformed connection message from the main process", self.spec.index
@@ -210,12 +242,13 @@ class WorkerInbox(FdChannel):
             self.listeners[name] = listener
         log.debug(
             "connection from %s on %s served by worker %d (pid %d)",
-            host,
+            host if header is None else client_address(addr, header)[0],
             name,
             self.spec.index,
             os.getpid(),
         )
-        listener.handle_accepted(sock, addr)
+        # the main process read the PROXY header, if any: it is not on the socket any more
+        listener.serve(sock, addr, header)
 
     def _parent_gone(self) -> None:
         log.warning("worker %d: the main process is gone; stopping", self.spec.index)
@@ -326,23 +359,34 @@ class Supervisor:
         supervisor = self
 
         class DispatchingListener(ListenerServer):
-            def handle_accepted(self, sock: socket.socket, addr: Any) -> None:
-                supervisor.dispatch(self, sock, addr)
+            # a balancer's connection comes here once ListenerServer has read its PROXY
+            # header in this process, so the worker is the real client's, not the balancer's
+            def serve(self, sock: socket.socket, peer: Address, header: ProxyHeader | None) -> None:
+                supervisor.dispatch(self, sock, peer, header)
 
         return DispatchingListener
 
-    def dispatch(self, listener: ListenerServer, sock: socket.socket, addr: Any) -> None:
-        """Give an accepted connection to the worker of its client address."""
-        host, port = str(addr[0]), int(addr[1])
-        worker = self.workers[pick(host, self.count)]
+    def dispatch(
+        self,
+        listener: ListenerServer,
+        sock: socket.socket,
+        peer: Address,
+        header: ProxyHeader | None = None,
+    ) -> None:
+        """Give an accepted connection, and its PROXY header if it came through a balancer,
+        to the worker of its client address."""
+        host, port = str(peer[0]), int(peer[1])  # IPv6: (host, port, flowinfo, scope_id)
+        client = host if header is None else client_address(peer, header)[0]
+        worker = self.workers[pick(client, self.count)]
         family = int(listener.socket.family)
-        message = f"{listener.kind}\t{listener.name}\t{family}\t{host}\t{port}"
+        fields = [listener.kind, listener.name, str(family), host, str(port)]
+        message = "\t".join([*fields, *_encode_header(header)])
         try:
             if not worker.send(sock, message):
                 log.warning(
                     "connection from %s on %s dropped: worker %d is not running or its "
                     "queue is full",
-                    host,
+                    client,
                     listener.name,
                     worker.index,
                 )

@@ -26,6 +26,7 @@ from haproxy_support import Haproxy, need_haproxy
 
 from ftps_server.pki.passwords import HashParams, hash_password
 from ftps_server.server import proxy_protocol as pp
+from ftps_server.server.workers import pick
 
 PASSWORD = "Proxied-Horse-Battery-16"
 FAST_HASH = hash_password(PASSWORD, HashParams(ln=10, r=8, p=1))
@@ -130,8 +131,11 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(pki: support.Pki, tmp_path: Path, start_server: object) -> Iterator[Fleet]:
+def fleet(
+    pki: support.Pki, tmp_path: Path, start_server: object, request: pytest.FixtureRequest
+) -> Iterator[Fleet]:
     need_haproxy()
+    workers = getattr(request, "param", 1)  # `[server] workers` of the node
     vip4 = pki.server("vip4", VIP4)
     vip5 = pki.server("vip5", VIP5)
     node = pki.server("node", NODE)
@@ -155,6 +159,7 @@ def fleet(pki: support.Pki, tmp_path: Path, start_server: object) -> Iterator[Fl
         max_connections_per_ip = 3
         proxy_protocol = yes
         proxy_from = {BALANCER}
+        workers = {workers}
         [ports]
         explicit = {explicit}
         implicit = {implicit}
@@ -216,8 +221,6 @@ def _url(fleet: Fleet, vip: str, scheme: str, path: str = "") -> tuple[str, list
     return f"ftp://{vip}:{fleet.explicit}/{path}", ["--ssl-reqd"]
 
 
-
-
 @pytest.mark.parametrize("scheme", ["explicit", "implicit"])
 def test_each_vip_serves_its_certificate_and_passive_data_goes_through(
     fleet: Fleet, tmp_path: Path, scheme: str
@@ -243,6 +246,30 @@ def test_each_vip_serves_its_certificate_and_passive_data_goes_through(
         assert cn == f"vip{vip[-1]}"
     assert fleet.server.wait_log("user alice logged in from 127.0.0.6")
     assert f"from {BALANCER}" not in fleet.server.log()
+
+
+@pytest.mark.parametrize("fleet", [2], indirect=True)
+def test_two_workers_behind_haproxy_serve_each_client_on_its_own(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    # one client address per worker of two; HAProxy connects to the node from BALANCER alone
+    clients = [
+        next(f"127.0.0.{i}" for i in range(20, 250) if pick(f"127.0.0.{i}", 2) == w) for w in (0, 1)
+    ]
+    (fleet.dir / "home" / "alice" / "both.bin").write_bytes(data := os.urandom(400_000))
+    for client in clients:
+        url, extra = _url(fleet, VIP4, "explicit", "both.bin")
+        out = tmp_path / f"down-{client}.bin"
+        r = _curl(fleet, url, client, *extra, "--ftp-pasv", "-o", str(out))
+        assert r.returncode == 0, (r.stderr, fleet.server.log()[-3000:])
+        assert out.read_bytes() == data  # the passive data connection went through HAProxy too
+    for client in clients:
+        assert fleet.server.wait_log(f"user alice logged in from {client}")
+    for client in clients:
+        lines = [
+            line for line in fleet.server.log().splitlines() if f"REMOTE_ADDR={client} " in line
+        ]
+        assert lines and all(f"WORKER={pick(client, 2)}" in line for line in lines), lines
 
 
 def _ftplib(fleet: Fleet, vip: str, source: str) -> support.ReusingFTP_TLS:
@@ -288,20 +315,12 @@ def test_ban_hits_the_real_client_not_the_balancer(fleet: Fleet) -> None:
     assert r.returncode == 0, (r.stderr, fleet.server.log()[-3000:])
 
 
-def _closed_without_banner(sock: socket.socket, within: float) -> bool:
-    sock.settimeout(within)
-    try:
-        return sock.recv(100) == b""
-    except ConnectionResetError:
-        return True
-
-
 def test_balancer_connection_without_header_is_closed_after_handshake_timeout(
     fleet: Fleet,
 ) -> None:
     with socket.create_connection((NODE, fleet.explicit), 5, (BALANCER, 0)) as sock:
         started = time.monotonic()
-        assert _closed_without_banner(sock, 15)
+        assert support.closed_without_reply(sock, 15)
         assert time.monotonic() - started >= 2.5  # handshake_timeout = 3
     assert fleet.server.wait_log("no complete PROXY header within handshake_timeout")
 
@@ -320,7 +339,7 @@ def test_balancer_connection_with_a_bad_header_is_closed(
     with socket.create_connection((NODE, fleet.implicit), 5, (BALANCER, 0)) as sock:
         sock.sendall(payload)
         started = time.monotonic()
-        assert _closed_without_banner(sock, 10)
+        assert support.closed_without_reply(sock, 10)
         assert time.monotonic() - started < 2.5  # at once, not at the timeout
     assert fleet.server.wait_log(reason)
 

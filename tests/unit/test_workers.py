@@ -5,8 +5,17 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from ftps_server.config.model import Config
-from ftps_server.server.workers import WorkerSpec, pick, worker_config
+from ftps_server.server import proxy_protocol as pp
+from ftps_server.server.workers import (
+    WorkerSpec,
+    _decode_header,
+    _encode_header,
+    pick,
+    worker_config,
+)
 
 
 def test_an_address_has_one_worker_in_every_spelling() -> None:
@@ -31,3 +40,28 @@ def test_each_worker_gets_its_own_slice_of_passive_ports_and_a_share_of_connecti
     no_range = dataclasses.replace(base.server, passive_ports=None)
     kernel = worker_config(dataclasses.replace(base, server=no_range), WorkerSpec(1, 2, -1))
     assert kernel.server.passive_ports is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"PROXY TCP4 192.0.2.7 198.51.100.10 40000 21\r\n",
+        b"PROXY TCP6 2001:db8::7 2001:db8::10 40000 990\r\n",
+        b"PROXY UNKNOWN\r\n",
+        pp.V2_SIGNATURE + b"\x20\x00\x00\x00",  # LOCAL: a health check
+        pp.V2_SIGNATURE + b"\x21\x11\x00\x0c" + bytes([192, 0, 2, 9, 127, 0, 0, 1, 0, 1, 0, 21]),
+    ],
+)
+def test_the_header_the_main_process_read_reaches_the_worker_unchanged(raw: bytes) -> None:
+    header = pp.parse(raw)
+    assert header is not None
+    fields = _encode_header(header)
+    assert not any("\t" in field for field in fields)  # the message's separator
+    assert _decode_header(fields) == header
+    assert _decode_header(_encode_header(None)) is None
+
+
+@pytest.mark.parametrize("fields", [["1"], ["1", "x", "", "", "", ""], ["2", "16", "a", "b", "c"]])
+def test_a_malformed_header_in_a_message_is_a_value_error(fields: list[str]) -> None:
+    with pytest.raises(ValueError):
+        _decode_header(fields)
