@@ -303,6 +303,8 @@ def many_clients(server: Server, cafile: Path, clients: int, procs: int = 4) -> 
         "failed": len(failures),
         "mbps": sum(r[2] for r in results) / wall / 1e6,
         "p50": statistics.median(ok_times),
+        "p90": ok_times[min(len(ok_times) - 1, (9 * len(ok_times)) // 10)],
+        "slowest": ok_times[-1],
         "cpu": cpu,
     }
 
@@ -565,6 +567,8 @@ def table(res: Results, args: argparse.Namespace) -> str:
         )
         row("  aggregate MB/s", f"c{n}_mbps", "{:.0f}")
         row("  p50 session s", f"c{n}_p50", "{:.2f}")
+        row("  p90 session s", f"c{n}_p90", "{:.2f}")
+        row("  slowest session s", f"c{n}_slowest", "{:.2f}")
         row("  server CPU s", f"c{n}_cpu", "{:.1f}")
     row(f"idle TLS session, PSS KiB ({args.idle} sessions, one measurement)", "idle_pss", "{:.1f}")
     par: list[str] = []
