@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pyftpdlib.servers import FTPServer
@@ -25,7 +25,15 @@ from .pyftpdlib_adapter import share_ip_map
 from .state import ServerState
 from .tls import build_contexts
 
-__all__ = ["LISTEN_BACKLOG", "ListenerServer", "Listeners", "ServerState", "build_state"]
+__all__ = [
+    "ACCEPT_BATCH",
+    "LISTEN_BACKLOG",
+    "ListenerServer",
+    "Listeners",
+    "ServerState",
+    "build_state",
+    "pending_connections",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,31 @@ log = logging.getLogger(__name__)
 # a banner until the SYN-ACK retries run out (~31 s) or for ever (syncookies). Sized for
 # max_connections, not pyftpdlib's default of 100.
 LISTEN_BACKLOG = 1024
+
+# Connections taken from the accept queue per readiness event. pyftpdlib takes one, so a
+# burst of N connects needs N loop turns, each behind every busy transfer of the loop: 200
+# partners connecting at once waited seconds for their banners (bench/compare.py, connect
+# p90). Bounded, so a connect storm cannot hold the loop for long either.
+ACCEPT_BATCH = 64
+
+# errors of accept() that concern one connection (gone before it was taken), not the listener
+_ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+
+
+def pending_connections(sock: socket.socket, limit: int) -> Iterator[tuple[socket.socket, Any]]:
+    """Take up to `limit` connections from a non-blocking listening socket, lazily, until its
+    queue is empty. Each is non-blocking, as the channels expect."""
+    for _ in range(limit):
+        try:
+            conn, addr = sock.accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in _ACCEPT_SKIP:
+                continue
+            raise
+        conn.setblocking(False)
+        yield conn, addr
 
 
 def build_state(config: Config, previous: ServerState | None = None) -> ServerState:
@@ -69,6 +102,10 @@ class ListenerServer(FTPServer):
     def apply_limits(self, config: Config) -> None:
         self.max_cons = config.server.max_connections
         self.max_cons_per_ip = config.server.max_connections_per_ip
+
+    def handle_accept(self) -> None:
+        for sock, addr in pending_connections(self.socket, ACCEPT_BATCH):
+            self.handle_accepted(sock, addr)
 
     def handle_accepted(self, sock: socket.socket, addr: Any) -> Any:
         # one form for ip_map: pyftpdlib adds addr[0] here but removes the handler's
