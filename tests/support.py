@@ -11,6 +11,7 @@ import datetime as dt
 import ftplib
 import io
 import os
+import random
 import signal
 import socket
 import ssl
@@ -35,6 +36,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def free_port_range(count: int, hosts: tuple[str, ...]) -> int:
+    """The first port of `count` consecutive ports free on every host in `hosts` right now."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000 - count)
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                for host in hosts:
+                    s = socket.socket()
+                    held.append(s)
+                    s.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+        return base
+    raise RuntimeError("no free port range")
 
 
 @dataclass
@@ -128,6 +150,17 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to `proc` (a child the test started) unless it has exited; SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class ServerProcess:
     """`ftps-server serve` as a child process, ready when it says READY=1 over sd_notify."""
 
@@ -199,13 +232,7 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.log_file.close()
         self.notify.close()
         self.notify_path.unlink(missing_ok=True)
