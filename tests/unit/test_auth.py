@@ -37,18 +37,6 @@ def pki(tmp_path: Path) -> Any:
 
 
 @pytest.fixture
-def ioloop() -> Iterator[IOLoop]:
-    loop = IOLoop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def state(tmp_path: Path, pki: Any, clock: FakeClock) -> Iterator[State]:
     config = load(write_config(tmp_path, pki))
     authenticator = Authenticator(config, clock=clock, delays=DELAYS)

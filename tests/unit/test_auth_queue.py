@@ -63,18 +63,6 @@ def pki(tmp_path: Path) -> Any:
     return make_pki(tmp_path)
 
 
-@pytest.fixture
-def ioloop() -> Iterator[IOLoop]:
-    loop = IOLoop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 def make_state(tmp: Path, pki: Any, clock: FakeClock, failures: int = 3, **kw: Any) -> State:
     path = write_config(tmp, pki)
     path.write_text(

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,18 +37,6 @@ DAY = dt.timedelta(days=1)
 def test_days_left_and_its_words(offset: dt.timedelta, days: int, words: str) -> None:
     assert days_left(AT + offset, AT) == days
     assert expiry_phrase(AT + offset, AT) == words
-
-
-@pytest.fixture
-def capture() -> Iterator[JournalCapture]:
-    handler = JournalCapture()
-    logger = logging.getLogger("ftps_server")
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
 
 
 def test_expired_2_days_5_minutes_ago_reads_the_same_everywhere(

@@ -6,14 +6,12 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import logging
 import os
 import re
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,24 +35,6 @@ from ftps_server.errors import ConfigError
 
 DAY = dt.timedelta(days=1)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    with SmtpServer() as server:
-        yield server
-
-
-@pytest.fixture
-def capture() -> Iterator[JournalCapture]:
-    handler = JournalCapture()
-    logger = logging.getLogger("ftps_server")
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
 
 
 def _main_section(cert: Path, key: Path, addresses: str = "127.0.0.1") -> str:

@@ -7,7 +7,6 @@ import datetime as dt
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,6 @@ from ftps_server.pki.passwords import HashParams, hash_password
 
 DAY = dt.timedelta(days=1)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    with SmtpServer() as server:
-        yield server
 
 
 def _nodes(tmp: Path, port: int, days: float, shared: Path | None, count: int = 2) -> list[Config]:
