@@ -150,6 +150,14 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
+def certificate_section(name: str, cert: Path, key: Path, **keys: str) -> str:
+    """A `[certificate:NAME]` section of `cert` and `key` plus `keys` (e.g. addresses=...,
+    default="yes", server_names=...), for the text of a config file."""
+    lines = [f"[certificate:{name}]", f"cert = {cert}", f"key = {key}"]
+    lines += [f"{key_name} = {value}" for key_name, value in keys.items()]
+    return "\n".join(lines) + "\n"
+
+
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM to `proc` (a child the test started) unless it has exited; SIGKILL after 10 s."""
     if proc.poll() is None:

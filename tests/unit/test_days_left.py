@@ -12,6 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from reminder_support import AT, JournalCapture, SmtpServer, write_cert, write_config
+from support import certificate_section
 
 import ftps_server.journal.message_ids as message_ids
 import ftps_server.reminders.command as remind
@@ -47,12 +48,7 @@ def test_expired_2_days_5_minutes_ago_reads_the_same_everywhere(
         config = write_config(
             tmp_path,
             smtp_port=smtp.port,
-            certificates=f"""
-                [certificate:main]
-                cert = {files.cert}
-                key = {files.key}
-                addresses = 127.0.0.1
-                """,
+            certificates=certificate_section("main", files.cert, files.key, addresses="127.0.0.1"),
         )
         parser = argparse.ArgumentParser()
         remind.register(parser.add_subparsers())

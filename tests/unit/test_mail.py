@@ -21,6 +21,7 @@ from reminder_support import (
     write_cert,
     write_config,
 )
+from support import certificate_section
 
 import ftps_server.reminders.mail as mail
 import ftps_server.reminders.run as reminders
@@ -185,12 +186,7 @@ def _expiring_config(tmp_path: Path, port: int, alerts: str = "") -> Config:
         tmp_path,
         smtp_port=port,
         alerts=alerts,
-        certificates=f"""
-            [certificate:main]
-            cert = {files.cert}
-            key = {files.key}
-            addresses = 127.0.0.1
-            """,
+        certificates=certificate_section("main", files.cert, files.key, addresses="127.0.0.1"),
     )
 
 
@@ -241,12 +237,7 @@ def test_subject_wording_near_the_end(tmp_path: Path, hours: int, words: str) ->
         tmp_path,
         smtp_port=free_port(),
         warn_days="14, 0",
-        certificates=f"""
-            [certificate:main]
-            cert = {files.cert}
-            key = {files.key}
-            addresses = 127.0.0.1
-            """,
+        certificates=certificate_section("main", files.cert, files.key, addresses="127.0.0.1"),
     )
     (finding,) = reminders.evaluate(config, AT)
     subject, _ = mail.render_reminder(config, finding, at=AT, since="2026-12-01")
