@@ -150,12 +150,46 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
+def section(name: str, **keys: object) -> str:
+    """The text of an INI section `[NAME]` with `keys` in their order, e.g.
+    section("user:alice", home=home, password=FAST_HASH)."""
+    return "".join([f"[{name}]\n", *(f"{key} = {value}\n" for key, value in keys.items())])
+
+
 def certificate_section(name: str, cert: Path, key: Path, **keys: str) -> str:
     """A `[certificate:NAME]` section of `cert` and `key` plus `keys` (e.g. addresses=...,
-    default="yes", server_names=...), for the text of a config file."""
-    lines = [f"[certificate:{name}]", f"cert = {cert}", f"key = {key}"]
-    lines += [f"{key_name} = {value}" for key_name, value in keys.items()]
-    return "\n".join(lines) + "\n"
+    default="yes", server_names=...)."""
+    return section(f"certificate:{name}", cert=cert, key=key, **keys)
+
+
+def node_config(
+    path: Path,
+    cert: CertFiles | None,
+    *sections: str,
+    addresses: str = "127.0.0.1",
+    explicit: int = 0,
+    implicit: int = 0,
+    server: str = "",
+    tls: str = "",
+    root: Path | None = None,
+) -> Path:
+    """Write a one-node config to `path`: [server] on `addresses`, its state_dir and (unless
+    `root`) its root `home` in the folder of `path`, then the lines `server`; [ports] (0: no
+    listener); [tls] with the lines `tls`; [certificate:main] serving `cert` wherever no other
+    certificate does (none if None); then `sections` (users, more certificates ...)."""
+    base = path.parent
+    text = [
+        section(
+            "server", addresses=addresses, state_dir=base / "state", root=root or base / "home"
+        ),
+        server,
+        section("ports", explicit=explicit, implicit=implicit),
+    ]
+    if tls:
+        text += ["[tls]", tls]
+    if cert is not None:
+        text.append(certificate_section("main", cert.cert, cert.key, default="yes"))
+    return write_config(path, "\n".join(text + list(sections)))
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:

@@ -71,37 +71,22 @@ def wait_for(server: support.ServerProcess, message_id: str, count: int) -> list
 def site(pki: support.Pki, tmp_path: Path, start_server: Callable[..., Any]) -> Any:
     cert = pki.server("events", HOST)
     homes = tmp_path / "home"
+    users = []
     for user in ("bob", "carol"):
         (homes / user).mkdir(parents=True)
+        home = homes / user
+        users.append(
+            support.section(f"user:{user}", home=home, permissions="elradfmw", password=FAST_HASH)
+        )
     port = support.free_port()
-    config = support.write_config(
+    config = support.node_config(
         tmp_path / "events.ini",
-        f"""
-        [server]
-        addresses = {HOST}
-        state_dir = {tmp_path}/state
-        root = {homes}
-        [ports]
-        explicit = {port}
-        implicit = 0
-        [tls]
-        require_data_protection = no
-        [certificate:main]
-        cert = {cert.cert}
-        key = {cert.key}
-        default = yes
-        [user:bob]
-        home = {homes}/bob
-        permissions = elradfmw
-        password = {FAST_HASH}
-        [user:carol]
-        home = {homes}/carol
-        permissions = elradfmw
-        password = {FAST_HASH}
-        [log]
-        transfer_log = {tmp_path}/xferlog
-        upload_digest = sha256
-        """,
+        cert,
+        *users,
+        support.section("log", transfer_log=tmp_path / "xferlog", upload_digest="sha256"),
+        addresses=HOST,
+        explicit=port,
+        tls="require_data_protection = no",
     )
     server = start_server(config)
     return server, port, homes, tmp_path / "xferlog"
