@@ -16,6 +16,7 @@ from auth_fakes import (
     FakeClock,
     FakeHandler,
     State,
+    events,
     load,
     make_pki,
     run_until,
@@ -62,12 +63,6 @@ def login(
         assert handler.login_pending or handler.replies[-1].startswith("230")
         run_until(ioloop, lambda: not handler.login_pending)
     return handler
-
-
-def events(caplog: pytest.LogCaptureFixture, message_id: str) -> list[dict[str, str]]:
-    return [
-        r.fields for r in caplog.records if getattr(r, "fields", {}).get("MESSAGE_ID") == message_id
-    ]
 
 
 def test_password_user_logs_in(state: State, ioloop: IOLoop, caplog: Any) -> None:
