@@ -337,6 +337,24 @@ def store_and_fetch(ftp: ftplib.FTP, size: int, name: str = "blob.bin") -> None:
     assert got.getvalue() == data
 
 
+def refused_upload(ftp: ReusingFTP_TLS, command: str, data: bytes = b"overwritten") -> str:
+    """`command` (STOR NAME, APPE NAME ...) sending `data` without resuming the TLS session
+    on the data connection, which the server must refuse (522); its final reply."""
+    ftp.reuse_session = False
+    try:
+        ftp.storbinary(command, io.BytesIO(data))
+        reply = "226?"  # pragma: no cover - storbinary raises on a 5xx
+    except ftplib.Error as err:
+        reply = str(err)
+    except (ssl.SSLError, OSError):  # broke on the client's side first; the reply is due
+        try:
+            reply = ftp.voidresp()
+        except ftplib.Error as err:
+            reply = str(err)
+    ftp.reuse_session = True
+    return reply
+
+
 def explicit_client(
     pki: Pki,
     host: str,

@@ -18,7 +18,6 @@ import os
 import pwd
 import re
 import shutil
-import ssl
 import subprocess
 import time
 from collections.abc import Callable
@@ -242,19 +241,8 @@ def test_transfers_file_actions_and_sessions_are_structured(pki: support.Pki, si
 def test_refused_and_failed_transfers_say_so(pki: support.Pki, site: Any) -> None:
     server, port, homes, xferlog = site
     bob = _login(pki, port, "bob")
-    bob.reuse_session = False  # the server refuses a data connection that does not resume
-    try:
-        bob.storbinary("STOR refused.bin", io.BytesIO(b"x" * 1000))
-        reply = "226?"
-    except ftplib.Error as err:
-        reply = str(err)
-    except (ssl.SSLError, OSError):  # broke on the client's side first; the reply is due
-        try:
-            reply = bob.voidresp()
-        except ftplib.Error as err:
-            reply = str(err)
+    reply = support.refused_upload(bob, "STOR refused.bin", b"x" * 1000)
     assert reply.startswith("522"), reply
-    bob.reuse_session = True
     with pytest.raises(ftplib.error_perm, match=r"^550"):
         bob.delete("missing.bin")
     bob.quit()
