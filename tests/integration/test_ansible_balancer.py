@@ -249,6 +249,8 @@ def cluster(
         },
     )
     certs = {vip: pki.server(f"vip{vip[-1]}", vip) for vip in (VIP4, VIP5)}
+    vip4 = support.certificate_section("vip4", certs[VIP4].cert, certs[VIP4].key, addresses=VIP4)
+    vip5 = support.certificate_section("vip5", certs[VIP5].cert, certs[VIP5].key, addresses=VIP5)
     root = tmp_path / "shared"  # the storage both nodes serve
     (root / "alice").mkdir(parents=True)
     result = Cluster(root, stats, explicit, implicit)
@@ -268,16 +270,10 @@ def cluster(
             [ports]
             explicit = {explicit}
             implicit = {implicit}
-            [certificate:vip4]
-            cert = {certs[VIP4].cert}
-            key = {certs[VIP4].key}
-            addresses = {VIP4}
+            {vip4}
             ; the health checks (PROXY LOCAL) reach the node's own address
             default = yes
-            [certificate:vip5]
-            cert = {certs[VIP5].cert}
-            key = {certs[VIP5].key}
-            addresses = {VIP5}
+            {vip5}
             [user:alice]
             home = {root}/alice
             permissions = elradfmw
