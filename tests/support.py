@@ -11,6 +11,7 @@ import datetime as dt
 import ftplib
 import io
 import os
+import random
 import signal
 import socket
 import ssl
@@ -35,6 +36,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def free_port_range(count: int, hosts: tuple[str, ...]) -> int:
+    """The first port of `count` consecutive ports free on every host in `hosts` right now."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000 - count)
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                for host in hosts:
+                    s = socket.socket()
+                    held.append(s)
+                    s.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+        return base
+    raise RuntimeError("no free port range")
 
 
 @dataclass
@@ -128,6 +150,59 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
+def section(name: str, **keys: object) -> str:
+    """The text of an INI section `[NAME]` with `keys` in their order, e.g.
+    section("user:alice", home=home, password=FAST_HASH)."""
+    return "".join([f"[{name}]\n", *(f"{key} = {value}\n" for key, value in keys.items())])
+
+
+def certificate_section(name: str, cert: Path, key: Path, **keys: str) -> str:
+    """A `[certificate:NAME]` section of `cert` and `key` plus `keys` (e.g. addresses=...,
+    default="yes", server_names=...)."""
+    return section(f"certificate:{name}", cert=cert, key=key, **keys)
+
+
+def node_config(
+    path: Path,
+    cert: CertFiles | None,
+    *sections: str,
+    addresses: str = "127.0.0.1",
+    explicit: int = 0,
+    implicit: int = 0,
+    server: str = "",
+    tls: str = "",
+    root: Path | None = None,
+) -> Path:
+    """Write a one-node config to `path`: [server] on `addresses`, its state_dir and (unless
+    `root`) its root `home` in the folder of `path`, then the lines `server`; [ports] (0: no
+    listener); [tls] with the lines `tls`; [certificate:main] serving `cert` wherever no other
+    certificate does (none if None); then `sections` (users, more certificates ...)."""
+    base = path.parent
+    text = [
+        section(
+            "server", addresses=addresses, state_dir=base / "state", root=root or base / "home"
+        ),
+        server,
+        section("ports", explicit=explicit, implicit=implicit),
+    ]
+    if tls:
+        text += ["[tls]", tls]
+    if cert is not None:
+        text.append(certificate_section("main", cert.cert, cert.key, default="yes"))
+    return write_config(path, "\n".join(text + list(sections)))
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to `proc` (a child the test started) unless it has exited; SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class ServerProcess:
     """`ftps-server serve` as a child process, ready when it says READY=1 over sd_notify."""
 
@@ -199,13 +274,7 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.log_file.close()
         self.notify.close()
         self.notify_path.unlink(missing_ok=True)
@@ -275,6 +344,24 @@ def store_and_fetch(ftp: ftplib.FTP, size: int, name: str = "blob.bin") -> None:
     got = io.BytesIO()
     ftp.retrbinary(f"RETR {name}", got.write)
     assert got.getvalue() == data
+
+
+def refused_upload(ftp: ReusingFTP_TLS, command: str, data: bytes = b"overwritten") -> str:
+    """`command` (STOR NAME, APPE NAME ...) sending `data` without resuming the TLS session
+    on the data connection, which the server must refuse (522); its final reply."""
+    ftp.reuse_session = False
+    try:
+        ftp.storbinary(command, io.BytesIO(data))
+        reply = "226?"  # pragma: no cover - storbinary raises on a 5xx
+    except ftplib.Error as err:
+        reply = str(err)
+    except (ssl.SSLError, OSError):  # broke on the client's side first; the reply is due
+        try:
+            reply = ftp.voidresp()
+        except ftplib.Error as err:
+            reply = str(err)
+    ftp.reuse_session = True
+    return reply
 
 
 def explicit_client(

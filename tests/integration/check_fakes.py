@@ -80,22 +80,11 @@ def dripping_listener(address: str) -> Iterator[int]:
             while not stopping.wait(0.2):
                 conn.sendall(b"220-still starting up\r\n")
 
-    with socket.create_server((address, 0)) as sock:
-        sock.settimeout(0.2)
-
-        def serve() -> None:
-            while not stopping.is_set():
-                with contextlib.suppress(TimeoutError):
-                    conn = sock.accept()[0]
-                    threading.Thread(target=drip, args=(conn,), daemon=True).start()
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        try:
-            yield sock.getsockname()[1]
-        finally:
-            stopping.set()
-            thread.join(5)
+    try:
+        with _serving(address, drip) as port:
+            yield port
+    finally:
+        stopping.set()  # the connections still dripping
 
 
 @contextlib.contextmanager

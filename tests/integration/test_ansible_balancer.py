@@ -7,15 +7,11 @@ shared storage, a node stopping).
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
-import json
 import os
-import random
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,20 +19,20 @@ from typing import Any
 
 import pytest
 import support
+from ansible_local import (
+    Ansible,
+    ansible_support,
+    inventory,
+    local_ansible,
+    template_play,
+    write_json,
+)
 from haproxy_support import need_haproxy
 
 from ftps_server.journal import message_ids
 from ftps_server.pki.passwords import HashParams, hash_password
 
-_SUPPORT = Path(__file__).resolve().parents[1] / "system" / "ansible_support.py"
-_spec = importlib.util.spec_from_file_location("ansible_support", _SUPPORT)
-assert _spec is not None and _spec.loader is not None
-ansible_support = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("ansible_support", ansible_support)
-_spec.loader.exec_module(ansible_support)
-
 ROLE = ansible_support.ANSIBLE_DIR / "roles" / "balancer"
-Ansible = tuple[Path, dict[str, str], Path]
 PASSWORD = "Balanced-Horse-Battery-16"
 FAST_HASH = hash_password(PASSWORD, HashParams(ln=10, r=8, p=1))
 BALANCER, VIP4, VIP5 = "127.0.0.2", "127.0.0.4", "127.0.0.5"
@@ -47,55 +43,23 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def ansible(tmp_path_factory: pytest.TempPathFactory) -> Ansible:
-    try:
-        bin_dir = ansible_support.ensure_venv()
-    except (subprocess.CalledProcessError, RuntimeError, OSError) as exc:  # no PyPI, no venv
-        pytest.fail(f"cannot build the Ansible venv: {exc}")
-    work = tmp_path_factory.mktemp("ansible-balancer")
-    env = ansible_support.ansible_env(bin_dir, ansible_support.collections_dir(work))
-    return bin_dir, env, work
-
-
-def _inventory(work: Path, name: str, nodes: dict[str, dict[str, Any]]) -> Path:
-    inventory = {
-        "all": {
-            "hosts": {"localhost": {"ansible_connection": "local"}},
-            "children": {"ftps_servers": {"hosts": nodes}},
-        }
-    }
-    path = work / f"{name}.inventory.yml"
-    path.write_text(json.dumps(inventory))
-    return path
+    return local_ansible(tmp_path_factory, "ansible-balancer")
 
 
 def _render(ansible: Ansible, name: str, nodes: dict[str, Any], variables: dict[str, Any]) -> str:
+    """The balancer's haproxy.cfg for `nodes`, rendered with the role's defaults and `variables`."""
     bin_dir, env, work = ansible
-    var_file = work / f"{name}.vars.yml"
-    var_file.write_text(json.dumps(variables))
+    var_file = write_json(work / f"{name}.vars.yml", variables)
     out = work / f"{name}.cfg"
-    play = [
-        {
-            "name": "Render the HAProxy configuration",
-            "hosts": "localhost",
-            "gather_facts": False,
-            "vars": {"ansible_python_interpreter": "{{ ansible_playbook_python }}"},
-            "tasks": [
-                {"ansible.builtin.include_vars": str(ROLE / "defaults" / "main.yml")},
-                {"ansible.builtin.include_vars": str(var_file)},
-                {
-                    "ansible.builtin.template": {
-                        "src": str(ROLE / "templates" / "haproxy.cfg.j2"),
-                        "dest": str(out),
-                        "mode": "0600",
-                    }
-                },
-            ],
-        }
-    ]
-    playbook = work / f"{name}.yml"
-    playbook.write_text(json.dumps(play))
+    play = template_play(
+        "localhost",
+        [ROLE / "defaults" / "main.yml", var_file],
+        ROLE / "templates" / "haproxy.cfg.j2",
+        str(out),
+    )
+    playbook = write_json(work / f"{name}.yml", [play])
     run = ansible_support.run_playbook(
-        bin_dir, env, playbook, _inventory(work, name, nodes), cwd=work
+        bin_dir, env, playbook, inventory(work, name, nodes), cwd=work
     )
     assert run.returncode == 0, run.tail()
     return out.read_text()
@@ -206,35 +170,14 @@ def test_a_broken_template_value_is_refused_by_haproxy_check(ansible: Ansible) -
 def test_argument_spec_needs_vips(ansible: Ansible) -> None:
     bin_dir, env, work = ansible
     play = [{"hosts": "localhost", "gather_facts": False, "roles": ["ftps_server.ftps.balancer"]}]
-    playbook = work / "no-vips.yml"
-    playbook.write_text(json.dumps(play))
-    inventory = _inventory(work, "no-vips", {"a": {"ansible_host": "192.0.2.1"}})
-    run = ansible_support.run_playbook(bin_dir, env, playbook, inventory, cwd=work)
+    playbook = write_json(work / "no-vips.yml", play)
+    nodes = inventory(work, "no-vips", {"a": {"ansible_host": "192.0.2.1"}})
+    run = ansible_support.run_playbook(bin_dir, env, playbook, nodes, cwd=work)
     assert run.returncode != 0
     assert "missing required arguments: balancer_vips" in run.output
 
 
 # --- the rendered configuration in front of two real nodes --------------------------------
-
-
-def _free_range(count: int, hosts: tuple[str, ...]) -> int:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 60000 - count)
-        held: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                for host in hosts:
-                    s = socket.socket()
-                    held.append(s)
-                    s.bind((host, port))
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-        return base
-    raise RuntimeError("no free port range")
 
 
 def _stats(sock_path: Path) -> dict[tuple[str, str], dict[str, str]]:
@@ -284,7 +227,7 @@ def cluster(
     explicit = support.free_port(VIP4)
     implicit = support.free_port(VIP4)
     size = 4
-    first = _free_range(size * 2, (VIP4, VIP5, *NODES.values()))
+    first = support.free_port_range(size * 2, (VIP4, VIP5, *NODES.values()))
     stats = tmp_path / "haproxy.sock"
     nodes = {name: {"balancer_node_address": address} for name, address in NODES.items()}
     text = _render(
@@ -306,6 +249,8 @@ def cluster(
         },
     )
     certs = {vip: pki.server(f"vip{vip[-1]}", vip) for vip in (VIP4, VIP5)}
+    vip4 = support.certificate_section("vip4", certs[VIP4].cert, certs[VIP4].key, addresses=VIP4)
+    vip5 = support.certificate_section("vip5", certs[VIP5].cert, certs[VIP5].key, addresses=VIP5)
     root = tmp_path / "shared"  # the storage both nodes serve
     (root / "alice").mkdir(parents=True)
     result = Cluster(root, stats, explicit, implicit)
@@ -325,16 +270,10 @@ def cluster(
             [ports]
             explicit = {explicit}
             implicit = {implicit}
-            [certificate:vip4]
-            cert = {certs[VIP4].cert}
-            key = {certs[VIP4].key}
-            addresses = {VIP4}
+            {vip4}
             ; the health checks (PROXY LOCAL) reach the node's own address
             default = yes
-            [certificate:vip5]
-            cert = {certs[VIP5].cert}
-            key = {certs[VIP5].key}
-            addresses = {VIP5}
+            {vip5}
             [user:alice]
             home = {root}/alice
             permissions = elradfmw
@@ -356,12 +295,7 @@ def cluster(
                 assert row["check_status"] == "L7OK", (row, text)
         yield result
     finally:
-        result.haproxy.send_signal(15)
-        try:
-            result.haproxy.wait(10)
-        except subprocess.TimeoutExpired:
-            result.haproxy.kill()
-            result.haproxy.wait(5)
+        support.stop_process(result.haproxy)
 
 
 def _curl(

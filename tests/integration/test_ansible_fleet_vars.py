@@ -5,26 +5,24 @@ validate.yml refusing bad values on the controller."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_local import (
+    Ansible,
+    ansible_support,
+    inventory,
+    local_ansible,
+    template_play,
+    validation_play,
+    write_json,
+)
 
 from ftps_server.config.loader import load
 
-_SUPPORT = Path(__file__).resolve().parents[1] / "system" / "ansible_support.py"
-_spec = importlib.util.spec_from_file_location("ansible_support", _SUPPORT)
-assert _spec is not None and _spec.loader is not None
-ansible_support = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("ansible_support", ansible_support)
-_spec.loader.exec_module(ansible_support)
-
 ROLE = ansible_support.ANSIBLE_DIR / "roles" / "ftps_server"
 BALANCER = ansible_support.ANSIBLE_DIR / "roles" / "balancer"
-Ansible = tuple[Path, dict[str, str], Path]
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -46,66 +44,29 @@ FLEET = {
 
 @pytest.fixture(scope="module")
 def ansible(tmp_path_factory: pytest.TempPathFactory) -> Ansible:
-    try:
-        bin_dir = ansible_support.ensure_venv()
-    except (OSError, RuntimeError) as exc:
-        pytest.fail(f"cannot build the Ansible venv: {exc}")
-    work = tmp_path_factory.mktemp("ansible-fleet")
-    env = ansible_support.ansible_env(bin_dir, ansible_support.collections_dir(work))
-    return bin_dir, env, work
-
-
-def _inventory(work: Path, name: str, nodes: dict[str, dict[str, Any]]) -> Path:
-    local = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-    }
-    inventory = {
-        "all": {
-            "hosts": {"localhost": local},
-            "children": {
-                "ftps_servers": {"hosts": {h: {**local, **v} for h, v in nodes.items()}},
-                "ftps_balancers": {"hosts": {"localhost": {}}},
-            },
-        }
-    }
-    path = work / f"{name}.inventory.yml"
-    path.write_text(json.dumps(inventory))
-    return path
+    return local_ansible(tmp_path_factory, "ansible-fleet")
 
 
 def _run(
     ansible: Ansible, name: str, nodes: dict[str, dict[str, Any]], plays: list[dict[str, Any]]
 ) -> ansible_support.PlaybookRun:
     bin_dir, env, work = ansible
-    playbook = work / f"{name}.yml"
-    playbook.write_text(json.dumps(plays))
+    playbook = write_json(work / f"{name}.yml", plays)
     return ansible_support.run_playbook(
-        bin_dir, env, playbook, _inventory(work, name, nodes), cwd=work
+        bin_dir, env, playbook, inventory(work, name, nodes), cwd=work
     )
 
 
 def _render_nodes(ansible: Ansible, name: str, variables: dict[str, Any]) -> dict[str, str]:
     """Each node's rendered ftps-server.ini, by host name."""
     work = ansible[2]
-    var_file = work / f"{name}.vars.yml"
-    var_file.write_text(json.dumps(variables))
-    play = {
-        "hosts": "ftps_servers",
-        "gather_facts": False,
-        "tasks": [
-            {"ansible.builtin.include_vars": str(ROLE / "defaults" / "main.yml")},
-            {"ansible.builtin.include_vars": str(ROLE / "vars" / "main.yml")},
-            {"ansible.builtin.include_vars": str(var_file)},
-            {
-                "ansible.builtin.template": {
-                    "src": str(ROLE / "templates" / "ftps-server.ini.j2"),
-                    "dest": str(work / name) + "-{{ inventory_hostname }}.ini",
-                    "mode": "0600",
-                }
-            },
-        ],
-    }
+    var_file = write_json(work / f"{name}.vars.yml", variables)
+    play = template_play(
+        "ftps_servers",
+        [ROLE / "defaults" / "main.yml", ROLE / "vars" / "main.yml", var_file],
+        ROLE / "templates" / "ftps-server.ini.j2",
+        str(work / name) + "-{{ inventory_hostname }}.ini",
+    )
     run = _run(ansible, name, NODES, [play])
     assert run.returncode == 0, run.tail()
     return {h: (work / f"{name}-{h}.ini").read_text() for h in NODES}
@@ -115,31 +76,20 @@ def _balancer_ranges(ansible: Ansible, first: int = 40000) -> dict[str, str]:
     """passive range per node in the balancer role's haproxy.cfg for the same inventory."""
     work = ansible[2]
     out = work / "fleet-haproxy.cfg"
-    var_file = work / "fleet-balancer.vars.yml"
-    var_file.write_text(
-        json.dumps(
-            {
-                "balancer_vips": ["198.51.100.10"],
-                "balancer_passive_first": first,
-                "balancer_passive_size": 100,
-            }
-        )
+    var_file = write_json(
+        work / "fleet-balancer.vars.yml",
+        {
+            "balancer_vips": ["198.51.100.10"],
+            "balancer_passive_first": first,
+            "balancer_passive_size": 100,
+        },
     )
-    play = {
-        "hosts": "localhost",
-        "gather_facts": False,
-        "tasks": [
-            {"ansible.builtin.include_vars": str(BALANCER / "defaults" / "main.yml")},
-            {"ansible.builtin.include_vars": str(var_file)},
-            {
-                "ansible.builtin.template": {
-                    "src": str(BALANCER / "templates" / "haproxy.cfg.j2"),
-                    "dest": str(out),
-                    "mode": "0600",
-                }
-            },
-        ],
-    }
+    play = template_play(
+        "localhost",
+        [BALANCER / "defaults" / "main.yml", var_file],
+        BALANCER / "templates" / "haproxy.cfg.j2",
+        str(out),
+    )
     run = _run(ansible, f"fleet-balancer-{first}", NODES, [play])
     assert run.returncode == 0, run.tail()
     ranges, current = {}, ""
@@ -180,39 +130,13 @@ def test_without_a_fleet_nothing_changes(ansible: Ansible) -> None:
 
 def _validate(ansible: Ansible, name: str, variables: dict[str, Any]) -> str:
     """validate.yml on every node; the output of a run that must fail."""
-    play = {
-        "hosts": "ftps_servers",
-        "gather_facts": False,
-        "vars": variables,
-        "tasks": [
-            {
-                "ansible.builtin.include_role": {
-                    "name": "ftps_server.ftps.ftps_server",
-                    "tasks_from": "validate.yml",
-                }
-            }
-        ],
-    }
-    run = _run(ansible, name, NODES, [play])
+    run = _run(ansible, name, NODES, [validation_play("ftps_servers", variables)])
     assert run.returncode != 0, run.tail()
     return run.output
 
 
 def test_valid_fleet_values_pass_validation(ansible: Ansible) -> None:
-    play = {
-        "hosts": "ftps_servers",
-        "gather_facts": False,
-        "vars": FLEET,
-        "tasks": [
-            {
-                "ansible.builtin.include_role": {
-                    "name": "ftps_server.ftps.ftps_server",
-                    "tasks_from": "validate.yml",
-                }
-            }
-        ],
-    }
-    run = _run(ansible, "valid", NODES, [play])
+    run = _run(ansible, "valid", NODES, [validation_play("ftps_servers", FLEET)])
     assert run.returncode == 0, run.tail()
 
 
@@ -236,21 +160,9 @@ def test_bad_fleet_values_are_refused(ansible: Ansible, change: dict[str, Any], 
 
 
 def test_duplicate_node_indexes_are_refused(ansible: Ansible) -> None:
-    play = {
-        "hosts": "ftps_servers",
-        "gather_facts": False,
-        "vars": FLEET,
-        "tasks": [
-            {
-                "ansible.builtin.include_role": {
-                    "name": "ftps_server.ftps.ftps_server",
-                    "tasks_from": "validate.yml",
-                }
-            }
-        ],
-    }
     # ftp-b is 1 by its place; pinning ftp-c to 1 as well would give two nodes one range
-    run = _run(ansible, "dup", {**NODES, "ftp-c": {"balancer_node_index": 1}}, [play])
+    nodes = {**NODES, "ftp-c": {"balancer_node_index": 1}}
+    run = _run(ansible, "dup", nodes, [validation_play("ftps_servers", FLEET)])
     assert run.returncode != 0
     assert "indexes (balancer_node_index or the place by name) distinct" in " ".join(
         run.output.split()
@@ -272,7 +184,7 @@ def test_documented_group_vars_give_the_balancers_ranges(ansible: Ansible) -> No
     inv_dir = work / "docs-inv"
     (inv_dir / "group_vars").mkdir(parents=True)
     (inv_dir / "group_vars" / "all.yml").write_text(_docs_all_yml())
-    inventory = _inventory(inv_dir, "docs", NODES)
+    docs_inventory = inventory(inv_dir, "docs", NODES)
     play = {
         "hosts": "ftps_servers",
         "gather_facts": False,
@@ -292,9 +204,8 @@ def test_documented_group_vars_give_the_balancers_ranges(ansible: Ansible) -> No
             },
         ],
     }
-    playbook = work / "docs.yml"
-    playbook.write_text(json.dumps([play]))
-    run = ansible_support.run_playbook(bin_dir, env, playbook, inventory, cwd=work)
+    playbook = write_json(work / "docs.yml", [play])
+    run = ansible_support.run_playbook(bin_dir, env, playbook, docs_inventory, cwd=work)
     assert run.returncode == 0, run.tail()
     ranges = {h: (work / f"docs-{h}.txt").read_text().strip() for h in NODES}
     assert ranges == _balancer_ranges(ansible, 60000)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import configparser
 import datetime
 import grp
-import importlib.util
 import json
 import os
 import pwd
@@ -22,19 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_local import (
+    Ansible,
+    ansible_support,
+    local_ansible,
+    template_play,
+    validation_play,
+    write_json,
+)
 
 from ftps_server.config.loader import load
 
-_SUPPORT = Path(__file__).resolve().parents[1] / "system" / "ansible_support.py"
-_spec = importlib.util.spec_from_file_location("ansible_support", _SUPPORT)
-assert _spec is not None and _spec.loader is not None
-ansible_support = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("ansible_support", ansible_support)
-_spec.loader.exec_module(ansible_support)
-
 ROLE = ansible_support.ANSIBLE_DIR / "roles" / "ftps_server"
-#: (venv bin dir, environment, work dir)
-Ansible = tuple[Path, dict[str, str], Path]
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -42,13 +40,7 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def ansible(tmp_path_factory: pytest.TempPathFactory) -> Ansible:
     """(venv bin dir, environment, work dir) for running ansible locally."""
-    try:
-        bin_dir = ansible_support.ensure_venv()
-    except (subprocess.CalledProcessError, RuntimeError, OSError) as exc:  # no PyPI, no venv
-        pytest.fail(f"cannot build the Ansible venv: {exc}")
-    work = tmp_path_factory.mktemp("ansible")
-    env = ansible_support.ansible_env(bin_dir, ansible_support.collections_dir(work))
-    return bin_dir, env, work
+    return local_ansible(tmp_path_factory, "ansible")
 
 
 def _local_run(
@@ -58,8 +50,7 @@ def _local_run(
     args: tuple[str, ...] = (),
 ) -> ansible_support.PlaybookRun:
     bin_dir, env, work = ansible
-    playbook = work / f"{name}.yml"
-    playbook.write_text(json.dumps(play))  # JSON is YAML
+    playbook = write_json(work / f"{name}.yml", play)
     inventory = work / "localhost.ini"
     inventory.write_text("localhost ansible_connection=local\n")
     return ansible_support.run_playbook(bin_dir, env, playbook, inventory, args=args, cwd=work)
@@ -70,30 +61,15 @@ def _render(
 ) -> str:
     """A role template rendered with the role's defaults, its vars and `variables`."""
     _, _, work = ansible
-    var_file = work / f"{name}.vars.yml"
-    var_file.write_text(json.dumps(variables))
+    var_file = write_json(work / f"{name}.vars.yml", variables)
     out = work / f"{name}.ini"
-    play = [
-        {
-            "name": "Render the ftps-server configuration",
-            "hosts": "localhost",
-            "gather_facts": False,
-            "vars": {"ansible_python_interpreter": "{{ ansible_playbook_python }}"},
-            "tasks": [
-                {"ansible.builtin.include_vars": str(ROLE / "defaults" / "main.yml")},
-                {"ansible.builtin.include_vars": str(ROLE / "vars" / "main.yml")},
-                {"ansible.builtin.include_vars": str(var_file)},
-                {
-                    "ansible.builtin.template": {
-                        "src": str(ROLE / "templates" / template),
-                        "dest": str(out),
-                        "mode": "0600",
-                    }
-                },
-            ],
-        }
-    ]
-    run = _local_run(ansible, f"render-{name}", play)
+    play = template_play(
+        "localhost",
+        [ROLE / "defaults" / "main.yml", ROLE / "vars" / "main.yml", var_file],
+        ROLE / "templates" / template,
+        str(out),
+    )
+    run = _local_run(ansible, f"render-{name}", [play])
     assert run.returncode == 0, run.tail()
     return out.read_text()
 
@@ -402,6 +378,13 @@ def _validate(
     return _local_run(ansible, f"validate-{name}", play)
 
 
+def _run_validate_tasks(
+    ansible: Ansible, name: str, variables: dict[str, Any]
+) -> ansible_support.PlaybookRun:
+    """The role's validate.yml (the first tasks of tasks/main.yml) with `variables`."""
+    return _local_run(ansible, f"checks-{name}", [validation_play("localhost", variables)])
+
+
 def test_argument_spec_accepts_the_full_example(ansible: Ansible) -> None:
     run = _validate(ansible, "full", _full_vars("/etc/ftps-server/tls"))
     assert run.returncode == 0, run.tail()
@@ -434,29 +417,16 @@ def test_cross_variable_checks_fail_on_the_controller(
     ansible: Ansible,
 ) -> None:
     """validate.yml (the role's first tasks) rejects two default certificates."""
-    play = [
+    run = _run_validate_tasks(
+        ansible,
+        "cross",
         {
-            "name": "Run the role's own variable checks",
-            "hosts": "localhost",
-            "gather_facts": False,
-            "vars": {
-                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-                "ftps_server_certificates": [
-                    {"name": "a", "cert_content": "x", "key_content": "y", "default": True},
-                    {"name": "b", "cert_content": "x", "key_content": "y", "default": True},
-                ],
-            },
-            "tasks": [
-                {
-                    "ansible.builtin.include_role": {
-                        "name": "ftps_server.ftps.ftps_server",
-                        "tasks_from": "validate.yml",
-                    }
-                }
+            "ftps_server_certificates": [
+                {"name": "a", "cert_content": "x", "key_content": "y", "default": True},
+                {"name": "b", "cert_content": "x", "key_content": "y", "default": True},
             ],
-        }
-    ]
-    run = _local_run(ansible, "cross", play)
+        },
+    )
     assert run.returncode != 0
     assert "At most one entry of ftps_server_certificates may have default true" in run.output
 
@@ -505,26 +475,7 @@ def test_address_unit_and_dropin(ansible: Ansible) -> None:
 
 
 def test_probe_certificate_without_key_is_refused(ansible: Ansible) -> None:
-    play = [
-        {
-            "name": "Run the role's own variable checks",
-            "hosts": "localhost",
-            "gather_facts": False,
-            "vars": {
-                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-                "ftps_server_check_client_cert_content": "PEM",
-            },
-            "tasks": [
-                {
-                    "ansible.builtin.include_role": {
-                        "name": "ftps_server.ftps.ftps_server",
-                        "tasks_from": "validate.yml",
-                    }
-                }
-            ],
-        }
-    ]
-    run = _local_run(ansible, "probe", play)
+    run = _run_validate_tasks(ansible, "probe", {"ftps_server_check_client_cert_content": "PEM"})
     assert run.returncode != 0
     assert "Set both the probe certificate" in run.output
 
@@ -601,29 +552,6 @@ def test_tls_purge_removes_only_unnamed_files(ansible: Ansible) -> None:
     assert first.recap("localhost")["changed"] == 1
     second = _local_run(ansible, "purge", play, args=extra)
     assert second.returncode == 0 and second.recap("localhost")["changed"] == 0
-
-
-def _run_validate_tasks(
-    ansible: Ansible, name: str, variables: dict[str, Any]
-) -> ansible_support.PlaybookRun:
-    """The role's validate.yml (the first tasks of tasks/main.yml) with `variables`."""
-    play = [
-        {
-            "name": "Run the role's own variable checks",
-            "hosts": "localhost",
-            "gather_facts": False,
-            "vars": {"ansible_python_interpreter": "{{ ansible_playbook_python }}", **variables},
-            "tasks": [
-                {
-                    "ansible.builtin.include_role": {
-                        "name": "ftps_server.ftps.ftps_server",
-                        "tasks_from": "validate.yml",
-                    }
-                }
-            ],
-        }
-    ]
-    return _local_run(ansible, f"inject-{name}", play)
 
 
 def test_validation_runs_before_anything_changes() -> None:
@@ -757,12 +685,8 @@ def _stage(
             ],
         }
     ]
-    playbook = work / f"stage-{name}.yml"
-    playbook.write_text(json.dumps(play))
-    inventory = work / "localhost.ini"
-    inventory.write_text("localhost ansible_connection=local\n")
-    env = {**env, "PATH": f"{shim}:{env['PATH']}"}
-    return ansible_support.run_playbook(bin_dir, env, playbook, inventory, cwd=work)
+    with_shim = {**env, "PATH": f"{shim}:{env['PATH']}"}
+    return _local_run((bin_dir, with_shim, work), f"stage-{name}", play)
 
 
 def _cert_entry(name: str, leaf: Any, key: Any = None) -> dict[str, Any]:

@@ -29,23 +29,14 @@ def _config(
     pki: support.Pki, tmp_path: Path, with_cert: bool = True
 ) -> tuple[Path, dict[str, int]]:
     cert = pki.server("bind", HOST)
-    section = f"[certificate:main]\ncert = {cert.cert}\nkey = {cert.key}\ndefault = yes"
     (tmp_path / "home" / "alice").mkdir(parents=True, exist_ok=True)
     ports = {"explicit": support.free_port(HOST), "implicit": support.free_port(HOST)}
-    path = support.write_config(
+    path = support.node_config(
         tmp_path / "bind.ini",
-        f"""
-        [server]
-        addresses = {HOST}
-        state_dir = {tmp_path}/state
-        root = {tmp_path}/home
-        [ports]
-        explicit = {ports["explicit"]}
-        implicit = {ports["implicit"]}
-        {section if with_cert else ""}
-        [user:alice]
-        password = {FAST_HASH}
-        """,
+        cert if with_cert else None,
+        support.section("user:alice", password=FAST_HASH),
+        addresses=HOST,
+        **ports,
     )
     return path, ports
 

@@ -46,30 +46,17 @@ def site(pki: support.Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     home.mkdir(parents=True)
     (home / "secret.bin").write_bytes(SECRET)
     ports = {"explicit": support.free_port(), "implicit": support.free_port()}
-    config = support.write_config(
+    password = hash_password(PASSWORD, HashParams(ln=10, r=8, p=1))
+    config = support.node_config(
         tmp / "ftps-server.ini",
-        f"""
-        [server]
-        addresses = {HOST}
-        state_dir = {tmp}/state
-        root = {tmp}/home
-        handshake_timeout = 5
-        [ports]
-        explicit = {ports["explicit"]}
-        implicit = {ports["implicit"]}
-        [certificate:main]
-        cert = {main.cert}
-        key = {main.key}
-        default = yes
-        [certificate:named]
-        cert = {named.cert}
-        key = {named.key}
-        server_names = ftp.example.test
-        [user:alice]
-        home = {home}
-        permissions = elradfmw
-        password = {hash_password(PASSWORD, HashParams(ln=10, r=8, p=1))}
-        """,
+        main,
+        support.certificate_section(
+            "named", named.cert, named.key, server_names="ftp.example.test"
+        ),
+        support.section("user:alice", home=home, permissions="elradfmw", password=password),
+        addresses=HOST,
+        server="handshake_timeout = 5",
+        **ports,
     )
     server = support.ServerProcess(config, tmp)
     try:

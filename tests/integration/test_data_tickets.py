@@ -28,27 +28,12 @@ def port(pki: support.Pki, tmp_path: Path, start_server: Any) -> int:
     home = tmp_path / "home" / "alice"
     home.mkdir(parents=True)
     port = support.free_port()
-    config = support.write_config(
+    config = support.node_config(
         tmp_path / "c.ini",
-        f"""
-        [server]
-        addresses = 127.0.0.1
-        state_dir = {tmp_path}/state
-        root = {tmp_path}/home
-        [ports]
-        explicit = {port}
-        implicit = 0
-        [tls]
-        min_version = TLSv1.3
-        [certificate:main]
-        cert = {cert.cert}
-        key = {cert.key}
-        default = yes
-        [user:alice]
-        home = {home}
-        permissions = elradfmw
-        password = {FAST_HASH}
-        """,
+        cert,
+        support.section("user:alice", home=home, permissions="elradfmw", password=FAST_HASH),
+        explicit=port,
+        tls="min_version = TLSv1.3",
     )
     start_server(config)
     return port

@@ -78,25 +78,14 @@ def start_server(tmp_path: Path, export: Path) -> tuple[subprocess.Popen[bytes],
     port = support.free_port(HOST)
     (tmp_path / "root" / "bob").mkdir(parents=True)
     (tmp_path / "state").mkdir()
-    config = support.write_config(
+    config = support.node_config(
         tmp_path / "ftps-server.ini",
-        f"""
-[server]
-addresses = {HOST}, ::1
-state_dir = {tmp_path}/state
-root = {tmp_path}/root
-key_group = root
-max_login_failures = 100
-[ports]
-explicit = {port}
-implicit = 0
-[certificate:main]
-cert = {cert.cert}
-key = {cert.key}
-default = yes
-[user:bob]
-password = {hash_password(RIGHT, FAST)}
-""",
+        cert,
+        support.section("user:bob", password=hash_password(RIGHT, FAST)),
+        addresses=f"{HOST}, ::1",
+        explicit=port,
+        server="key_group = root\nmax_login_failures = 100",
+        root=tmp_path / "root",
     )
     stand_in = tmp_path / "journal-stand-in" / "systemd"
     stand_in.mkdir(parents=True)

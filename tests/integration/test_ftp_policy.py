@@ -17,40 +17,32 @@ import support
 from test_ftps import FAST_HASH, PASSWORD
 
 
-def _config(pki: support.Pki, tmp_path: Path, server_extra: str = "", tls_extra: str = "",
-            addresses: str = "127.0.0.1") -> tuple[Path, dict[str, int]]:
+def _config(
+    pki: support.Pki,
+    tmp_path: Path,
+    server_extra: str = "",
+    tls_extra: str = "",
+    addresses: str = "127.0.0.1",
+) -> tuple[Path, dict[str, int]]:
     cert = pki.server("policy", "127.0.0.1", "::1")
     home = tmp_path / "home" / "alice"
     home.mkdir(parents=True, exist_ok=True)
     ports = {"explicit": support.free_port(), "implicit": support.free_port()}
-    path = support.write_config(
+    path = support.node_config(
         tmp_path / "policy.ini",
-        f"""
-        [server]
-        addresses = {addresses}
-        state_dir = {tmp_path}/state
-        root = {tmp_path}/home
-        {server_extra}
-        [ports]
-        explicit = {ports["explicit"]}
-        implicit = {ports["implicit"]}
-        [tls]
-        {tls_extra}
-        [certificate:main]
-        cert = {cert.cert}
-        key = {cert.key}
-        default = yes
-        [user:alice]
-        home = {home}
-        permissions = elradfmw
-        password = {FAST_HASH}
-        """,
+        cert,
+        support.section("user:alice", home=home, permissions="elradfmw", password=FAST_HASH),
+        addresses=addresses,
+        server=server_extra,
+        tls=tls_extra,
+        **ports,
     )
     return path, ports
 
 
-def test_ccc_clears_the_control_channel_when_allowed(pki: support.Pki, tmp_path: Path,
-                                                     start_server: object) -> None:
+def test_ccc_clears_the_control_channel_when_allowed(
+    pki: support.Pki, tmp_path: Path, start_server: object
+) -> None:
     config, ports = _config(pki, tmp_path, tls_extra="allow_ccc = yes")
     start_server(config)  # type: ignore[operator]
     ftp = support.explicit_client(pki, "127.0.0.1", ports["explicit"])
@@ -66,8 +58,7 @@ def test_ccc_clears_the_control_channel_when_allowed(pki: support.Pki, tmp_path:
     ftp.quit()
 
 
-def test_ccc_refused_by_default(pki: support.Pki, tmp_path: Path,
-                                start_server: object) -> None:
+def test_ccc_refused_by_default(pki: support.Pki, tmp_path: Path, start_server: object) -> None:
     config, ports = _config(pki, tmp_path)
     start_server(config)  # type: ignore[operator]
     ftp = support.explicit_client(pki, "127.0.0.1", ports["explicit"])
@@ -78,10 +69,11 @@ def test_ccc_refused_by_default(pki: support.Pki, tmp_path: Path,
     ftp.quit()
 
 
-def test_plain_ftp_only_when_allowed_and_only_on_explicit(pki: support.Pki, tmp_path: Path,
-                                                          start_server: object) -> None:
-    config, ports = _config(pki, tmp_path, server_extra="allow_plain_ftp = yes",
-                            tls_extra="require_data_protection = no")
+def test_plain_ftp_only_when_allowed_and_only_on_explicit(
+    pki: support.Pki, tmp_path: Path, start_server: object
+) -> None:
+    plain = "require_data_protection = no"
+    config, ports = _config(pki, tmp_path, server_extra="allow_plain_ftp = yes", tls_extra=plain)
     start_server(config)  # type: ignore[operator]
     ftp = ftplib.FTP()
     ftp.connect("127.0.0.1", ports["explicit"], timeout=10)
@@ -90,8 +82,9 @@ def test_plain_ftp_only_when_allowed_and_only_on_explicit(pki: support.Pki, tmp_
     ftp.quit()
 
 
-def test_nat_rule_sets_the_pasv_address(pki: support.Pki, tmp_path: Path,
-                                        start_server: object) -> None:
+def test_nat_rule_sets_the_pasv_address(
+    pki: support.Pki, tmp_path: Path, start_server: object
+) -> None:
     nat = "nat = 10.0.0.0/8 -> 10.0.0.5, 127.0.0.0/8 -> 192.0.2.7, 0.0.0.0/0 -> 203.0.113.5"
     config, ports = _config(pki, tmp_path, server_extra=f"{nat}\npassive_ports = 50100-50110")
     start_server(config)  # type: ignore[operator]
@@ -104,8 +97,7 @@ def test_nat_rule_sets_the_pasv_address(pki: support.Pki, tmp_path: Path,
     ftp.quit()
 
 
-def test_connections_per_ip_limit(pki: support.Pki, tmp_path: Path,
-                                  start_server: object) -> None:
+def test_connections_per_ip_limit(pki: support.Pki, tmp_path: Path, start_server: object) -> None:
     config, ports = _config(pki, tmp_path, server_extra="max_connections_per_ip = 2")
     start_server(config)  # type: ignore[operator]
     held = [socket.create_connection(("127.0.0.1", ports["explicit"]), 5) for _ in range(2)]
@@ -140,14 +132,16 @@ def test_passive_transfers_on_a_dual_stack_listener_with_a_port_range(
     # learn the address family; the range-exhausted refusal took that for its kernel-port
     # fallback and every PASV/EPSV killed the session (curl: response reading failed)
     low = support.free_port()
-    config, ports = _config(pki, tmp_path, addresses="*",
-                            server_extra=f"passive_ports = {low}-{low + 9}")
+    config, ports = _config(
+        pki, tmp_path, addresses="*", server_extra=f"passive_ports = {low}-{low + 9}"
+    )
     start_server(config)  # type: ignore[operator]
     ftp = support.explicit_client(pki, "127.0.0.1", ports["explicit"])
     ftp.login("alice", PASSWORD)
     ftp.storbinary("STOR dual.bin", io.BytesIO(b"dual" * 1000))
     assert ftp.nlst() == ["dual.bin"]
     ftp.quit()
+
 
 class _BioClient:
     """An FTPS client whose TLS runs over memory BIOs, so the test decides what goes into

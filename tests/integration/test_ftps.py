@@ -52,6 +52,10 @@ def make_site(pki: support.Pki, tmp_path: Path, extra: str = "", **overrides: st
     home = tmp_path / "home" / "alice"
     home.mkdir(parents=True, exist_ok=True)
     ports = _ports()
+
+    def section(name: str, **keys: str) -> str:
+        return support.certificate_section(name, certs[name].cert, certs[name].key, **keys)
+
     text = f"""
         [server]
         addresses = 127.0.0.1, 127.0.0.2, 127.0.0.3
@@ -65,22 +69,10 @@ def make_site(pki: support.Pki, tmp_path: Path, extra: str = "", **overrides: st
         client_cert_implicit = {ports["client_cert_implicit"]}
         [tls]
         client_ca = {pki.ca_file}
-        [certificate:main]
-        cert = {certs["main"].cert}
-        key = {certs["main"].key}
-        default = yes
-        [certificate:two]
-        cert = {certs["two"].cert}
-        key = {certs["two"].key}
-        addresses = 127.0.0.2
-        [certificate:three]
-        cert = {certs["three"].cert}
-        key = {certs["three"].key}
-        addresses = 127.0.0.3
-        [certificate:named]
-        cert = {certs["named"].cert}
-        key = {certs["named"].key}
-        server_names = ftp.example.test
+        {section("main", default="yes")}
+        {section("two", addresses="127.0.0.2")}
+        {section("three", addresses="127.0.0.3")}
+        {section("named", server_names="ftp.example.test")}
         [user:alice]
         home = {home}
         permissions = elradfmw

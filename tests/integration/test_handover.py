@@ -30,26 +30,18 @@ def _config(
     pki: support.Pki, tmp_path: Path, drain: int = 60, broken: bool = False, workers: int = 1
 ) -> Path:
     cert = pki.server("handover", HOST)
-    return support.write_config(
+    return support.node_config(
         tmp_path / "handover.ini",
-        f"""
-        [server]
-        addresses = {HOST}
-        state_dir = {tmp_path}/state
-        root = {tmp_path}/home
+        cert,
+        support.section("user:alice", password=FAST_HASH),
+        addresses=HOST,
+        explicit=_config.ports[0],
+        implicit=_config.ports[1],
+        server=f"""
         drain_timeout = {drain}
         workers = {workers}
         passive_ports = {_config.passive}
         {"no_such_key = 1" if broken else ""}
-        [ports]
-        explicit = {_config.ports[0]}
-        implicit = {_config.ports[1]}
-        [certificate:main]
-        cert = {cert.cert}
-        key = {cert.key}
-        default = yes
-        [user:alice]
-        password = {FAST_HASH}
         """,
     )
 

@@ -59,23 +59,6 @@ def _digest(path: Path) -> str:
 # --- 18.1: nothing changes before the data connection is accepted --------------------------
 
 
-def _refused_upload(ftp: support.ReusingFTP_TLS, command: str) -> str:
-    """Upload without resuming the session; the server's final reply."""
-    ftp.reuse_session = False  # a client that does not resume: the server refuses with 522
-    try:
-        ftp.storbinary(command, io.BytesIO(b"overwritten"))
-        reply = "226?"  # pragma: no cover - storbinary raises on a 5xx
-    except ftplib.Error as err:
-        reply = str(err)
-    except (ssl.SSLError, OSError):  # broke on the client's side first; the reply is due
-        try:
-            reply = ftp.voidresp()
-        except ftplib.Error as err:
-            reply = str(err)
-    ftp.reuse_session = True
-    return reply
-
-
 @pytest.mark.parametrize("command", ["STOR", "APPE"])
 def test_refused_upload_leaves_the_existing_file_byte_identical(
     pki: support.Pki, tmp_path: Path, start_server: Any, command: str
@@ -86,7 +69,7 @@ def test_refused_upload_leaves_the_existing_file_byte_identical(
     precious.write_bytes(os.urandom(5 * 1024 * 1024))
     before, mtime = _digest(precious), precious.stat().st_mtime_ns
     ftp = _login(pki, port)
-    assert _refused_upload(ftp, f"{command} precious.bin").startswith("522")
+    assert support.refused_upload(ftp, f"{command} precious.bin").startswith("522")
     assert _digest(precious) == before
     assert precious.stat().st_mtime_ns == mtime
     assert ftp.voidcmd("NOOP").startswith("200")  # one reply only: the next is NOOP's
@@ -100,7 +83,7 @@ def test_refused_upload_creates_no_file(
 ) -> None:
     _, port, home = _server(pki, tmp_path, start_server)
     ftp = _login(pki, port)
-    assert _refused_upload(ftp, command).startswith("522")
+    assert support.refused_upload(ftp, command).startswith("522")
     assert sorted(p.name for p in home.iterdir()) == []
     assert ftp.voidcmd("NOOP").startswith("200")
     ftp.quit()

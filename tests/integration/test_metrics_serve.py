@@ -57,33 +57,17 @@ def start_site(base: Path) -> Site:
     expired = pki.server("expired", BAD, days=-3, not_before=old)
     ports = {"explicit": support.free_port(GOOD), "implicit": support.free_port(GOOD)}
     metrics_port = support.free_port(GOOD)
-    config = support.write_config(
+    config = support.node_config(
         base / "ftps-server.ini",
-        f"""
-[server]
-addresses = {GOOD}, {BAD}
-state_dir = {base}/state
-root = {base}/root
-key_group = root
-max_login_failures = 2
-ban_time = 60
-[ports]
-explicit = {ports["explicit"]}
-implicit = {ports["implicit"]}
-[certificate:good]
-cert = {good.cert}
-key = {good.key}
-addresses = {GOOD}
-[certificate:expired]
-cert = {expired.cert}
-key = {expired.key}
-addresses = {BAD}
-[user:bob]
-password = {hash_password(RIGHT, FAST)}
-permissions = elradfmw
-[metrics]
-listen = {GOOD}:{metrics_port}
-""",
+        None,
+        support.certificate_section("good", good.cert, good.key, addresses=GOOD),
+        support.certificate_section("expired", expired.cert, expired.key, addresses=BAD),
+        support.section("user:bob", password=hash_password(RIGHT, FAST), permissions="elradfmw"),
+        support.section("metrics", listen=f"{GOOD}:{metrics_port}"),
+        addresses=f"{GOOD}, {BAD}",
+        server="key_group = root\nmax_login_failures = 2\nban_time = 60",
+        root=base / "root",
+        **ports,
     )
     server = support.ServerProcess(config, base)
     url = f"http://{GOOD}:{metrics_port}/metrics"

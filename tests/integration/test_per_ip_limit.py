@@ -28,18 +28,12 @@ def server(tmp_path: Path, start_server: Any) -> int:
         pytest.skip("no dual-stack IPv6 socket here")
     for attempt in range(3):  # other test runs on this machine may take the port meanwhile
         port = _dual_stack_port()
-        config = support.write_config(
+        config = support.node_config(
             tmp_path / f"c{attempt}.ini",
-            f"""
-            [server]
-            addresses = *
-            max_connections_per_ip = 2
-            state_dir = {tmp_path}/state
-            root = {tmp_path}/home
-            [ports]
-            explicit = {port}
-            implicit = 0
-            """,
+            None,
+            addresses="*",
+            explicit=port,
+            server="max_connections_per_ip = 2",
         )
         process = start_server(config)
         if "failed to bind" not in process.status():

@@ -35,27 +35,6 @@ BALANCER, NODE, VIP4, VIP5 = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
 pytestmark = pytest.mark.skipif(not shutil.which("curl"), reason="curl not installed")
 
 
-def _free_range(count: int, hosts: tuple[str, ...]) -> int:
-    """The first port of `count` consecutive ports free on every host in `hosts`."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 60000 - count)
-        try:
-            held = []
-            for port in range(base, base + count):
-                for host in hosts:
-                    s = socket.socket()
-                    held.append(s)
-                    s.bind((host, port))
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-        return base
-    raise RuntimeError("no free port range")
-
-
 # --- what a real HAProxy sends, against headers built by hand -------------------------------
 
 
@@ -143,7 +122,7 @@ def fleet(
     home.mkdir(parents=True)
     explicit = support.free_port(NODE)
     implicit = support.free_port(NODE)
-    low = _free_range(6, (NODE, VIP4, VIP5))
+    low = support.free_port_range(6, (NODE, VIP4, VIP5))
     high = low + 5
     config = support.write_config(
         tmp_path / "ftps-server.ini",

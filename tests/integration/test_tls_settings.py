@@ -19,22 +19,10 @@ HOST = "127.0.0.1"
 def _serve(pki: support.Pki, tmp_path: Path, start_server: object, tls: str = "") -> int:
     cert = pki.server("main", HOST)
     port = support.free_port()
-    text = f"""
-        [server]
-        addresses = {HOST}
-        state_dir = {tmp_path}/state
-        root = {tmp_path}
-        [ports]
-        explicit = 0
-        implicit = {port}
-        [tls]
-        {tls}
-        [certificate:main]
-        cert = {cert.cert}
-        key = {cert.key}
-        default = yes
-    """
-    start_server(support.write_config(tmp_path / "ftps-server.ini", text))  # type: ignore[operator]
+    config = support.node_config(
+        tmp_path / "ftps-server.ini", cert, addresses=HOST, implicit=port, tls=tls, root=tmp_path
+    )
+    start_server(config)  # type: ignore[operator]
     return port
 
 

@@ -35,25 +35,10 @@ def server_site(
     home = tmp_path / "home" / "alice"
     home.mkdir(parents=True)
     port = support.free_port()
-    config = support.write_config(
-        tmp_path / "ftps-server.ini",
-        f"""
-        [server]
-        addresses = {HOST}
-        state_dir = {tmp_path}/state
-        root = {tmp_path}/home
-        [ports]
-        explicit = {port}
-        implicit = 0
-        [certificate:main]
-        cert = {cert.cert}
-        key = {cert.key}
-        default = yes
-        [user:alice]
-        home = {home}
-        permissions = elradfmw
-        password = {hash_password(PASSWORD, HashParams(ln=10, r=8, p=1))}
-        """,
+    password = hash_password(PASSWORD, HashParams(ln=10, r=8, p=1))
+    alice = support.section("user:alice", home=home, permissions="elradfmw", password=password)
+    config = support.node_config(
+        tmp_path / "ftps-server.ini", cert, alice, addresses=HOST, explicit=port
     )
     start_server(config)  # type: ignore[operator]
     return pki, home, port

@@ -41,27 +41,14 @@ def site(pki: support.Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     home.mkdir(parents=True)
     (home / "data.bin").write_bytes(DATA)
     port = support.free_port()
-    config = support.write_config(
+    password = hash_password(PASSWORD, HashParams(ln=10, r=8, p=1))
+    config = support.node_config(
         tmp / "ftps-server.ini",
-        f"""
-        [server]
-        addresses = {HOST}
-        state_dir = {tmp}/state
-        root = {tmp}/home
-        passive_ports = {PASSIVE[0]}-{PASSIVE[1]}
-        workers = 2
-        [ports]
-        explicit = {port}
-        implicit = 0
-        [certificate:main]
-        cert = {cert.cert}
-        key = {cert.key}
-        default = yes
-        [user:alice]
-        home = {home}
-        permissions = elradfmw
-        password = {hash_password(PASSWORD, HashParams(ln=10, r=8, p=1))}
-        """,
+        cert,
+        support.section("user:alice", home=home, permissions="elradfmw", password=password),
+        addresses=HOST,
+        explicit=port,
+        server=f"passive_ports = {PASSIVE[0]}-{PASSIVE[1]}\nworkers = 2",
     )
     server = support.ServerProcess(config, tmp)
     try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trustme
 from cryptography import x509
 from pyftpdlib.handlers import FTPHandler
@@ -163,6 +164,13 @@ def run_until(ioloop: IOLoop, done: Callable[[], bool], timeout: float = 10.0) -
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting on the IOLoop")
         ioloop.loop(timeout=0.02, blocking=False)
+
+
+def events(caplog: pytest.LogCaptureFixture, message_id: str) -> list[dict[str, str]]:
+    """The journal fields of the records `caplog` caught with MESSAGE_ID `message_id`."""
+    return [
+        r.fields for r in caplog.records if getattr(r, "fields", {}).get("MESSAGE_ID") == message_id
+    ]
 
 
 class FakeClock:

@@ -16,6 +16,7 @@ from auth_fakes import (
     FakeClock,
     FakeHandler,
     State,
+    events,
     load,
     make_pki,
     run_until,
@@ -34,18 +35,6 @@ DELAYS = (0.01, 0.04)
 @pytest.fixture
 def pki(tmp_path: Path) -> Any:
     return make_pki(tmp_path)
-
-
-@pytest.fixture
-def ioloop() -> Iterator[IOLoop]:
-    loop = IOLoop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture
@@ -74,12 +63,6 @@ def login(
         assert handler.login_pending or handler.replies[-1].startswith("230")
         run_until(ioloop, lambda: not handler.login_pending)
     return handler
-
-
-def events(caplog: pytest.LogCaptureFixture, message_id: str) -> list[dict[str, str]]:
-    return [
-        r.fields for r in caplog.records if getattr(r, "fields", {}).get("MESSAGE_ID") == message_id
-    ]
 
 
 def test_password_user_logs_in(state: State, ioloop: IOLoop, caplog: Any) -> None:

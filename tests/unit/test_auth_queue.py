@@ -19,6 +19,7 @@ from auth_fakes import (
     FakeClock,
     FakeHandler,
     State,
+    events,
     load,
     make_pki,
     run_until,
@@ -63,18 +64,6 @@ def pki(tmp_path: Path) -> Any:
     return make_pki(tmp_path)
 
 
-@pytest.fixture
-def ioloop() -> Iterator[IOLoop]:
-    loop = IOLoop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 def make_state(tmp: Path, pki: Any, clock: FakeClock, failures: int = 3, **kw: Any) -> State:
     path = write_config(tmp, pki)
     path.write_text(
@@ -104,12 +93,6 @@ def login(state: State, ioloop: IOLoop, user: str, password: str, ip: str) -> Fa
     handler = submit(state, ioloop, user, password, ip)
     run_until(ioloop, lambda: not handler.login_pending)
     return handler
-
-
-def events(caplog: pytest.LogCaptureFixture, message_id: str) -> list[dict[str, str]]:
-    return [
-        r.fields for r in caplog.records if getattr(r, "fields", {}).get("MESSAGE_ID") == message_id
-    ]
 
 
 # --- the verifier cache (issue 17.1) ---------------------------------------------------------

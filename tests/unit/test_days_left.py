@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from reminder_support import AT, JournalCapture, SmtpServer, write_cert, write_config
+from support import certificate_section
 
 import ftps_server.journal.message_ids as message_ids
 import ftps_server.reminders.command as remind
@@ -41,18 +40,6 @@ def test_days_left_and_its_words(offset: dt.timedelta, days: int, words: str) ->
     assert expiry_phrase(AT + offset, AT) == words
 
 
-@pytest.fixture
-def capture() -> Iterator[JournalCapture]:
-    handler = JournalCapture()
-    logger = logging.getLogger("ftps_server")
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
-
-
 def test_expired_2_days_5_minutes_ago_reads_the_same_everywhere(
     tmp_path: Path, capture: JournalCapture, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -61,12 +48,7 @@ def test_expired_2_days_5_minutes_ago_reads_the_same_everywhere(
         config = write_config(
             tmp_path,
             smtp_port=smtp.port,
-            certificates=f"""
-                [certificate:main]
-                cert = {files.cert}
-                key = {files.key}
-                addresses = 127.0.0.1
-                """,
+            certificates=certificate_section("main", files.cert, files.key, addresses="127.0.0.1"),
         )
         parser = argparse.ArgumentParser()
         remind.register(parser.add_subparsers())

@@ -21,6 +21,7 @@ from reminder_support import (
     write_cert,
     write_config,
 )
+from support import certificate_section
 
 import ftps_server.reminders.mail as mail
 import ftps_server.reminders.run as reminders
@@ -62,6 +63,11 @@ def _alerts(port: int, **kw: object) -> AlertsConfig:
     return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
 
+def _login_alerts(port: int, security: str, **kw: object) -> AlertsConfig:
+    """Alerts over `security` (starttls or tls) that log in as SMTP_USER."""
+    return _alerts(port, smtp_security=security, smtp_user=SMTP_USER, **kw)
+
+
 def _message(alerts: AlertsConfig) -> email.message.EmailMessage:
     return mail.build_message(alerts, "[ftps-server] test", "body text\n")
 
@@ -75,12 +81,8 @@ def starttls_server(ca: trustme.CA) -> Iterator[SmtpServer]:
 def test_starttls_verified_and_login_with_password_file(
     starttls_server: SmtpServer, ca_file: Path, password_file: Path
 ) -> None:
-    alerts = _alerts(
-        starttls_server.port,
-        smtp_security="starttls",
-        smtp_ca_file=ca_file,
-        smtp_user=SMTP_USER,
-        smtp_password_file=password_file,
+    alerts = _login_alerts(
+        starttls_server.port, "starttls", smtp_ca_file=ca_file, smtp_password_file=password_file
     )
     message = _message(alerts)
     mail.deliver(alerts, message)
@@ -97,12 +99,7 @@ def test_starttls_refuses_an_unverified_server_certificate(
     starttls_server: SmtpServer, password_file: Path
 ) -> None:
     """No smtp_ca_file: the system CAs do not know the test CA, so nothing is sent."""
-    alerts = _alerts(
-        starttls_server.port,
-        smtp_security="starttls",
-        smtp_user=SMTP_USER,
-        smtp_password_file=password_file,
-    )
+    alerts = _login_alerts(starttls_server.port, "starttls", smtp_password_file=password_file)
     with pytest.raises(DeliveryError, match="certificate verification failed"):
         mail.deliver(alerts, _message(alerts))
     assert starttls_server.sink.messages == []
@@ -113,12 +110,8 @@ def test_wrong_password_is_reported_with_the_smtp_reason(
 ) -> None:
     wrong = tmp_path / "wrong"
     wrong.write_text("nope\n")
-    alerts = _alerts(
-        starttls_server.port,
-        smtp_security="starttls",
-        smtp_ca_file=ca_file,
-        smtp_user=SMTP_USER,
-        smtp_password_file=wrong,
+    alerts = _login_alerts(
+        starttls_server.port, "starttls", smtp_ca_file=ca_file, smtp_password_file=wrong
     )
     with pytest.raises(DeliveryError, match=r"535"):
         mail.deliver(alerts, _message(alerts))
@@ -134,9 +127,7 @@ def test_password_from_systemd_credential(
     creds.mkdir()
     (creds / "smtp-password").write_text(SMTP_PASSWORD)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
-    alerts = _alerts(
-        starttls_server.port, smtp_security="starttls", smtp_ca_file=ca_file, smtp_user=SMTP_USER
-    )
+    alerts = _login_alerts(starttls_server.port, "starttls", smtp_ca_file=ca_file)
     mail.deliver(alerts, _message(alerts))
     assert len(starttls_server.sink.messages) == 1
 
@@ -145,9 +136,7 @@ def test_user_without_password_is_an_error(
     starttls_server: SmtpServer, ca_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    alerts = _alerts(
-        starttls_server.port, smtp_security="starttls", smtp_ca_file=ca_file, smtp_user=SMTP_USER
-    )
+    alerts = _login_alerts(starttls_server.port, "starttls", smtp_ca_file=ca_file)
     with pytest.raises(DeliveryError, match="smtp_password_file"):
         mail.deliver(alerts, _message(alerts))
 
@@ -155,12 +144,8 @@ def test_user_without_password_is_an_error(
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 def test_implicit_tls(ca: trustme.CA, ca_file: Path, password_file: Path) -> None:
     with SmtpServer(security="tls", ca=ca) as server:
-        alerts = _alerts(
-            server.port,
-            smtp_security="tls",
-            smtp_ca_file=ca_file,
-            smtp_user=SMTP_USER,
-            smtp_password_file=password_file,
+        alerts = _login_alerts(
+            server.port, "tls", smtp_ca_file=ca_file, smtp_password_file=password_file
         )
         mail.deliver(alerts, _message(alerts))
         assert len(server.sink.messages) == 1
@@ -185,12 +170,7 @@ def _expiring_config(tmp_path: Path, port: int, alerts: str = "") -> Config:
         tmp_path,
         smtp_port=port,
         alerts=alerts,
-        certificates=f"""
-            [certificate:main]
-            cert = {files.cert}
-            key = {files.key}
-            addresses = 127.0.0.1
-            """,
+        certificates=certificate_section("main", files.cert, files.key, addresses="127.0.0.1"),
     )
 
 
@@ -241,12 +221,7 @@ def test_subject_wording_near_the_end(tmp_path: Path, hours: int, words: str) ->
         tmp_path,
         smtp_port=free_port(),
         warn_days="14, 0",
-        certificates=f"""
-            [certificate:main]
-            cert = {files.cert}
-            key = {files.key}
-            addresses = 127.0.0.1
-            """,
+        certificates=certificate_section("main", files.cert, files.key, addresses="127.0.0.1"),
     )
     (finding,) = reminders.evaluate(config, AT)
     subject, _ = mail.render_reminder(config, finding, at=AT, since="2026-12-01")

@@ -6,14 +6,12 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import logging
 import os
 import re
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ from reminder_support import (
     write_cert,
     write_config,
 )
+from support import certificate_section
 
 import ftps_server.journal.message_ids as message_ids
 import ftps_server.reminders.command as remind
@@ -39,37 +38,13 @@ DAY = dt.timedelta(days=1)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    with SmtpServer() as server:
-        yield server
-
-
-@pytest.fixture
-def capture() -> Iterator[JournalCapture]:
-    handler = JournalCapture()
-    logger = logging.getLogger("ftps_server")
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
-
-
-def _main_section(cert: Path, key: Path, addresses: str = "127.0.0.1") -> str:
-    return f"""
-        [certificate:main]
-        cert = {cert}
-        key = {key}
-        addresses = {addresses}
-        """
-
-
 def _config(tmp: Path, port: int, days: float, **kw: str) -> Config:
     files = write_cert(tmp / "tls", "main", not_after=AT + dt.timedelta(days=days))
     return write_config(
-        tmp, smtp_port=port, certificates=_main_section(files.cert, files.key), **kw
+        tmp,
+        smtp_port=port,
+        certificates=certificate_section("main", files.cert, files.key, addresses="127.0.0.1"),
+        **kw,
     )
 
 
@@ -170,7 +145,9 @@ def test_missing_file_and_address_without_certificate(tmp_path: Path, smtp: Smtp
         tmp_path,
         smtp_port=smtp.port,
         addresses="127.0.0.1, 127.0.0.2",
-        certificates=_main_section(missing, tmp_path / "tls" / "gone.key"),
+        certificates=certificate_section(
+            "main", missing, tmp_path / "tls" / "gone.key", addresses="127.0.0.1"
+        ),
     )
     conditions = {f.subject: f.condition for f in reminders.evaluate(config, AT)}
     assert conditions == {"certificate:main": "missing", "address:127.0.0.2": "missing"}
@@ -242,16 +219,10 @@ def test_journal_record_per_finding(
         tmp_path,
         smtp_port=smtp.port,
         addresses="127.0.0.1, 127.0.0.2, 127.0.0.3",
-        certificates=f"""
-            [certificate:soon]
-            cert = {expiring.cert}
-            key = {expiring.key}
-            addresses = 127.0.0.1
-            [certificate:old]
-            cert = {expired.cert}
-            key = {expired.key}
-            addresses = 127.0.0.2
-            """,
+        certificates=(
+            certificate_section("soon", expiring.cert, expiring.key, addresses="127.0.0.1")
+            + certificate_section("old", expired.cert, expired.key, addresses="127.0.0.2")
+        ),
     )
     reminders.run_reminders(config, AT)
     (soon,) = capture.with_id(message_ids.CERT_EXPIRING)
@@ -288,20 +259,11 @@ def test_no_key_material_in_mail_or_log(
         tmp_path,
         smtp_port=smtp.port,
         addresses="127.0.0.1, 127.0.0.2, 127.0.0.3",
-        certificates=f"""
-            [certificate:expired]
-            cert = {good.cert}
-            key = {good.key}
-            addresses = 127.0.0.1
-            [certificate:mismatch]
-            cert = {good.cert}
-            key = {other.key}
-            addresses = 127.0.0.2
-            [certificate:swapped]
-            cert = {other.key}
-            key = {good.key}
-            addresses = 127.0.0.3
-            """,
+        certificates=(
+            certificate_section("expired", good.cert, good.key, addresses="127.0.0.1")
+            + certificate_section("mismatch", good.cert, other.key, addresses="127.0.0.2")
+            + certificate_section("swapped", other.key, good.key, addresses="127.0.0.3")
+        ),
     )
     report = reminders.run_reminders(config, AT)
     assert {f.name: f.condition for f in report.findings} == {
@@ -403,20 +365,13 @@ def test_listeners_of_wildcard_default_and_sni_only_sections(tmp_path: Path) -> 
         tmp_path,
         smtp_port=free_port(),
         addresses="*",
-        certificates=f"""
-            [certificate:a]
-            cert = {files["a"].cert}
-            key = {files["a"].key}
-            addresses = 192.0.2.10
-            [certificate:dflt]
-            cert = {files["dflt"].cert}
-            key = {files["dflt"].key}
-            default = yes
-            [certificate:sni]
-            cert = {files["sni"].cert}
-            key = {files["sni"].key}
-            server_names = ftp.example.org
-            """,
+        certificates=(
+            certificate_section("a", files["a"].cert, files["a"].key, addresses="192.0.2.10")
+            + certificate_section("dflt", files["dflt"].cert, files["dflt"].key, default="yes")
+            + certificate_section(
+                "sni", files["sni"].cert, files["sni"].key, server_names="ftp.example.org"
+            )
+        ),
     )
     served = {f.name: [str(li) for li in f.listeners] for f in reminders.evaluate(config, AT)}
     assert served == {
@@ -533,12 +488,7 @@ def test_subject_arrives_unfolded_after_the_spool(tmp_path: Path) -> None:
     frame = f'[ftps-server] EXPIRED: certificate "" expired 2 days ago ({socket.gethostname()})'
     name = "c" * max(1, 75 - len(frame))
     files = write_cert(tmp_path / "tls", name, not_after=AT - DAY * 2)
-    section = f"""
-        [certificate:{name}]
-        cert = {files.cert}
-        key = {files.key}
-        addresses = 127.0.0.1
-        """
+    section = certificate_section(name, files.cert, files.key, addresses="127.0.0.1")
     port = free_port()
     config = write_config(tmp_path, smtp_port=port, certificates=section)
     reminders.run_reminders(config, AT)  # SMTP down: spooled, read back from the file next run

@@ -7,11 +7,11 @@ import datetime as dt
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from reminder_support import AT, SmtpServer, write_cert, write_config
+from support import certificate_section
 
 import ftps_server.reminders.run as reminders
 from ftps_server.config.model import Config
@@ -22,21 +22,12 @@ DAY = dt.timedelta(days=1)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    with SmtpServer() as server:
-        yield server
-
-
 def _nodes(tmp: Path, port: int, days: float, shared: Path | None, count: int = 2) -> list[Config]:
     """`count` node configs: own state_dir and address each, the same certificate files."""
     files = write_cert(tmp / "tls", "main", not_after=AT + dt.timedelta(days=days))
-    certificates = f"""
-        [certificate:main]
-        cert = {files.cert}
-        key = {files.key}
-        addresses = 127.0.0.1, 127.0.0.2, 127.0.0.3
-        """
+    certificates = certificate_section(
+        "main", files.cert, files.key, addresses="127.0.0.1, 127.0.0.2, 127.0.0.3"
+    )
     alerts = f"shared_state_dir = {shared}\n" if shared else ""
     configs = []
     for index in range(count):
@@ -182,12 +173,9 @@ def test_a_node_does_not_reset_another_nodes_noticed_since(
                 smtp_port=smtp.port,
                 addresses=addresses,
                 alerts=f"shared_state_dir = {shared}\n",
-                certificates=f"""
-                    [certificate:main]
-                    cert = {files.cert}
-                    key = {files.key}
-                    addresses = 127.0.0.2
-                    """,
+                certificates=certificate_section(
+                    "main", files.cert, files.key, addresses="127.0.0.2"
+                ),
             )
         )
     reminders.run_reminders(configs[0], AT)

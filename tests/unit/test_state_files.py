@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from reminder_support import AT, free_port, write_cert, write_config
+from support import certificate_section
 
 import ftps_server.reminders.run as reminders
 from ftps_server.config.model import Config
@@ -26,12 +27,7 @@ def _service_user(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _config(tmp: Path) -> Config:
     files = write_cert(tmp / "tls", "main", not_after=AT - dt.timedelta(days=1))
-    section = f"""
-        [certificate:main]
-        cert = {files.cert}
-        key = {files.key}
-        addresses = 127.0.0.1
-        """
+    section = certificate_section("main", files.cert, files.key, addresses="127.0.0.1")
     # SMTP down: the run spools an email, so every file kind is written
     return write_config(tmp, smtp_port=free_port(), certificates=section)
 
