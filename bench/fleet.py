@@ -22,7 +22,6 @@ import concurrent.futures
 import os
 import secrets
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -32,8 +31,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().parent)]
 
+from support import stop_process  # noqa: E402
 from tls_throughput import self_signed  # noqa: E402
 
 from ftps_server.pki.passwords import HashParams, hash_password  # noqa: E402
@@ -80,16 +80,6 @@ def _wait_port(host: str, port: int, timeout: float = 20) -> None:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"nothing listens on {host}:{port}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def _start_node(
@@ -274,7 +264,7 @@ def main() -> int:
         raise
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_process(proc)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

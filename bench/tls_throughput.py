@@ -22,7 +22,6 @@ import ipaddress
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,9 +37,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().parent)]
 
 from cgroup_cpu import CpuGroup  # noqa: E402
+from support import stop_process  # noqa: E402
 
 from ftps_server.demo import write_pem  # noqa: E402
 from ftps_server.pki.passwords import hash_password  # noqa: E402
@@ -130,13 +130,7 @@ class Server:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         if self.group is not None:
             self.group.remove()
 
