@@ -11,12 +11,15 @@ turns into the entry's priority, so the priority survives even without systemd-p
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import re
 import sys
+import weakref
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any, TextIO
 
 __all__ = [
@@ -61,12 +64,15 @@ def priority(levelno: int) -> int:
     return PRIORITIES[logging.DEBUG]
 
 
+@lru_cache(maxsize=256)  # a few dozen names recur in every record
 def _field_name(name: str) -> str:
     cleaned = _FIELD_BAD_CHARS.sub("_", name.upper()).lstrip("_")
     return cleaned[:64] or "FIELD"
 
 
 def _redact(text: str) -> str:
+    if "-----BEGIN" not in text:  # every record passes here: skip the regex when it cannot match
+        return text
     return _PRIVATE_KEY.sub("[private key removed]", text)
 
 
@@ -106,8 +112,11 @@ def journal_fields(record: logging.LogRecord, message: str | None = None) -> dic
     return fields
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"=\\]')
+
+
 def _quote(value: str) -> str:
-    if value and not re.search(r'[\s"=\\]', value):
+    if value and not _NEEDS_QUOTES.search(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
@@ -150,11 +159,23 @@ class StderrHandler(logging.Handler):
         return "\n".join(prefix + line for line in lines)
 
 
+# isatty() is a system call; asked once per stream, not per record (weak: a replaced
+# stderr is not kept alive by the answer)
+_TERMINALS: weakref.WeakKeyDictionary[TextIO, bool] = weakref.WeakKeyDictionary()
+
+
 def _is_terminal(stream: TextIO) -> bool:
     try:
-        return stream.isatty()
+        return _TERMINALS[stream]
+    except (KeyError, TypeError):
+        pass
+    try:
+        answer = stream.isatty()
     except (AttributeError, ValueError):
-        return False
+        answer = False
+    with contextlib.suppress(TypeError):  # a stream with no weak references: asked each time
+        _TERMINALS[stream] = answer
+    return answer
 
 
 Sender = Callable[..., Any]
