@@ -297,8 +297,21 @@ def _curl(server: Server, cert: Path, *args: str) -> None:
         raise RuntimeError(f"{server.name}: curl {args[-1]} failed: {r.stderr.decode().strip()}")
 
 
-def start_stock(work: Path, cert: Path, key: Path, home: Path, port: int, passive: str) -> Server:
-    """Stock pyftpdlib 2.x TLS_FTPHandler (pyOpenSSL), TLS required on both channels."""
+def start_stock(
+    work: Path,
+    cert: Path,
+    key: Path,
+    home: Path,
+    port: int,
+    passive: str,
+    logging_: str = "warning",
+) -> Server:
+    """Stock pyftpdlib 2.x TLS_FTPHandler (pyOpenSSL), TLS required on both channels.
+
+    `logging_`: "warning" logs warnings only (no line per session); "default" leaves
+    pyftpdlib's own default, INFO to stderr (a line per command), as ftps-server logs sessions.
+    """
+    setup = "logging.basicConfig(level=logging.WARNING)" if logging_ == "warning" else ""
     password = "stock-" + os.urandom(6).hex()
     low, high = (int(p) for p in passive.split("-"))
     script = work / f"stock-{port}.py"
@@ -308,7 +321,7 @@ def start_stock(work: Path, cert: Path, key: Path, home: Path, port: int, passiv
         from pyftpdlib.authorizers import DummyAuthorizer
         from pyftpdlib.handlers import TLS_FTPHandler
         from pyftpdlib.servers import FTPServer
-        logging.basicConfig(level=logging.WARNING)
+        {setup}
         auth = DummyAuthorizer()
         auth.add_user({BENCH_USER!r}, {password!r}, {str(home)!r}, perm="elradfmw")
         TLS_FTPHandler.certfile = {str(cert)!r}
