@@ -311,8 +311,9 @@ def many_clients(server: Server, cafile: Path, clients: int, procs: int = 4) -> 
 
 def parallel_downloads(server: Server, cert: Path, size: int, sources: list[str]) -> Row:
     row: Row = {}
-    # the sink client times out against vsftpd at the end of a download (vsftpd does not
-    # close the data connection for it): vsftpd is measured with curl only
+    # vsftpd keeps a data connection open after the last record until the client answers its
+    # close_notify, which a client that never decrypts cannot know to send: the sink client
+    # waits for ever there, so vsftpd is measured with curl only
     for client in PARALLEL_CLIENTS if server.name != "vsftpd" else ("curl",):
         mbps, cpu, _, clients = parallel.measure(
             server, cert, "file.bin", size, sources, client, user=BENCH_USER
