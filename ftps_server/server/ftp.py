@@ -398,10 +398,13 @@ class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveH
 
     # pyftpdlib's log wrappers put the client's USER name (and its own messages, which quote
     # paths) after `log_prefix`: escape the whole line, so no client text can forge entries
+    def _log_line(self, msg: str) -> str:
+        return escape_controls(f"{self.log_prefix % self.__dict__} {msg}")
+
     def log(self, msg: str, logfun: Any = _pyftpdlib_log.info) -> None:
         if _STRUCTURED.match(msg) or self._transfer_reply(msg):
             logfun = _pyftpdlib_log.debug  # said by a session event already: only for --debug
-        logfun(escape_controls(f"{self.log_prefix % self.__dict__} {msg}"))
+        logfun(self._log_line(msg))
 
     def _transfer_reply(self, msg: str) -> bool:
         """True for the final reply of a transfer: its event (REASON=) says it with fields."""
@@ -410,10 +413,10 @@ class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveH
 
     def logline(self, msg: str, logfun: Any = _pyftpdlib_log.debug) -> None:
         if pyftpd.debug_lines(self):
-            logfun(escape_controls(f"{self.log_prefix % self.__dict__} {msg}"))
+            logfun(self._log_line(msg))
 
     def logerror(self, msg: str) -> None:
-        _pyftpdlib_log.error(escape_controls(f"{self.log_prefix % self.__dict__} {msg}"))
+        _pyftpdlib_log.error(self._log_line(msg))
 
     def ftp_USER(self, line: str) -> None:
         auth.user_command(self, line)
