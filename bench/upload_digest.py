@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,52 +31,33 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 from tls_throughput import (  # noqa: E402
     BENCH_USER,
-    HOST,
     Server,
     _cert,
-    _wait_port,
     measure,
+    start_ftps_server,
     start_vsftpd,
     workspace,
 )
 
 from ftps_server.checksums import StreamDigest  # noqa: E402
-from ftps_server.pki.passwords import hash_password  # noqa: E402
 
 CHUNK = 256 * 1024  # the data handler's read size (data_channel._BULK)
 
 
-def start(work: Path, name: str, cert: Path, key: Path, home: Path, port: int) -> Server:
-    password = secrets.token_urlsafe(12)
-    config = work / f"{name}.ini"
-    config.write_text(f"""[server]
-addresses = {HOST}
-state_dir = {work}/state-{name}
-root = {home.parent}
-[ports]
-explicit = {port}
-implicit = 0
-[certificate:bench]
-cert = {cert}
-key = {key}
-default = yes
-[user:{BENCH_USER}]
-home = {home}
-permissions = elradfmw
-password = {hash_password(password)}
-[log]
-upload_digest = {name}
-""")
-    cmd = [sys.executable, "-m", "ftps_server", "serve", "--config", str(config)]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=work,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        stdout=subprocess.DEVNULL,
-        stderr=(work / f"{name}.log").open("wb"),
+def start(
+    work: Path, name: str, cert: Path, key: Path, home: Path, port: int, passive: str
+) -> Server:
+    """ftps-server with `[log] upload_digest = NAME` (none or sha256), default password hash."""
+    return start_ftps_server(
+        work,
+        cert,
+        key,
+        home,
+        port,
+        {"passive_ports": passive},
+        name=name,
+        extra_config=f"[log]\nupload_digest = {name}\n",
     )
-    _wait_port(port)
-    return Server(name, port, password, proc)
 
 
 def digest_alone(src: Path) -> float:
@@ -108,8 +86,8 @@ def main() -> int:
         size = args.size_mib * 2**20
         src = home / "file.bin"
         servers = [
-            start(work, "none", cert, key, home, 41980),
-            start(work, "sha256", cert, key, home, 41981),
+            start(work, "none", cert, key, home, 41980, "41000-41099"),
+            start(work, "sha256", cert, key, home, 41981, "41100-41199"),
         ]
         if args.vsftpd:
             servers.append(start_vsftpd(work, cert, key, home, 41982))
