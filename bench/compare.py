@@ -223,7 +223,7 @@ def first_logins(server: Server, cafile: Path, users: list[str], serial: int) ->
     }
 
 
-Result = tuple[bool, float, int, str]
+Result = tls_throughput.SessionResult
 
 
 def _session(ctx: ssl.SSLContext, port: int, password: str, source: str) -> Result:
@@ -295,15 +295,12 @@ def many_clients(server: Server, cafile: Path, clients: int, procs: int = 4) -> 
     wall = time.time() - start_at
     time.sleep(1.0)
     cpu = server.cpu_seconds() - cpu0
-    failures = [r[3] for r in results if not r[0]]
-    for reason in sorted(set(failures))[:4]:
-        print(f"  {server.name}: failure x{failures.count(reason)}: {reason}", file=sys.stderr)
-    ok_times = sorted(r[1] for r in results if r[0]) or [float("nan")]
+    failed, mbps, ok_times = tls_throughput.session_summary(server.name, results, wall)
     return {
-        "failed": len(failures),
-        "mbps": sum(r[2] for r in results) / wall / 1e6,
+        "failed": failed,
+        "mbps": mbps,
         "p50": statistics.median(ok_times),
-        "p90": ok_times[min(len(ok_times) - 1, (9 * len(ok_times)) // 10)],
+        "p90": tls_throughput.percentile(ok_times, 0.9),
         "slowest": ok_times[-1],
         "cpu": cpu,
     }

@@ -61,7 +61,7 @@ SIZE = 2**20
 SESSION_TIMEOUT = 120.0  # per socket operation
 PHASE_LIMIT = 600.0  # seconds any one phase may take
 
-Result = tuple[bool, float, int, str]  # ok, seconds, bytes, error
+Result = tls_throughput.SessionResult
 
 
 def _context(cafile: str) -> ssl.SSLContext:
@@ -153,15 +153,12 @@ def concurrent_downloads(
     wall = time.time() - start_at
     time.sleep(2.0)  # vsftpd's session processes exit and are reaped into the parent's CPU
     cpu = server.cpu_seconds() - cpu0
-    failures = [r[3] for r in results if not r[0]]
-    for reason in sorted(set(failures))[:5]:
-        print(f"  {server.name} failure x{failures.count(reason)}: {reason}", file=sys.stderr)
-    latencies = sorted(r[1] for r in results if r[0]) or [float("nan")]
+    failed, throughput, latencies = tls_throughput.session_summary(server.name, results, wall)
     return {
-        "failures": len(failures),
-        "throughput": sum(r[2] for r in results) / wall / 1e6,
+        "failures": failed,
+        "throughput": throughput,
         "p50": statistics.median(latencies),
-        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "p99": tls_throughput.percentile(latencies, 0.99),
         "cpu": cpu,
         "wall": wall,
     }

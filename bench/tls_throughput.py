@@ -95,6 +95,27 @@ def workspace(prefix: str, size_mib: int, user: str) -> tuple[Path, Path]:
     return work, home
 
 
+# one session of a many-clients bench: ok, seconds, bytes received, why it failed
+SessionResult = tuple[bool, float, int, str]
+
+
+def session_summary(
+    name: str, results: list[SessionResult], wall: float
+) -> tuple[int, float, list[float]]:
+    """(failed sessions, MB/s received over `wall` seconds, the good sessions' times in
+    ascending order or [nan]); prints up to five distinct failure reasons to stderr."""
+    failures = [r[3] for r in results if not r[0]]
+    for reason in sorted(set(failures))[:5]:
+        print(f"  {name}: failure x{failures.count(reason)}: {reason}", file=sys.stderr)
+    times = sorted(r[1] for r in results if r[0]) or [float("nan")]
+    return len(failures), sum(r[2] for r in results) / wall / 1e6, times
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    """The nearest-rank value at `fraction` (0..1) of an ascending, non-empty list."""
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of `pid` plus its reaped children: the fallback where no cgroup can be
     made (not root); live children (vsftpd's sessions, ftps-server's workers) are missed."""
