@@ -272,4 +272,3 @@ def inspect_entry(
         when = info.not_after.isoformat()
         return EntryStatus(entry, "expired", f"{entry.cert} expired on {when}", info, len(chain))
     return EntryStatus(entry, "ok", None, info, len(chain))
-
