@@ -30,7 +30,7 @@ from .proxied import Address, client_address, read_header
 from .proxy_protocol import ProxyHeader
 from .tls import CONTROL_TICKETS
 from .tls_channel import TlsChannel, TlsPeerGone, TlsState, describe_ssl_error
-from .tls_openssl import new_session_ticket
+from .tls_openssl import CachedSession, new_session_ticket
 from .users import DeferredFile
 
 __all__ = [
@@ -53,6 +53,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
     """Data connection: TLS when PROT P, bulk reads and writes, session reuse enforced."""
 
     cmd_channel: Any  # the FtpsHandler (ftp.py) that made it
+    _tls_cached: CachedSession | None = None  # see tls_established
 
     def __init__(self, sock: Any, cmd_channel: Any) -> None:
         self._rbuf: bytearray | None = None
@@ -65,10 +66,10 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         self._accepted = False  # TLS up and the session check passed (or PROT C, connected)
         self._constructing = True
         super().__init__(sock, cmd_channel)
-        context = cmd_channel.session_context
-        if self.connected and cmd_channel.data_protected and context is not None:
+        session = cmd_channel.session_tls
+        if self.connected and cmd_channel.data_protected and session is not None:
             timeout = cmd_channel.state.config.server.handshake_timeout
-            self.start_tls(context, timeout)
+            self.start_tls(session.context, timeout)
         elif self.connected:
             self._accepted = True
         self._constructing = False
@@ -84,9 +85,12 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         # OpenSSL copies the count into the connection when it is made.
         context.num_tickets = 0
         try:
-            return super().tls_wrap(context)
+            conn = super().tls_wrap(context)
         finally:
             context.num_tickets = CONTROL_TICKETS
+        session = self.cmd_channel.session_tls
+        assert session is not None and session.context is context
+        return session.bind(conn)  # only the control connection's sessions resume here
 
     def _peer(self) -> str:
         try:
@@ -96,10 +100,11 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
 
     def tls_established(self) -> None:
         channel = self.cmd_channel
-        # Every control connection has contexts of its own (own session cache, own ticket
-        # keys; see tls.py), so a session resumed here can only be the control connection's:
-        # a session of any other connection, listener or client cannot be decrypted and
-        # gives a full handshake.
+        assert self.tls is not None and channel.session_tls is not None
+        self._tls_cached = channel.session_tls.cache_entry(self.tls)
+        # A data connection is bound to its control connection's TLS (tls.py), so a session
+        # resumed here can only be the control connection's: a session of any other
+        # connection, listener or client is not resumed and gives a full handshake.
         reused = self.tls is not None and self.tls.session_reused
         if channel.state.config.tls.require_session_reuse and not reused:
             data_peer = self._peer()
@@ -190,7 +195,17 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
     def _abort(self, reply: str) -> None:
         pyftpd.set_transfer_reply(self, reply, log.warning)
         self._tls_drop()  # no close_notify on a connection we refuse
+        self._forget_cached()
         DTPHandler.close(self)
+
+    def close(self) -> None:
+        self._forget_cached()
+        super().close()
+
+    def _forget_cached(self) -> None:
+        if self._tls_cached is not None:
+            self._tls_cached.forget()
+            self._tls_cached = None
 
     def use_sendfile(self) -> bool:
         return self.tls_state is TlsState.PLAIN and bool(super().use_sendfile())

@@ -34,7 +34,9 @@ from .data_channel import (
 from .events import FILE_COMMANDS, SessionLog, Transfer, transfer_result
 from .listing import DirectoryReader, ListingCommands
 from .state import AcceptingListener, ServerState
+from .tls import SessionTls
 from .tls_channel import TlsChannel, TlsState
+from .tls_openssl import CachedSession
 
 __all__ = ["FtpsDataHandler", "FtpsHandler"]
 
@@ -104,9 +106,10 @@ class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveH
         self.listener_name = server.name
         self.peer_certificate: x509.Certificate | None = None
         self.login_pending = False
-        self._tls_after_flush: ssl.SSLContext | None = None
+        self._tls_after_flush: SessionTls | None = None
         self._cleared_by_ccc = False
-        self.session_context: ssl.SSLContext | None = None
+        self.session_tls: SessionTls | None = None
+        self._tls_cached: CachedSession | None = None  # see tls_established
         self._listing: DirectoryReader | None = None  # a directory being read for a reply
         self._pbsz = False
         self._prot = False
@@ -202,22 +205,27 @@ class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveH
             )
             self.close()
             return
-        self.start_tls(self._own_context(), self.state.config.server.handshake_timeout)
+        self.start_tls(self._session_tls().context, self.state.config.server.handshake_timeout)
 
-    def _own_context(self) -> ssl.SSLContext:
-        """This connection's own context (own session cache and ticket keys), made once.
+    def _session_tls(self) -> SessionTls:
+        """This connection's TLS (tls.py), made once.
 
-        Data connections start with it too, not with the one SNI may switch to: OpenSSL
-        keeps sessions and ticket keys in the context a handshake starts with. Still theirs
-        after CCC.
+        Data connections start with its context too, not with one SNI may switch to:
+        OpenSSL keeps sessions and ticket keys in the context a handshake starts with. Still
+        theirs after CCC.
         """
-        if self.session_context is None:
-            self.session_context = self.state.tls.context_for(self.local_ip, self.listener_kind)
-            assert self.session_context is not None
-        return self.session_context
+        if self.session_tls is None:
+            self.session_tls = self.state.tls.session_for(self.local_ip, self.listener_kind)
+            assert self.session_tls is not None
+        return self.session_tls
+
+    def tls_wrap(self, context: ssl.SSLContext) -> ssl.SSLObject:
+        assert self.session_tls is not None
+        return self.session_tls.bind(super().tls_wrap(context))
 
     def tls_established(self) -> None:
-        assert self.tls is not None
+        assert self.tls is not None and self.session_tls is not None
+        self._tls_cached = self.session_tls.cache_entry(self.tls)
         der = self.tls.getpeercert(binary_form=True)
         self.peer_certificate = x509.load_der_x509_certificate(der) if der else None
         cipher = (self.tls.cipher() or ("?",))[0]
@@ -243,7 +251,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveH
         pending = self._tls_after_flush
         if pending is not None and not self.producer_fifo and self.connected:
             self._tls_after_flush = None
-            self.start_tls(pending, self.state.config.server.handshake_timeout)
+            self.start_tls(pending.context, self.state.config.server.handshake_timeout)
         self._gate_reading()
 
     # --- output bound: a client that does not read its replies is not read either
@@ -446,7 +454,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveH
             if arg == "TLS-P":  # RFC 4217 TLS-P: data protected from the start
                 self._pbsz = self._prot = True
             self.respond(f"234 AUTH {arg} successful.")
-            self._tls_after_flush = self._own_context()
+            self._tls_after_flush = self._session_tls()
             self.initiate_send()
 
     def ftp_PBSZ(self, line: str) -> None:
@@ -537,6 +545,9 @@ class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveH
     def close(self) -> None:
         self._cancel_listing()
         super().close()  # closes the data connection first: its transfer is logged before
+        if self._tls_cached is not None:
+            self._tls_cached.forget()
+            self._tls_cached = None
         self.session_log.disconnected()
 
     def ftp_SITE_CHMOD(self, path: str, mode: str) -> Any:

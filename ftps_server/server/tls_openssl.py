@@ -34,6 +34,18 @@ file again for every context, ~0.5 ms with OpenSSL 3.0's decoders, a twentieth o
 session's CPU; attaching the parsed objects takes ~15 us. Anything unproven falls back to
 `load_cert_chain`.
 
+`bind_session` / `CachedSession`: control connections share one context per certificate
+(tls.py) and each gets a random session ID context of its own (SSL_set_session_id_context),
+which its data connections get too. OpenSSL resumes a session only on a connection with the
+session ID context the session was made with (TLS 1.2 session IDs and tickets, TLS 1.3
+tickets): any other session is a cache miss and a full handshake. TLS 1.2 full handshakes
+leave their session in the shared context's cache; `CachedSession` takes it out when the
+connection closes, so the cache holds the sessions of open connections only and a storm of
+handshakes cannot push a live session out of it.
+
+`FTPS_SERVER_OPENSSL_CTYPES=0` in the environment turns all of this off (diagnostics, and
+the tests of the fallbacks): P-256 only, `load_cert_chain`, a context per control connection.
+
 An OpenSSL configuration file for the process (OPENSSL_CONF) was not used: it must be set
 before libssl initialises, replaces Debian's system settings, and applies to the SMTP client.
 """
@@ -42,12 +54,25 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import ssl
 import weakref
 from functools import cache
 from typing import Any
 
-__all__ = ["GROUPS", "ParsedChain", "new_session_ticket", "parse_chain", "set_groups", "use_chain"]
+__all__ = [
+    "GROUPS",
+    "CachedSession",
+    "ParsedChain",
+    "bind_session",
+    "binding_supported",
+    "cached_session",
+    "new_session_ticket",
+    "parse_chain",
+    "set_cache_size",
+    "set_groups",
+    "use_chain",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +80,15 @@ GROUPS = "X25519:P-256:P-384"
 _FALLBACK_CURVE = "prime256v1"
 _SSL_CTRL_SET_GROUPS_LIST = 92  # SSL_CTX_set1_groups_list is a macro over SSL_CTX_ctrl
 _SSL_CTRL_CHAIN_CERT = 89  # SSL_CTX_add1_chain_cert: SSL_CTX_ctrl(ctx, 89, 1, x509)
+_SSL_CTRL_SET_SESS_CACHE_SIZE = 42  # SSL_CTX_sess_set_cache_size
+BINDING_SIZE = 32  # SSL_MAX_SID_CTX_LENGTH
 
 
 @cache
 def _libssl() -> ctypes.CDLL | None:
     """The libssl Python's _ssl module is linked with, as loaded in this process."""
+    if os.environ.get("FTPS_SERVER_OPENSSL_CTYPES") == "0":
+        return None
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
             paths = {line.split()[-1] for line in maps if "/libssl.so" in line}
@@ -97,6 +126,10 @@ def _declare_chain_functions(lib: ctypes.CDLL) -> None:
         "SSL_CTX_use_certificate": (c_int, [void_p, void_p]),
         "SSL_CTX_use_PrivateKey": (c_int, [void_p, void_p]),
         "SSL_CTX_check_private_key": (c_int, [void_p]),
+        "SSL_set_session_id_context": (c_int, [void_p, char_p, ctypes.c_uint]),
+        "SSL_get1_session": (void_p, [void_p]),
+        "SSL_SESSION_free": (None, [void_p]),
+        "SSL_CTX_remove_session": (c_int, [void_p, void_p]),
     }
     for name, (restype, argtypes) in signatures.items():
         function = getattr(lib, name)
@@ -245,3 +278,76 @@ def use_chain(ctx: ssl.SSLContext, chain: ParsedChain) -> bool:
     if not ok:
         lib.ERR_clear_error()
     return ok
+
+
+def binding_supported() -> bool:
+    """True when `bind_session` can work here: libssl reached and a probe connection's
+    pointer proven (tls.py then shares contexts; otherwise a context per control connection)."""
+    try:
+        lib = _libssl()
+        if lib is None:
+            return False
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        conn = probe.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+        return bind_session(conn, os.urandom(BINDING_SIZE))
+    except (OSError, AttributeError, ValueError):
+        return False
+
+
+def bind_session(conn: ssl.SSLObject, binding: bytes) -> bool:
+    """Give `conn` the session ID context `binding` before its handshake: it then resumes
+    only sessions made under the same binding. False when it could not be set."""
+    if len(binding) != BINDING_SIZE:
+        raise ValueError("a session binding is 32 bytes")
+    lib = _libssl()
+    if lib is None:
+        return False
+    pointer = _ssl_pointer(lib, conn)
+    if pointer is None:
+        return False
+    return bool(lib.SSL_set_session_id_context(pointer, binding, len(binding)) == 1)
+
+
+def set_cache_size(ctx: ssl.SSLContext, size: int) -> bool:
+    """SSL_CTX_sess_set_cache_size: how many TLS 1.2 sessions the server keeps."""
+    lib = _libssl()
+    pointer = _ssl_ctx_pointer(lib, ctx) if lib is not None else None
+    if lib is None or pointer is None:
+        return False
+    lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_SESS_CACHE_SIZE, size, None)
+    return True
+
+
+class CachedSession:
+    """The session a TLS 1.2 full handshake left in its context's cache (see the module
+    text). `forget()` takes it out; dropped without `forget()`, it is taken out then."""
+
+    __slots__ = ("__weakref__", "_finalizer")
+
+    def __init__(self, lib: ctypes.CDLL, context: ssl.SSLContext, ctx: int, session: int) -> None:
+        # the finalizer holds the context: its SSL_CTX outlives the session taken out of it
+        self._finalizer = weakref.finalize(self, _remove_session, lib, context, ctx, session)
+
+    def forget(self) -> None:
+        self._finalizer()
+
+
+def _remove_session(lib: ctypes.CDLL, context: ssl.SSLContext, ctx: int, session: int) -> None:
+    lib.SSL_CTX_remove_session(ctx, session)
+    lib.SSL_SESSION_free(session)
+
+
+def cached_session(conn: ssl.SSLObject, context: ssl.SSLContext) -> CachedSession | None:
+    """The cache entry of `conn`'s session in `context` (the context its handshake started
+    with, where OpenSSL caches), for a TLS 1.2 full handshake; None otherwise."""
+    if conn.version() == "TLSv1.3" or conn.session_reused:
+        return None  # TLS 1.3 tickets are not cached by the server; a resumed one is not new
+    lib = _libssl()
+    if lib is None:
+        return None
+    ctx = _ssl_ctx_pointer(lib, context)
+    pointer = _ssl_pointer(lib, conn)
+    if ctx is None or pointer is None:
+        return None
+    session = lib.SSL_get1_session(pointer)
+    return CachedSession(lib, context, ctx, int(session)) if session else None

@@ -5,6 +5,10 @@ the same server, then takes the victim's data connection (PASV/EPSV: connects to
 PORT/EPRT: is the address the server connects to) resuming *its own* TLS session. It must
 get `522` on the victim's control connection and not one byte of the victim's file, and none
 of its bytes may reach the victim's upload.
+
+Every case runs twice: against contexts shared by all control connections and bound per
+connection (the normal case, tls.py), and against a context per control connection (the
+fallback when tls_openssl cannot reach OpenSSL, forced with FTPS_SERVER_OPENSSL_CTYPES=0).
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ class Site:
     server: support.ServerProcess
 
 
-@pytest.fixture(scope="module")
-def site(pki: support.Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+@pytest.fixture(scope="module", params=["shared-contexts", "own-contexts"])
+def site(
+    pki: support.Pki, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("binding")
     main = pki.server("main", HOST, "localhost")
     named = pki.server("named", "ftp.example.test")
@@ -58,8 +64,11 @@ def site(pki: support.Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         server="handshake_timeout = 5",
         **ports,
     )
-    server = support.ServerProcess(config, tmp)
+    env = {"FTPS_SERVER_OPENSSL_CTYPES": "0"} if request.param == "own-contexts" else {}
+    server = support.ServerProcess(config, tmp, env=env)
     try:
+        if env:
+            assert server.wait_log("every control connection gets TLS contexts of its own")
         yield Site(pki, home, ports, server)
     finally:
         server.stop()
