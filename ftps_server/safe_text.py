@@ -45,11 +45,15 @@ def is_control(char: str) -> bool:
 
 def has_controls(text: str) -> bool:
     """True when `text` holds a control character (`is_control`)."""
-    return any(is_control(c) for c in text)
+    # every escaped character is one `str.isprintable` refuses (categories C* and Z* but
+    # the space): printable text, nearly all of it, is cleared in C without a loop
+    return not text.isprintable() and any(is_control(c) for c in text)
 
 
 def before_controls(text: str) -> str:
     """`text` up to (without) its first control character."""
+    if text.isprintable():
+        return text
     for i, char in enumerate(text):
         if is_control(char):
             return text[:i]

@@ -54,6 +54,14 @@ _TLS_BUSY = (TlsState.HANDSHAKE, TlsState.CLOSING)
 _PRE_TLS_COMMANDS = {"AUTH", "FEAT", "QUIT", "NOOP", "SYST", "HELP", "OPTS"}
 # pyftpdlib's own lines for what a session event (events.py) reports with fields
 _STRUCTURED = re.compile(r"FTP session (opened|closed) \((dis)?connect\)|USER '.*' logged in\.$")
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+
+
+def _would_log(logfun: Any) -> bool:
+    """False when `logfun`, a bound Logger method, would drop its record (so the line is
+    not built and escaped for nothing); True for anything else."""
+    logger, level = getattr(logfun, "__self__", None), _LEVELS.get(getattr(logfun, "__name__", ""))
+    return not isinstance(logger, logging.Logger) or level is None or logger.isEnabledFor(level)
 
 
 class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveHook, FTPHandler):
@@ -410,9 +418,11 @@ class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveH
         return escape_controls(f"{self.log_prefix % self.__dict__} {msg}")
 
     def log(self, msg: str, logfun: Any = _pyftpdlib_log.info) -> None:
-        if _STRUCTURED.match(msg) or self._transfer_reply(msg):
-            logfun = _pyftpdlib_log.debug  # said by a session event already: only for --debug
-        logfun(self._log_line(msg))
+        debug = _pyftpdlib_log.debug
+        if logfun != debug and (_STRUCTURED.match(msg) or self._transfer_reply(msg)):
+            logfun = debug  # said by a session event already: only for --debug
+        if _would_log(logfun):  # pyftpdlib logs every reply at debug: most lines are dropped
+            logfun(self._log_line(msg))
 
     def _transfer_reply(self, msg: str) -> bool:
         """True for the final reply of a transfer: its event (REASON=) says it with fields."""
@@ -420,7 +430,7 @@ class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveH
         return bool(reply) and reply[4:] == msg
 
     def logline(self, msg: str, logfun: Any = _pyftpdlib_log.debug) -> None:
-        if pyftpd.debug_lines(self):
+        if pyftpd.debug_lines(self) and _would_log(logfun):
             logfun(self._log_line(msg))
 
     def logerror(self, msg: str) -> None:

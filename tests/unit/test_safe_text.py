@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 
 import pytest
 
@@ -99,3 +100,17 @@ _ESCAPE = re.compile(r"\\(\\|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})")
 def _unescape(text: str) -> str:
     """What a reader of the log takes `text` for: each escape one character."""
     return _ESCAPE.sub(lambda m: "\\" if m[1] == "\\" else chr(int(m[1][1:], 16)), text)
+
+
+def test_every_escaped_character_is_one_isprintable_refuses() -> None:
+    """`has_controls` clears printable text without looking at each character: that holds
+    only while no escaped code point is printable (checked over all of Unicode here, for
+    this Python's Unicode tables)."""
+    printable = [
+        f"U+{ord(c):04X}"
+        for c in map(chr, range(sys.maxunicode + 1))
+        if is_control(c) and c.isprintable()
+    ]
+    assert printable == []
+    assert has_controls("plain text\u00a0with a no-break space\u2028")  # NBSP alone is not
+    assert not has_controls("plain text\u00a0with a no-break space")
