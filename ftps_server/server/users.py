@@ -111,7 +111,10 @@ class UserAuthorizer:
 
 
 def _inside(root: str, path: str) -> bool:
-    real_root = os.path.realpath(root)
+    return _inside_real(os.path.realpath(root), path)
+
+
+def _inside_real(real_root: str, path: str) -> bool:
     real = os.path.realpath(path)
     return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
 
@@ -222,9 +225,18 @@ class JailedFS(AbstractedFS):
         result: str = super().ftp2fs(ftppath)
         return result
 
+    _real_root: tuple[str, str] | None = None  # (root, the root with symlinks resolved)
+
     def validpath(self, path: str) -> bool:
-        """True when `path`, symlinks resolved, lies inside the home."""
-        return _inside(self.root, path)
+        """True when `path`, symlinks resolved, lies inside the home.
+
+        The home itself is resolved once per session (several checks per command each
+        paid for it): a home an administrator re-points while a session runs refuses that
+        session everything, never lets it follow."""
+        cached = self._real_root
+        if cached is None or cached[0] != self.root:
+            cached = self._real_root = (self.root, os.path.realpath(self.root))
+        return _inside_real(cached[1], path)
 
     def open(self, filename: str, mode: str) -> Any:
         """Open a file, refusing (again, at the last moment) a path resolving outside.

@@ -82,6 +82,26 @@ def test_symlinks_out_refused_inside_allowed(home: Path) -> None:
         assert handle.read() == b"inside"
 
 
+def test_a_home_repointed_during_a_session_refuses_it_everything(tmp_path: Path) -> None:
+    """The home is resolved once per session: re-pointing a symlinked home does not carry a
+    running session to the new target (it is refused there), and a new session follows."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    for target in (old, new):
+        target.mkdir()
+        (target / "file.txt").write_text(target.name)
+    link = tmp_path / "home-link"
+    os.symlink(old, link)
+    fs = fs_for(link)
+    assert fs.validpath(fs.ftp2fs("file.txt"))
+    os.unlink(link)
+    os.symlink(new, link)
+    assert not fs.validpath(fs.ftp2fs("file.txt"))
+    with pytest.raises(PermissionError):
+        fs.open(fs.ftp2fs("file.txt"), "rb")
+    later = fs_for(link)
+    assert later.validpath(later.ftp2fs("file.txt"))
+
+
 def test_authorizer_permissions_and_home(home: Path, tmp_path: Path) -> None:
     authz = UserAuthorizer((UserConfig("ann", home, permissions="elr"),))
     assert authz.get_home_dir("ann") == str(home)
