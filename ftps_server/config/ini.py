@@ -12,6 +12,7 @@ import configparser
 import ipaddress
 import re
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 
+@lru_cache(maxsize=4096)  # several times per connection, for a few thousand peers at most
 def normalize_address(text: str) -> str:
     """Canonical text form of an IP address (IPv4-mapped IPv6 becomes IPv4)."""
     ip = ipaddress.ip_address(text.split("%", 1)[0])

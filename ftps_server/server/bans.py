@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 __all__ = ["BanPolicy", "Clock", "FailureTracker", "Verdict", "address_key"]
 
@@ -40,6 +41,7 @@ class BanPolicy:
         return min(self.first_delay * 2 ** (failures - 1), self.max_delay)
 
 
+@lru_cache(maxsize=4096)  # several times per connection, for a few thousand peers at most
 def address_key(address: str, prefix_v6: int = 64) -> str:
     """What failures are counted against: an IPv4 address, or its IPv6 /`prefix_v6` network.
 
