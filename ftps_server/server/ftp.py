@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import ssl
 from collections.abc import Callable
@@ -346,8 +347,16 @@ class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveH
         return bool(self.data_connection_gone) or not self._data_path_open()
 
     def _virtual(self, filename: str) -> str:
+        """The client's view of a real path, for log entries."""
         fs = getattr(self, "fs", None)
-        return str(fs.fs2ftp(filename)) if fs is not None else filename
+        if fs is None:
+            return filename
+        # a path under the home is cut by its text: pyftpdlib's fs2ftp would resolve every
+        # component again (a path check the command itself already made)
+        root, path = fs.root.rstrip(os.sep), os.path.normpath(filename)
+        if path.startswith(root + os.sep) and os.sep == "/":
+            return path[len(root) :]
+        return str(fs.fs2ftp(filename))
 
     def log_transfer(
         self, cmd: str, filename: str, receive: bool, completed: bool, elapsed: float, bytes: int
