@@ -37,3 +37,10 @@ def test_short_sessions() -> None:
     out = _bench("bench/short_sessions.py", "--sessions", "6", "--runs", "1")
     failed = next(line for line in out.splitlines() if line.startswith("| failed sessions"))
     assert set(failed.split("|")[2:-1]) == {" 0 "}, out
+
+
+def test_many_clients() -> None:
+    out = _bench("bench/many_clients.py", "--clients", "4", "--runs", "1")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith(("| now", "| pyftp"))]
+    assert len(rows) == 2, out
+    assert all(row[2].strip() == "0" and float(row[3]) > 0 for row in rows), out
