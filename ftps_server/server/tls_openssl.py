@@ -143,17 +143,32 @@ def _ssl_ctx_pointer(lib: ctypes.CDLL, ctx: ssl.SSLContext) -> int | None:
     return int(pointer)
 
 
-def _set_with_openssl(ctx: ssl.SSLContext) -> bool:
+def _reach_context(ctx: ssl.SSLContext) -> tuple[ctypes.CDLL, int] | None:
+    """libssl and the proven SSL_CTX pointer of `ctx`, or None."""
     try:
         lib = _libssl()
-        if lib is None:
-            return False
-        pointer = _ssl_ctx_pointer(lib, ctx)
-        if pointer is None:
-            return False
-        return bool(lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, GROUPS.encode()))
+        pointer = _ssl_ctx_pointer(lib, ctx) if lib is not None else None
     except (OSError, AttributeError, ValueError):
+        return None
+    return (lib, pointer) if lib is not None and pointer is not None else None
+
+
+def _reach_connection(conn: ssl.SSLObject) -> tuple[ctypes.CDLL, int] | None:
+    """libssl and the proven SSL pointer of `conn`, or None."""
+    try:
+        lib = _libssl()
+        pointer = _ssl_pointer(lib, conn) if lib is not None else None
+    except (OSError, AttributeError, ValueError):
+        return None
+    return (lib, pointer) if lib is not None and pointer is not None else None
+
+
+def _set_with_openssl(ctx: ssl.SSLContext) -> bool:
+    reached = _reach_context(ctx)
+    if reached is None:
         return False
+    lib, pointer = reached
+    return bool(lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, GROUPS.encode()))
 
 
 @cache
@@ -192,14 +207,11 @@ def new_session_ticket(conn: ssl.SSLObject) -> bool:
     False when it cannot be done here (not TLS 1.3, no such function, pointer not proven)."""
     if conn.version() != "TLSv1.3":
         return False
-    try:
-        lib = _libssl()
-        if lib is None or not hasattr(lib, "SSL_new_session_ticket"):
-            return False
-        pointer = _ssl_pointer(lib, conn)
-        return pointer is not None and lib.SSL_new_session_ticket(pointer) == 1
-    except (OSError, AttributeError, ValueError):
+    reached = _reach_connection(conn)
+    if reached is None or not hasattr(reached[0], "SSL_new_session_ticket"):
         return False
+    lib, pointer = reached
+    return bool(lib.SSL_new_session_ticket(pointer) == 1)
 
 
 class ParsedChain:
@@ -299,21 +311,19 @@ def bind_session(conn: ssl.SSLObject, binding: bytes) -> bool:
     only sessions made under the same binding. False when it could not be set."""
     if len(binding) != BINDING_SIZE:
         raise ValueError("a session binding is 32 bytes")
-    lib = _libssl()
-    if lib is None:
+    reached = _reach_connection(conn)
+    if reached is None:
         return False
-    pointer = _ssl_pointer(lib, conn)
-    if pointer is None:
-        return False
+    lib, pointer = reached
     return bool(lib.SSL_set_session_id_context(pointer, binding, len(binding)) == 1)
 
 
 def set_cache_size(ctx: ssl.SSLContext, size: int) -> bool:
     """SSL_CTX_sess_set_cache_size: how many TLS 1.2 sessions the server keeps."""
-    lib = _libssl()
-    pointer = _ssl_ctx_pointer(lib, ctx) if lib is not None else None
-    if lib is None or pointer is None:
+    reached = _reach_context(ctx)
+    if reached is None:
         return False
+    lib, pointer = reached
     lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_SESS_CACHE_SIZE, size, None)
     return True
 
@@ -342,12 +352,9 @@ def cached_session(conn: ssl.SSLObject, context: ssl.SSLContext) -> CachedSessio
     with, where OpenSSL caches), for a TLS 1.2 full handshake; None otherwise."""
     if conn.version() == "TLSv1.3" or conn.session_reused:
         return None  # TLS 1.3 tickets are not cached by the server; a resumed one is not new
-    lib = _libssl()
-    if lib is None:
+    ctx, reached = _reach_context(context), _reach_connection(conn)
+    if ctx is None or reached is None:
         return None
-    ctx = _ssl_ctx_pointer(lib, context)
-    pointer = _ssl_pointer(lib, conn)
-    if ctx is None or pointer is None:
-        return None
+    lib, pointer = reached
     session = lib.SSL_get1_session(pointer)
-    return CachedSession(lib, context, ctx, int(session)) if session else None
+    return CachedSession(lib, context, ctx[1], int(session)) if session else None
