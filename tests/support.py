@@ -305,6 +305,23 @@ def client_context(
     return ctx
 
 
+# the ways a client resumes a TLS session: name -> (maximum version, session tickets offered)
+RESUMPTION = {
+    "tls1.2-ticket": (ssl.TLSVersion.TLSv1_2, True),
+    "tls1.2-session-id": (ssl.TLSVersion.TLSv1_2, False),
+    "tls1.3": (ssl.TLSVersion.TLSv1_3, True),
+}
+
+
+def resuming_client_context(pki: Pki, resumption: str) -> ssl.SSLContext:
+    """`client_context` that resumes sessions the way `RESUMPTION[resumption]` names."""
+    ctx = client_context(pki)
+    ctx.maximum_version, tickets = RESUMPTION[resumption]
+    if not tickets:
+        ctx.options |= ssl.OP_NO_TICKET  # TLS 1.2 resumption by session id
+    return ctx
+
+
 class ReusingFTP_TLS(ftplib.FTP_TLS):
     """ftplib's FTP_TLS, but data connections resume the control session (as curl does)."""
 

@@ -76,20 +76,11 @@ def site(
 
 # --- the parties ---------------------------------------------------------------------------
 
-VERSIONS = {
-    # name: (maximum version, session tickets offered by the client)
-    "tls1.2-ticket": (ssl.TLSVersion.TLSv1_2, True),
-    "tls1.2-session-id": (ssl.TLSVersion.TLSv1_2, False),
-    "tls1.3": (ssl.TLSVersion.TLSv1_3, True),
-}
+VERSIONS = support.RESUMPTION
 
 
 def _context(site: Site, version: str) -> ssl.SSLContext:
-    ctx = support.client_context(site.pki)
-    ctx.maximum_version, tickets = VERSIONS[version]
-    if not tickets:
-        ctx.options |= ssl.OP_NO_TICKET  # TLS 1.2 resumption by session id
-    return ctx
+    return support.resuming_client_context(site.pki, version)
 
 
 def _victim(

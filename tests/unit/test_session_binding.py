@@ -18,25 +18,12 @@ import support
 from ftps_server.config.loader import load
 from ftps_server.server import tls, tls_openssl
 
-VERSIONS = {
-    # name: (maximum version, session tickets offered by the client)
-    "tls1.2-ticket": (ssl.TLSVersion.TLSv1_2, True),
-    "tls1.2-session-id": (ssl.TLSVersion.TLSv1_2, False),
-    "tls1.3": (ssl.TLSVersion.TLSv1_3, True),
-}
+VERSIONS = support.RESUMPTION
 
 
 def _contexts(tmp_path: Path, pki: support.Pki, server: str = "") -> tls.TlsContexts:
     cert = pki.server("main", "127.0.0.1")
     return tls.build_contexts(load(support.node_config(tmp_path / "x.ini", cert, server=server)))
-
-
-def _client(pki: support.Pki, version: str) -> ssl.SSLContext:
-    ctx = support.client_context(pki)
-    ctx.maximum_version, tickets = VERSIONS[version]
-    if not tickets:
-        ctx.options |= ssl.OP_NO_TICKET
-    return ctx
 
 
 class Connection:
@@ -110,7 +97,7 @@ def test_control_connections_share_a_context_and_get_bindings_of_their_own(
 def test_a_session_resumes_only_under_its_own_binding(
     contexts: tls.TlsContexts, pki: support.Pki, version: str
 ) -> None:
-    client = _client(pki, version)
+    client = support.resuming_client_context(pki, version)
     victim = contexts.session_for("127.0.0.1", "explicit")
     stranger = contexts.session_for("127.0.0.1", "implicit")  # same certificate, same context
     assert victim is not None and stranger is not None and victim.context is stranger.context
@@ -132,7 +119,7 @@ def test_a_tls12_session_leaves_the_shared_cache_when_its_connection_closes(
     assert session is not None
     cache = session.context.session_stats
     before = cache()["number"]
-    client = _client(pki, "tls1.2-session-id")
+    client = support.resuming_client_context(pki, "tls1.2-session-id")
     control = Connection(session, client, None)
     assert control.cached is not None and cache()["number"] == before + 1
     data = Connection(session, client, control.client.session)
@@ -140,7 +127,7 @@ def test_a_tls12_session_leaves_the_shared_cache_when_its_connection_closes(
     control.close()
     assert cache()["number"] == before
     # TLS 1.3 tickets are not kept by the server at all
-    assert Connection(session, _client(pki, "tls1.3"), None).cached is None
+    assert Connection(session, support.resuming_client_context(pki, "tls1.3"), None).cached is None
     assert cache()["number"] == before
 
 
@@ -151,21 +138,21 @@ def test_a_handshake_storm_cannot_push_a_live_session_out_of_the_cache(
     open connections' sessions stay in it, and it has room for all of them."""
     monkeypatch.setattr(tls, "_MIN_CACHE_SIZE", 8)
     contexts = _contexts(tmp_path, pki, server="max_connections = 2")
-    client = _client(pki, "tls1.2-session-id")
+    client = support.resuming_client_context(pki, "tls1.2-session-id")
     victim = contexts.session_for("127.0.0.1", "explicit")
     assert victim is not None
     control = Connection(victim, client, None)
     for _ in range(40):  # strangers connect and leave, each with a full TLS 1.2 handshake
         other = contexts.session_for("127.0.0.1", "explicit")
         assert other is not None
-        Connection(other, _client(pki, "tls1.2-session-id"), None).close()
+        Connection(other, support.resuming_client_context(pki, "tls1.2-session-id"), None).close()
     assert Connection(victim, client, control.client.session).server.session_reused
 
 
 def test_a_renewed_shared_context_still_resumes_the_sessions_it_made(
     contexts: tls.TlsContexts, pki: support.Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = _client(pki, "tls1.3")
+    client = support.resuming_client_context(pki, "tls1.3")
     first = contexts.session_for("127.0.0.1", "explicit")
     assert first is not None
     control = Connection(first, client, None)
@@ -191,7 +178,7 @@ def test_without_openssl_reach_every_control_connection_has_its_own_context(
 ) -> None:
     contexts = _contexts(tmp_path, pki)
     assert not contexts.shared
-    client = _client(pki, version)
+    client = support.resuming_client_context(pki, version)
     victim = contexts.session_for("127.0.0.1", "explicit")
     stranger = contexts.session_for("127.0.0.1", "explicit")
     assert victim is not None and stranger is not None
