@@ -105,7 +105,7 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
         # A data connection is bound to its control connection's TLS (tls.py), so a session
         # resumed here can only be the control connection's: a session of any other
         # connection, listener or client is not resumed and gives a full handshake.
-        reused = self.tls is not None and self.tls.session_reused
+        reused = self.tls.session_reused
         if channel.state.config.tls.require_session_reuse and not reused:
             data_peer = self._peer()
             log.warning(

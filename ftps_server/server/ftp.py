@@ -353,8 +353,8 @@ class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveH
             return filename
         # a path under the home is cut by its text: pyftpdlib's fs2ftp would resolve every
         # component again (a path check the command itself already made)
-        root, path = fs.root.rstrip(os.sep), os.path.normpath(filename)
-        if path.startswith(root + os.sep) and os.sep == "/":
+        root, path = fs.root.rstrip("/"), os.path.normpath(filename)
+        if path.startswith(root + "/"):
             return path[len(root) :]
         return str(fs.fs2ftp(filename))
 

@@ -268,10 +268,11 @@ def _shared_sni_chooser(
     def choose(sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
         tls = contexts()
         wanted = tls._sni_target(server_name, own_entry, mode) if tls is not None else ""
-        if wanted:
-            target = tls._shared_context((wanted, mode))  # type: ignore[union-attr]
-            if target is not sslobj.context:
-                sslobj.context = target
+        if tls is None or not wanted:
+            return
+        target = tls._shared_context((wanted, mode))
+        if target is not sslobj.context:
+            sslobj.context = target
 
     return choose
 

@@ -295,15 +295,9 @@ def use_chain(ctx: ssl.SSLContext, chain: ParsedChain) -> bool:
 def binding_supported() -> bool:
     """True when `bind_session` can work here: libssl reached and a probe connection's
     pointer proven (tls.py then shares contexts; otherwise a context per control connection)."""
-    try:
-        lib = _libssl()
-        if lib is None:
-            return False
-        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        conn = probe.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
-        return bind_session(conn, os.urandom(BINDING_SIZE))
-    except (OSError, AttributeError, ValueError):
-        return False
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    conn = probe.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    return bind_session(conn, os.urandom(BINDING_SIZE))
 
 
 def bind_session(conn: ssl.SSLObject, binding: bytes) -> bool:
