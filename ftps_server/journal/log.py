@@ -58,6 +58,9 @@ _HANDLER_MARK = "_ftps_server_handler"
 
 def priority(levelno: int) -> int:
     """The syslog priority for a logging level (levels in between round towards debug)."""
+    exact = PRIORITIES.get(levelno)
+    if exact is not None:  # every record but those of custom levels
+        return exact
     for level in sorted(PRIORITIES, reverse=True):
         if levelno >= level:
             return PRIORITIES[level]
@@ -89,9 +92,10 @@ def record_fields(record: logging.LogRecord) -> dict[str, str]:
         if value is None:
             continue
         key = _field_name(str(name))
-        if key in _RESERVED:
-            continue
-        out[key] = _redact(str(value))
+        if key not in _RESERVED:
+            out[key] = value if type(value) is str else str(value)
+    if "-----BEGIN" in "".join(out.values()):  # one test for all: the marker is rare
+        return {key: _redact(value) for key, value in out.items()}
     return out
 
 
@@ -119,6 +123,12 @@ def _quote(value: str) -> str:
     if value and not _NEEDS_QUOTES.search(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _field_text(fields: dict[str, str]) -> str:
+    """``KEY=value ...``, values quoted where they must be."""
+    plain = _NEEDS_QUOTES.search
+    return " ".join([f"{k}={v if v and not plain(v) else _quote(v)}" for k, v in fields.items()])
 
 
 class StderrHandler(logging.Handler):
@@ -151,7 +161,7 @@ class StderrHandler(logging.Handler):
         message = _redact(record.getMessage())
         if record.exc_info:
             message += "\n" + logging.Formatter().formatException(record.exc_info)
-        fields = " ".join(f"{k}={_quote(v)}" for k, v in record_fields(record).items())
+        fields = _field_text(record_fields(record))
         lines = message.splitlines() or [""]
         if fields:
             lines[0] = f"{lines[0]} {fields}"
@@ -248,5 +258,9 @@ def setup_logging(debug: bool, *, stream: TextIO | None = None) -> None:
     handler: logging.Handler
     handler = StructuredJournalHandler(sender) if sender else StderrHandler(stream)
     setattr(handler, _HANDLER_MARK, True)
+    # no record field carries the process name or PID (the journal adds _PID itself):
+    # not looking them up saves time on every record
+    logging.logMultiprocessing = False
+    logging.logProcesses = False
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)

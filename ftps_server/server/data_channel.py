@@ -77,6 +77,12 @@ class FtpsDataHandler(TlsChannel, DTPHandler):
     # the first handshake step comes from the loop (see TlsChannel.start_tls)
     tls_wrap_on_hello = True
 
+    def __repr__(self) -> str:
+        # cheap, as the session's (see FtpsHandler.__repr__): pyftpdlib builds it on close
+        return f"<{type(self).__name__} of {getattr(self, 'cmd_channel', None)!r}>"
+
+    __str__ = __repr__
+
     def tls_wrap(self, context: ssl.SSLContext) -> ssl.SSLObject:
         # No TLS 1.3 tickets on data connections: an uploading client never reads them, and
         # closing a socket with unread data sends a reset that discards the end of its upload

@@ -169,19 +169,21 @@ class SessionLog:
 
     def fields(self) -> dict[str, dict[str, str]]:
         """``extra=`` for any other log call about this session: its SESSION_ID and peer."""
+        return {"fields": self._common_fields({})}
+
+    def _common_fields(self, out: dict[str, str]) -> dict[str, str]:
+        out["SESSION_ID"] = self.id
+        out["REMOTE_ADDR"] = self._session.remote_ip
+        out["LISTENER"] = self._session.listener_name
         user = self._session.username
-        return {
-            "fields": {
-                "SESSION_ID": self.id,
-                "REMOTE_ADDR": self._session.remote_ip,
-                "LISTENER": self._session.listener_name,
-                **({"USER": escape_controls(user)} if user else {}),
-            }
-        }
+        if user:
+            out["USER"] = escape_controls(user)
+        return out
 
     def _emit(self, level: int, message_id: str, text: str, fields: dict[str, str]) -> None:
-        common = {"MESSAGE_ID": message_id, **self.fields()["fields"]}
-        log.log(level, "%s", text, extra={"fields": {**common, **fields}})
+        every = self._common_fields({"MESSAGE_ID": message_id})
+        every.update(fields)
+        log.log(level, "%s", text, extra={"fields": every})
 
     def connected(self, remote_port: int) -> None:
         """A client connected (before any TLS)."""

@@ -20,6 +20,7 @@ from cryptography import x509
 from pyftpdlib.handlers import FTPHandler
 
 from ..config.ini import normalize_address
+from ..config.model import host_port
 from ..safe_text import before_controls, escape_controls, has_controls
 from . import auth, metrics
 from . import pyftpdlib_adapter as pyftpd
@@ -180,16 +181,27 @@ class FtpsHandler(TlsChannel, ChecksumCommands, ListingCommands, pyftpd.PassiveH
         return self._prot
 
     def _nat_address(self) -> str | None:
-        ip = ipaddress.ip_address(self.remote_ip)
-        for rule in self.state.config.server.nat:
-            if ip.version == rule.network.version and ip in rule.network:
-                return rule.address
+        rules = self.state.config.server.nat
+        if rules:
+            ip = ipaddress.ip_address(self.remote_ip)
+            for rule in rules:
+                if ip.version == rule.network.version and ip in rule.network:
+                    return rule.address
         if self.proxy_header is not None and self.proxy_header.destination:
             # behind a balancer the node's own address is useless to the client; the
             # address it dialled (the VIP) is where the passive range is forwarded
             dialled = ipaddress.ip_address(self.local_ip)
             return self.local_ip if dialled.version == 4 else None
         return None
+
+    def __repr__(self) -> str:
+        # pyftpdlib formats its handlers into a debug line on every close, debug on or not:
+        # its own repr walks the session and the data channel's file object every time
+        session = getattr(getattr(self, "session_log", None), "id", "-")
+        peer = host_port(getattr(self, "remote_ip", "?"), getattr(self, "remote_port", 0))
+        return f"<{type(self).__name__} session {session} {peer}>"
+
+    __str__ = __repr__
 
     # --- connection lifecycle
 

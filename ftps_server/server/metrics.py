@@ -165,12 +165,10 @@ if CollectorRegistry is not None:
         registry=REGISTRY,
     )
     # every series exists from the start: a rate() over a series born at its first event
-    # misses that event
-    for _result in RESULTS:
-        for _method in METHODS:
-            _LOGINS.labels(_result, _method)
-    for _direction in ("upload", "download"):
-        _BYTES.labels(_direction)
+    # misses that event. The children are kept: labels() validates, locks and looks up on
+    # every call, which cost as much per login as a journal record
+    _LOGIN_SERIES = {(r, m): _LOGINS.labels(r, m) for r in RESULTS for m in METHODS}
+    _BYTES_SERIES = {d: _BYTES.labels(d) for d in ("upload", "download")}
 
 _reasons: set[str] = set()
 _reasons_lock = threading.Lock()
@@ -182,7 +180,8 @@ _reasons_lock = threading.Lock()
 def login(result: str, method: str) -> None:
     """A login ended: result "ok" or "failed"; method password | certificate | both."""
     if CollectorRegistry is not None:
-        _LOGINS.labels(result, method).inc()
+        series = _LOGIN_SERIES.get((result, method))
+        (series if series is not None else _LOGINS.labels(result, method)).inc()
 
 
 def ban() -> None:
@@ -194,7 +193,7 @@ def ban() -> None:
 def transferred(upload: bool, nbytes: int) -> None:
     """A file transfer ended (complete or not) after moving `nbytes`."""
     if CollectorRegistry is not None and nbytes > 0:
-        _BYTES.labels("upload" if upload else "download").inc(nbytes)
+        _BYTES_SERIES["upload" if upload else "download"].inc(nbytes)
 
 
 def reason_label(reason: str) -> str:

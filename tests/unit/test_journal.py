@@ -97,6 +97,29 @@ def test_private_key_text_never_logged(logger: logging.Logger) -> None:
     assert "[private key removed]" in stream.getvalue()
 
 
+def test_stderr_fields_quoted_only_where_a_reader_needs_it(logger: logging.Logger) -> None:
+    stream = io.StringIO()
+    logger.addHandler(journal.StderrHandler(stream))
+    fields = {"A": "plain", "B": "", "C": 'say "hi"', "D": "back\\slash", "E": "x=y", "F": "1 2"}
+    logger.info("m", extra={"fields": fields})
+    assert stream.getvalue() == (
+        '<6>INFO ftps_server.test_journal: m A=plain B="" C="say \\"hi\\"" '
+        'D="back\\\\slash" E="x=y" F="1 2"\n'
+    )
+
+
+def test_private_key_in_one_field_leaves_the_others_alone() -> None:
+    pem = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIB\n-----END EC PRIVATE KEY-----"
+    fields = journal.record_fields(
+        _record(20, "m", {"KEY": pem, "NEXT": "-----BEGIN is not a key", "N": 7})
+    )
+    assert fields == {
+        "KEY": "[private key removed]",
+        "NEXT": "-----BEGIN is not a key",
+        "N": "7",
+    }
+
+
 def test_stderr_is_journal_compares_device_and_inode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
