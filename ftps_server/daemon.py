@@ -27,7 +27,7 @@ from .journal import message_ids
 from .reminders import run as reminders_run
 from .server import handover
 from .server.listeners import Listeners, ServerState, build_state
-from .server.pyftpdlib_adapter import clear_scheduled
+from .server.pyftpdlib_adapter import clear_scheduled, run_loop
 from .server.tls import build_contexts
 from .server.wakeup import FdChannel
 from .server.workers import HEARTBEAT, Supervisor, WorkerInbox, WorkerSpec, worker_config
@@ -35,8 +35,6 @@ from .server.workers import HEARTBEAT, Supervisor, WorkerInbox, WorkerSpec, work
 __all__ = ["Daemon", "notify", "register"]
 
 log = logging.getLogger(__name__)
-
-_POLL_SECONDS = 0.2
 
 
 def notify(*lines: str) -> bool:
@@ -339,9 +337,7 @@ class Daemon:
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT."""
-        # a bounded poll: with none, an idle loop would sleep through its own scheduled
-        # calls (the watchdog ping) until some socket woke it
-        self.ioloop.loop(timeout=_POLL_SECONDS)
+        run_loop(self.ioloop)
 
 
 def _serve(args: argparse.Namespace) -> int:

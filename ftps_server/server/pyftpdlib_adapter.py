@@ -50,6 +50,7 @@ __all__ = [
     "mlst_facts",
     "next_chunk",
     "own_passive_listener",
+    "run_loop",
     "set_extra_features",
     "set_io_events",
     "set_transfer_reply",
@@ -85,6 +86,21 @@ def call_soon(
     """ioloop.call_later with an error handler: the private `_errback` keyword (1.5.7-2.2.0)
     makes a failing callback call `errback` instead of logging and going on."""
     return ioloop.call_later(delay, callback, *args, _errback=errback)
+
+
+def run_loop(ioloop: Any) -> None:
+    """Serve `ioloop` until it has no channels, each poll sleeping until the next call due.
+
+    IOLoop.loop() starts with a poll without timeout whatever is scheduled (1.5.7-2.2.0): an
+    idle server would sleep through its own calls (the watchdog ping). A fixed bound instead
+    wakes an idle server several times a second. Every other thread reaches the loop through
+    a file descriptor (signals, the hash and checksum workers' wakers), so no call is
+    scheduled behind the poll's back."""
+    poll, due, channels = ioloop.poll, ioloop.sched.poll, ioloop.socket_map
+    timeout = due()
+    while channels:
+        poll(timeout)
+        timeout = due()
 
 
 def set_io_events(channel: Any, events: int) -> None:

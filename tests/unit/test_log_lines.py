@@ -46,7 +46,7 @@ def test_handler_repr_names_the_session_without_walking_it() -> None:
     # pyftpdlib puts repr(handler) into a debug line on every close, debug on or not
     session = object.__new__(FtpsHandler)
     assert repr(session) == "<FtpsHandler session - ?:0>"  # before __init__ got far
-    session.session_log = type("Log", (), {"id": "0123abcd"})()  # type: ignore[assignment]
+    session.session_log = type("Log", (), {"id": "0123abcd"})()
     session.remote_ip, session.remote_port = "::1", 40000
     session.username = "alice"
     data = object.__new__(FtpsDataHandler)
