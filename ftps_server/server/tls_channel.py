@@ -376,6 +376,11 @@ class TlsChannel:
             super().handle_read_event()  # type: ignore[misc]
             if not self._tls_progress or self.tls_state is not TlsState.ESTABLISHED:
                 break
+            engine = self._tls_engine
+            if engine is None or not engine.input_waiting:
+                # all the socket held went into the BIO and was read out: what comes next
+                # comes with a socket event (one recv and three exceptions fewer per command)
+                break
 
     def handle_write_event(self) -> None:
         if self.tls_state is TlsState.HANDSHAKE:

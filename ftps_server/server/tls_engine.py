@@ -107,6 +107,17 @@ class TlsEngine:
         """Encrypted bytes waiting to go to the peer."""
         return self.outgoing.pending if self.outgoing is not None else 0
 
+    @property
+    def input_waiting(self) -> bool:
+        """Bytes from the peer not yet read out: in the BIO, decrypted in the SSLObject, or
+        its EOF (which the next read reports)."""
+        incoming, sslobj = self.incoming, self.sslobj
+        return bool(
+            self.peer_eof
+            or (incoming is not None and incoming.pending)
+            or (sslobj is not None and sslobj.pending())
+        )
+
     def take(self, size: int) -> bytes:
         """Up to `size` encrypted bytes for the peer."""
         assert self.outgoing is not None
