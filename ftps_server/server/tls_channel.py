@@ -428,6 +428,8 @@ class TlsChannel:
         """Decrypt into `buffer`: a count, 0 at EOF, None when no complete record is there."""
         engine = self._tls_engine
         assert engine is not None
+        if not engine.input_waiting and not self._tls_fill():
+            return None  # nothing in the BIO and nothing on the socket: no decrypt to try
         while True:
             n = engine.read_into(buffer)
             if n is None:
