@@ -31,11 +31,21 @@ ROOT = Path(__file__).resolve().parent.parent
 UTC = dt.UTC
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on `host` (IPv4 or IPv6) right now."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port that is free on `host` (IPv4 or IPv6) right now, and never one this process
+    handed out before: the kernel may give a port it just released again, and two listeners
+    of one config then got the same port (seen in CI: "port ... is already used by ...")."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError(f"no fresh free port on {host}")
 
 
 def free_port_range(count: int, hosts: tuple[str, ...]) -> int:

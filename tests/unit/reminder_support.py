@@ -8,7 +8,6 @@ import datetime as dt
 import email
 import email.policy
 import logging
-import socket
 import ssl
 import textwrap
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import support
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -32,9 +32,7 @@ SMTP_PASSWORD = "s3cret pass-word"
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (nothing listens there: "SMTP down")."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return support.free_port()
 
 
 @dataclass
