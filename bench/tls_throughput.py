@@ -172,9 +172,11 @@ def start_ftps_server(
     tree: Path = ROOT,
     name: str = "ftps-server",
     extra_config: str = "",
+    env: dict[str, str] | None = None,
 ) -> Server:
     """ftps-server (from source `tree`) on HOST:port; `server_options` add to or replace
-    [server] keys; `extra_config` is appended to the file (more users)."""
+    [server] keys; `extra_config` is appended to the file (more users); `env` adds to the
+    server's environment (a PYTHONPATH there goes before `tree`)."""
     password = secrets.token_urlsafe(12)
     config = work / f"{name}.ini"
     options = {"passive_ports": "41000-41099", **(server_options or {})}
@@ -200,13 +202,21 @@ password = {password_hash(password)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ftps_server", "serve", "--config", str(config)],
         cwd=work,
-        env=dict(os.environ, PYTHONPATH=str(tree)),
+        env=_server_env(env, tree),
         stdout=subprocess.DEVNULL,
         stderr=(work / f"{name}.log").open("wb"),
         preexec_fn=group.enter if group else None,
     )
     _wait_port(port)
     return Server(name, port, password, proc, group)
+
+
+def _server_env(extra: dict[str, str] | None, tree: Path | None) -> dict[str, str]:
+    env = {**os.environ, **(extra or {})}
+    paths = [p for p in ((extra or {}).get("PYTHONPATH"), str(tree) if tree else None) if p]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
 
 
 def start_vsftpd(
@@ -326,6 +336,7 @@ def start_stock(
     port: int,
     passive: str,
     logging_: str = "warning",
+    env: dict[str, str] | None = None,
 ) -> Server:
     """Stock pyftpdlib 2.x TLS_FTPHandler (pyOpenSSL), TLS required on both channels.
 
@@ -359,6 +370,7 @@ def start_stock(
     group = _group(f"pyftpdlib-{port}")
     proc = subprocess.Popen(
         [sys.executable, str(script)],
+        env=_server_env(env, None),
         stderr=(work / f"stock-{port}.log").open("wb"),
         preexec_fn=group.enter if group else None,
     )

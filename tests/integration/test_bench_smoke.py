@@ -44,3 +44,14 @@ def test_many_clients() -> None:
     rows = [line.split("|") for line in out.splitlines() if line.startswith(("| now", "| pyftp"))]
     assert len(rows) == 2, out
     assert all(row[2].strip() == "0" and float(row[3]) > 0 for row in rows), out
+
+
+def test_event_cpu_charges_each_command_in_both_servers() -> None:
+    out = _bench("bench/event_cpu.py", "--sessions", "8", "--noops", "2", "--retrs", "1")
+    cells = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
+    rows = {row[0].strip(): [cell.strip() for cell in row[1:]] for row in cells}
+    assert rows["what ran in the event"] == ["now", "pyftpdlib"], out
+    for label in ("NOOP", "RETR", "PASV", "TLS handshake, data", "all loop events"):
+        assert all(float(cell.split(" ")[0]) > 0 for cell in rows[label]), (label, out)
+    # each NOOP came alone, in an event of its own, twice per session in both servers
+    assert [cell.split(" ")[1] for cell in rows["NOOP"]] == ["(2.00)", "(2.00)"], out
