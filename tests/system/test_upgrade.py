@@ -27,6 +27,20 @@ def _alive(ct: Container, pid: str) -> bool:
     return ct.run(["test", "-d", f"/proc/{pid}"], check=False).returncode == 0
 
 
+def _serving_pid(ct: Container, cursor: str) -> str:
+    """The PID of the process whose login entry came after `cursor` (one login expected)."""
+    deadline = time.monotonic() + 10
+    while True:
+        logins = ct.journal_json(
+            message_id=message_ids.LOGIN_OK, extra=[f"--after-cursor={cursor}"]
+        )
+        pids = {str(e["_PID"]) for e in logins}
+        if pids or time.monotonic() > deadline:
+            assert len(pids) == 1, logins
+            return pids.pop()
+        time.sleep(0.2)
+
+
 def _cursor(ct: Container) -> str:
     out = ct.run(["journalctl", "--no-pager", "-n", "0", "--show-cursor"]).stdout
     return out.strip().rsplit("-- cursor: ", 1)[-1]
@@ -49,6 +63,7 @@ def test_upgrade_during_download_hands_over(
     cert = site.certs["site-a"]
     target = host_dir / "big.bin"
     target.unlink(missing_ok=True)
+    before_download = _cursor(ct)
     started = time.monotonic()
     download = subprocess.Popen(
         [
@@ -66,10 +81,12 @@ def test_upgrade_during_download_hands_over(
             assert download.poll() is None, download.communicate()
             assert time.monotonic() < deadline, "the download did not start"
             time.sleep(0.2)
-        # the process serving the download: read once it runs (an earlier test's reinstall may
-        # have just handed over, and the process that was main before then drains and exits)
+        # the process serving the download: the one that logged its login. Not MainPID: an
+        # earlier test's reinstall may still be handing over, and then the download can be
+        # served by the process that was main before (it drains), while MainPID serves nothing
+        # and, at this upgrade, hands over and exits at once
         wait_active(ct)
-        old_pid = ct.systemctl_show("ftps-server", "MainPID")
+        old_pid = _serving_pid(ct, before_download)
 
         cursor = _cursor(ct)
         proc = ct.install_deb(new_deb)
