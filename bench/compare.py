@@ -52,7 +52,7 @@ import tls_throughput  # noqa: E402
 from support import ReusingFTP_TLS  # noqa: E402
 from tls_throughput import HOST, Server  # noqa: E402
 
-from ftps_server.pki.passwords import HashParams, hash_password  # noqa: E402
+from ftps_server.pki.passwords import hash_password  # noqa: E402
 
 BENCH_USER = tls_throughput.BENCH_USER = "ftpcmp"
 PASSWORD_USERS = "distinct users' password"
@@ -351,10 +351,6 @@ def _ftps_options(passive: str, workers: int | None = None) -> dict[str, str]:
     return options
 
 
-def _cheap(password: str) -> str:
-    return hash_password(password, HashParams(ln=10, r=8, p=1))
-
-
 def _users_config(count: int, home_root: Path) -> str:
     """Users u1..uN, one default-cost hash shared (the verifier cache is per user, so every
     user's first login still pays scrypt)."""
@@ -389,7 +385,14 @@ def run(args: argparse.Namespace, work: Path) -> tuple[Results, list[str]]:
         print("starting servers", file=sys.stderr)
         cheap = {
             "now": start(
-                work, cert, key, home, 47990, _ftps_options("45000-45099", 1), _cheap, name="now"
+                work,
+                cert,
+                key,
+                home,
+                47990,
+                _ftps_options("45000-45099", 1),
+                tls_throughput.cheap_hash,
+                name="now",
             ),
             "first": start(
                 work,
@@ -398,7 +401,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[Results, list[str]]:
                 home,
                 47991,
                 _ftps_options("45100-45199"),
-                _cheap,
+                tls_throughput.cheap_hash,
                 tree=old,
                 name="first",
             ),
@@ -465,7 +468,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[Results, list[str]]:
             home,
             47994,
             _ftps_options("45200-45299", 2),
-            _cheap,
+            tls_throughput.cheap_hash,
             name="now-workers2",
         )
         servers.append(w2)

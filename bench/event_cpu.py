@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import ssl
 import sys
 import tempfile
@@ -36,8 +35,6 @@ from pathlib import Path
 import short_sessions
 import tls_throughput
 from tls_throughput import Server
-
-from ftps_server.pki.passwords import HashParams, hash_password
 
 PROBE = r'''
 """event_cpu.py's probe: per-event thread CPU of pyftpdlib's loop, by what ran in it."""
@@ -106,17 +103,17 @@ if _OUT:
 '''
 
 
-def _sessions(server: Server, context: ssl.SSLContext, args: argparse.Namespace) -> None:
+def _sessions(server: Server, context: ssl.SSLContext, count: int, noops: int, retrs: int) -> None:
     def client() -> None:
-        for _ in range(args.sessions // 4):
+        for _ in range(count // 4):
             ftp = short_sessions.ReusingFTP_TLS(context=context, timeout=30)
             ftp.connect(tls_throughput.HOST, server.port)
             ftp.auth()
             ftp.login(tls_throughput.BENCH_USER, server.password)
             ftp.prot_p()
-            for _ in range(args.noops):
+            for _ in range(noops):
                 ftp.voidcmd("NOOP")
-            for _ in range(args.retrs):
+            for _ in range(retrs):
                 ftp.retrbinary("RETR one.bin", lambda _: None)
             ftp.quit()
 
@@ -167,8 +164,7 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ftps-event-cpu-", dir="/dev/shm"))
     work.chmod(0o755)
-    servers: list[Server] = []
-    try:
+    with tls_throughput.stopped_at_exit(work) as servers:
         probe = work / "probe"
         probe.mkdir()
         (probe / "sitecustomize.py").write_text(PROBE)
@@ -182,10 +178,7 @@ def main() -> int:
             return {"PYTHONPATH": str(probe), "EVENT_CPU_OUT": str(work / f"{name}.json")}
 
         start = tls_throughput.start_ftps_server
-
-        def cheap(password: str) -> str:  # the hash is not the subject (as short_sessions.py)
-            return hash_password(password, HashParams(ln=10, r=8, p=1))
-
+        cheap = tls_throughput.cheap_hash
         trees = [("now", tls_throughput.ROOT)]
         if args.baseline:
             trees.append(("baseline", args.baseline.resolve()))
@@ -203,19 +196,14 @@ def main() -> int:
         context.check_hostname = False
         results = {}
         for server in servers:
-            warm = argparse.Namespace(sessions=4, noops=0, retrs=1)
-            _sessions(server, context, warm)  # the verifier cache, the first contexts
+            _sessions(server, context, 4, 0, 1)  # the verifier cache, the first contexts
             out = work / f"{server.name}.json"
             before = _read(out, {}) if out.exists() else {}
             cpu = server.cpu_seconds()
-            _sessions(server, context, args)
+            _sessions(server, context, args.sessions, args.noops, args.retrs)
             events = _read(out, before)  # waits for the probe, and for the last closes
             results[server.name] = (events, (server.cpu_seconds() - cpu) / args.sessions * 1e6)
         _table(results, args.sessions - args.sessions % 4)
-    finally:
-        for server in servers:
-            server.stop()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -34,9 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().parent)]
 
 from support import stop_process  # noqa: E402
-from tls_throughput import self_signed  # noqa: E402
-
-from ftps_server.pki.passwords import HashParams, hash_password  # noqa: E402
+from tls_throughput import cheap_hash, self_signed  # noqa: E402
 
 VIP = "127.0.0.50"
 NODES = {"node1": "127.0.0.51", "node2": "127.0.0.52"}
@@ -104,7 +102,7 @@ default = yes
 [user:{USER}]
 home = {work}/storage/{USER}
 permissions = elr
-password = {hash_password(pw, HashParams(ln=10, r=8, p=1))}
+password = {cheap_hash(pw)}
 """)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ftps_server", "serve", "--config", str(config)],

@@ -51,7 +51,7 @@ from tls_throughput import (  # noqa: E402
     start_vsftpd,
 )
 
-from ftps_server.pki.passwords import HashParams, hash_password  # noqa: E402
+from ftps_server.pki.passwords import hash_password  # noqa: E402
 
 # own user and ports, so that a tls_throughput.py run at the same time is left alone
 BENCH_USER = tls_throughput.BENCH_USER = "ftpload"
@@ -294,10 +294,6 @@ VSFTPD_OPTIONS = {
 }
 
 
-def _fast_hash(password: str) -> str:
-    return hash_password(password, HashParams(ln=10, r=8, p=1))
-
-
 def run(args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
     cert, key = _cert(work)
     home = work / "home" / BENCH_USER
@@ -315,7 +311,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
     if args.ftps_only:
         del starters["vsftpd"]
     for name, start in starters.items():
-        server = start(_fast_hash)
+        server = start(tls_throughput.cheap_hash)
         if name == "vsftpd":
             shutil.chown(home, BENCH_USER)
             (home / FILE).chmod(0o644)

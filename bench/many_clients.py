@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,6 @@ from pathlib import Path
 
 import compare
 import tls_throughput
-from tls_throughput import Server
 
 
 def main() -> int:
@@ -44,8 +42,7 @@ def main() -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="ftps-many-", dir="/dev/shm"))
     work.chmod(0o755)
-    servers: list[Server] = []
-    try:
+    with tls_throughput.stopped_at_exit(work) as servers:
         cert, key = compare._cert(work)
         home = work / "home" / compare.BENCH_USER
         home.mkdir(parents=True)
@@ -87,10 +84,6 @@ def main() -> int:
                     f"| {name} | {worst} | {median('mbps'):.0f} | {median('cpu'):.2f} "
                     f"| {median('slowest'):.2f} | {every} |"
                 )
-    finally:
-        for server in servers:
-            server.stop()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

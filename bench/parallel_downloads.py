@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,6 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 import tls_throughput  # noqa: E402
 from tls_throughput import HOST, Server, _cert  # noqa: E402
 
-from ftps_server.pki.passwords import HashParams, hash_password  # noqa: E402
 from ftps_server.server.workers import pick  # noqa: E402
 
 BENCH_USER = tls_throughput.BENCH_USER = "ftppar"
@@ -130,13 +128,9 @@ def main() -> int:
     )
     args = parser.parse_args()
     work, home = tls_throughput.workspace("ftps-par-", args.size_mib, BENCH_USER)
-    servers: list[Server] = []
-    try:
+    with tls_throughput.stopped_at_exit(work) as servers:
         cert, key = _cert(work)
         src = home / "file.bin"
-
-        def cheap(password: str) -> str:
-            return hash_password(password, HashParams(ln=10, r=8, p=1))
 
         for port, workers, passive in (
             (45990, 1, "46000-46099"),
@@ -144,7 +138,14 @@ def main() -> int:
         ):
             options = {"workers": str(workers), "passive_ports": passive}
             server = tls_throughput.start_ftps_server(
-                work, cert, key, home, port, options, cheap, name=f"workers={workers}"
+                work,
+                cert,
+                key,
+                home,
+                port,
+                options,
+                tls_throughput.cheap_hash,
+                name=f"workers={workers}",
             )
             servers.append(server)
         time.sleep(2.0)  # the workers import and load the configuration
@@ -175,10 +176,6 @@ def main() -> int:
             for i, label in enumerate(labels):
                 cells = [f"{statistics.median(r[i] for r in rs):.0f}" for rs in mine.values()]
                 print(f"| {label} | " + " | ".join(cells) + " |")
-    finally:
-        for server in servers:
-            server.stop()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -22,7 +22,6 @@ import argparse
 import concurrent.futures as cf
 import ftplib
 import os
-import shutil
 import ssl
 import statistics
 import subprocess
@@ -37,8 +36,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().par
 import tls_throughput  # noqa: E402
 from support import ReusingFTP_TLS  # noqa: E402
 from tls_throughput import HOST, Server, _cert, start_stock  # noqa: E402
-
-from ftps_server.pki.passwords import HashParams, hash_password  # noqa: E402
 
 BENCH_USER = tls_throughput.BENCH_USER = "ftpshort"
 FILE, SIZE = "short-1m.bin", 2**20
@@ -98,17 +95,13 @@ def main() -> int:
     args = parser.parse_args()
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     work = Path(tempfile.mkdtemp(prefix="ftps-short-", dir=shm))
-    servers: list[Server] = []
-    try:
+    with tls_throughput.stopped_at_exit(work) as servers:
         cert, key = _cert(work)
         home = work / "home" / BENCH_USER
         home.mkdir(parents=True)
         (home / FILE).write_bytes(os.urandom(SIZE))
         options = {"max_connections_per_ip": "1000", "passive_ports": "44000-44099"}
-
-        def cheap(password: str) -> str:
-            return hash_password(password, HashParams(ln=10, r=8, p=1))
-
+        cheap = tls_throughput.cheap_hash
         servers.append(
             tls_throughput.start_ftps_server(work, cert, key, home, 43990, options, cheap)
         )
@@ -146,10 +139,6 @@ def main() -> int:
                     spy.wait(60)
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
         _table(results, args)
-    finally:
-        for server in servers:
-            server.stop()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -17,6 +17,7 @@ system user `ftpbench` for it, and removes nothing it did not create in its temp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import ipaddress
 import os
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cryptography import x509
@@ -43,7 +44,7 @@ from cgroup_cpu import CpuGroup  # noqa: E402
 from support import stop_process  # noqa: E402
 
 from ftps_server.demo import write_pem  # noqa: E402
-from ftps_server.pki.passwords import hash_password  # noqa: E402
+from ftps_server.pki.passwords import HashParams, hash_password  # noqa: E402
 
 HOST = "127.0.0.1"
 BENCH_USER = "ftpbench"
@@ -74,6 +75,23 @@ def self_signed(
         .sign(key, hashes.SHA256())
     )
     return write_pem(directory, name, cert, key), directory / f"{name}.key"
+
+
+def cheap_hash(password: str) -> str:
+    """A scrypt hash of ln=10 r=8 p=1: for the benches where the hash is not the subject."""
+    return hash_password(password, HashParams(ln=10, r=8, p=1))
+
+
+@contextlib.contextmanager
+def stopped_at_exit(work: Path) -> Iterator[list[Server]]:
+    """A list for the servers a bench starts: on leaving, each is stopped and `work` removed."""
+    servers: list[Server] = []
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _cert(directory: Path) -> tuple[Path, Path]:
