@@ -120,8 +120,7 @@ _NEEDS_QUOTES = re.compile(r'[\s"=\\]')
 
 
 def _quote(value: str) -> str:
-    if value and not _NEEDS_QUOTES.search(value):
-        return value
+    """`value` in double quotes, its backslashes, quotes and line feeds escaped."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
