@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +55,27 @@ def notify(*lines: str) -> bool:
 
 
 class _SignalPipe(FdChannel):
-    """Delivers signals into the IOLoop through a wake-up fd, so handlers run between events."""
+    """Delivers signals into the IOLoop through a wake-up fd, so handlers run between events.
 
-    def __init__(self, ioloop: Any, handlers: dict[int, Any]) -> None:
+    `at_once`, if given, runs in the Python-level signal handler itself, before the loop
+    gets to the signal: for what must not wait behind the event being served."""
+
+    def __init__(
+        self,
+        ioloop: Any,
+        handlers: dict[int, Any],
+        at_once: Callable[[int], None] | None = None,
+    ) -> None:
         self.ioloop, self.handlers = ioloop, handlers
         self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+
+        def handler(signum: int, _frame: Any) -> None:
+            if at_once is not None:
+                at_once(signum)
+
         for signum in handlers:
-            signal.signal(signum, lambda *_: None)
+            signal.signal(signum, handler)
         ioloop.register(self._r, self, ioloop.READ)
 
     def handle_read_event(self) -> None:
@@ -119,7 +133,7 @@ class Daemon:
         if self.worker is not None:
             self.inbox = WorkerInbox(self.ioloop, self.worker, self.state)
             handlers[signal.SIGUSR2] = self._drain_worker  # its main process handed over
-            self._signals = _SignalPipe(self.ioloop, handlers)
+            self._signals = _SignalPipe(self.ioloop, handlers)  # a worker never speaks to systemd
             return
         if config.server.workers > 1:
             self.supervisor = Supervisor(self.ioloop, self.config_path, config.server.workers)
@@ -133,7 +147,7 @@ class Daemon:
             if self.supervisor is not None:
                 self.supervisor.stop()  # no worker outlives a start that failed
             self._fail_unbound()
-        self._signals = _SignalPipe(self.ioloop, handlers)
+        self._signals = _SignalPipe(self.ioloop, handlers, self._announce_reload)
         if self.supervisor is not None:
             self.supervisor.reap()  # a worker that ended before SIGCHLD was caught
         self._start_watchdog()
@@ -200,14 +214,32 @@ class Daemon:
 
         threading.Thread(target=run, name="remind", daemon=True).start()
 
+    def _announce_reload(self, signum: int) -> None:
+        """RELOADING=1 the moment SIGHUP or SIGUSR2 arrives, not once the loop gets to it.
+
+        `systemctl reload` ends when ExecReload's `kill` exits, unless RELOADING=1 came first
+        (systemd reads notifications before SIGCHLD): then it waits for READY=1. Sent from the
+        loop, after the event being served and the code check, it could come too late; postinst
+        then saw the reload over with MainPID unchanged, took the hand-over for a reload in
+        place, and restarted the service, cutting the sessions the hand-over was to keep.
+        Only when READY=1 will follow: reload() and hand_over() answer every signal that gets
+        past these guards (theirs)."""
+        if self._spawn is not None or self._handed_over:
+            return
+        if signum == signal.SIGUSR2 and not self.listeners.servers:
+            return
+        now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        notify("RELOADING=1", f"MONOTONIC_USEC={now_usec}", "STATUS=reloading")
+
     def reload(self) -> None:
         """Re-read config, certificates and users; keep the old state if the new one is bad.
 
         When the installed code changed since this process started (a package upgrade), hand
-        the listeners over to a new process running it instead."""
+        the listeners over to a new process running it instead (with none bound, there is
+        nothing to hand over: reload in place)."""
         if self._spawn is not None or self._handed_over:
             return
-        if handover.code_fingerprint() != self._code:
+        if handover.code_fingerprint() != self._code and self.listeners.servers:
             log.info("the installed code changed since the start: handing over")
             self.hand_over()
             return

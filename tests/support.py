@@ -223,9 +223,12 @@ class ServerProcess:
         self.notify.bind(str(self.notify_path))
         self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
         self.messages: list[str] = []
-        full_env = dict(
-            os.environ, NOTIFY_SOCKET=str(self.notify_path), PYTHONPATH=str(ROOT), **(env or {})
-        )
+        full_env = {
+            **os.environ,
+            "NOTIFY_SOCKET": str(self.notify_path),
+            "PYTHONPATH": str(ROOT),
+            **(env or {}),  # may replace PYTHONPATH
+        }
         self.log_file = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ftps_server", "serve", "--config", str(config)],

@@ -270,3 +270,45 @@ def test_workers_drain_their_sessions_after_a_hand_over(
         for pid in successors:  # started by the server under test, stopped by its PID
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+
+
+# A slow look at the code on disk (a loaded machine, a cold cache): the loop is busy when the
+# reload's signal comes.
+SLOW_CODE_CHECK = """
+import time
+import ftps_server.server.handover as handover
+_fingerprint = handover.code_fingerprint
+def code_fingerprint():
+    time.sleep(float(__import__("os").environ["FTPS_TEST_CODE_CHECK_S"]))
+    return _fingerprint()
+handover.code_fingerprint = code_fingerprint
+"""
+
+
+def test_reload_is_announced_at_the_signal_not_when_the_loop_gets_to_it(
+    pki: support.Pki, served: tuple[support.ServerProcess, bytes], tmp_path: Path
+) -> None:
+    """systemd ends `systemctl reload` when ExecReload's `kill` exits unless RELOADING=1 came
+    first; postinst then takes an unchanged MainPID for a reload in place (an old version) and
+    restarts, cutting the sessions a hand-over keeps. RELOADING=1 must leave at the signal, before
+    the reload's work (here a code check slowed to 1.5 s), and READY=1 follow it."""
+    first, _data = served
+    first.stop()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_CODE_CHECK)
+    env = {"PYTHONPATH": f"{site}:{support.ROOT}", "FTPS_TEST_CODE_CHECK_S": "1.5"}
+    server = support.ServerProcess(_config(pki, tmp_path), tmp_path, env=env)
+    try:
+        for signum in (signal.SIGHUP, signal.SIGHUP):  # twice: the second one is no different
+            sent = time.monotonic()
+            os.kill(server.pid, signum)
+            server.wait_for("RELOADING=1", timeout=5)
+            announced = time.monotonic() - sent
+            server.wait_for("READY=1", timeout=10)
+            ready = time.monotonic() - sent
+            assert announced < 0.5 < 1.5 <= ready, (announced, ready)
+            assert _main_pid(server.messages[-1]) is None  # the code did not change: in place
+        assert server.proc.poll() is None
+    finally:
+        server.stop()

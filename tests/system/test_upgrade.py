@@ -41,6 +41,15 @@ def _serving_pid(ct: Container, cursor: str) -> str:
         time.sleep(0.2)
 
 
+def _messages_of(ct: Container, pid: str, cursor: str) -> list[str]:
+    """The service's journal messages after `cursor` from process `pid`."""
+    return [
+        str(e.get("MESSAGE"))
+        for e in ct.journal_json(unit="ftps-server", extra=[f"--after-cursor={cursor}"])
+        if str(e.get("_PID")) == pid
+    ]
+
+
 def _cursor(ct: Container) -> str:
     out = ct.run(["journalctl", "--no-pager", "-n", "0", "--show-cursor"]).stdout
     return out.strip().rsplit("-- cursor: ", 1)[-1]
@@ -99,7 +108,11 @@ def test_upgrade_during_download_hands_over(
                 f"the download ended during the upgrade (curl exit {download.returncode}): "
                 f"{download.communicate()[1]}\n{apt_output[-2000:]}"
             )
-        assert _alive(ct, old_pid)
+        if not _alive(ct, old_pid):
+            raise AssertionError(
+                f"PID {old_pid}, serving the download, has gone; its journal: "
+                f"{_messages_of(ct, old_pid, before_download)}\n{apt_output[-2000:]}"
+            )
         assert "handed over to the new version" in apt_output, apt_output[-3000:]
         new_pid = ct.systemctl_show("ftps-server", "MainPID")
         assert new_pid not in (old_pid, "0"), (old_pid, new_pid)
@@ -128,11 +141,7 @@ def test_upgrade_during_download_hands_over(
         while _alive(ct, old_pid) and time.monotonic() < deadline:
             time.sleep(0.3)
         assert not _alive(ct, old_pid), "the old process is still there"
-        messages = [
-            str(e.get("MESSAGE"))
-            for e in ct.journal_json(unit="ftps-server", extra=[f"--after-cursor={cursor}"])
-            if str(e.get("_PID")) == old_pid
-        ]
+        messages = _messages_of(ct, old_pid, cursor)
         assert any(f"handed the listeners over to PID {new_pid}" in m for m in messages), messages
         assert any("drained: every session ended" in m for m in messages), messages
         assert ct.systemctl_show("ftps-server", "MainPID") == new_pid
