@@ -17,16 +17,21 @@ import logging
 import os
 import re
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
+from types import FrameType
 from typing import Any, TextIO
 
 __all__ = [
     "PRIORITIES",
+    "Event",
     "StderrHandler",
     "StructuredJournalHandler",
     "journal_fields",
+    "log_event",
     "priority",
     "record_fields",
     "setup_logging",
@@ -87,6 +92,10 @@ def record_fields(record: logging.LogRecord) -> dict[str, str]:
     raw = getattr(record, "fields", None)
     if not isinstance(raw, Mapping):
         return {}
+    return _clean_fields(raw)
+
+
+def _clean_fields(raw: Mapping[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in raw.items():
         if value is None:
@@ -102,18 +111,36 @@ def record_fields(record: logging.LogRecord) -> dict[str, str]:
 def journal_fields(record: logging.LogRecord, message: str | None = None) -> dict[str, str]:
     """Every journal field a record becomes: MESSAGE, PRIORITY, code location, own fields."""
     text = message if message is not None else record.getMessage()
-    fields = {
+    return _entry(
+        text,
+        record.levelno,
+        record.name,
+        (record.pathname, record.lineno, record.funcName),
+        record.threadName or "",
+        record_fields(record),
+    )
+
+
+def _entry(
+    text: str,
+    level: int,
+    logger: str,
+    where: tuple[str, int, str],
+    thread: str,
+    fields: dict[str, str],
+) -> dict[str, str]:
+    entry = {
         "MESSAGE": _redact(text),
-        "PRIORITY": str(priority(record.levelno)),
+        "PRIORITY": str(priority(level)),
         "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
-        "LOGGER": record.name,
-        "CODE_FILE": record.pathname,
-        "CODE_LINE": str(record.lineno),
-        "CODE_FUNC": record.funcName,
-        "THREAD_NAME": record.threadName or "",
+        "LOGGER": logger,
+        "CODE_FILE": where[0],
+        "CODE_LINE": str(where[1]),
+        "CODE_FUNC": where[2],
+        "THREAD_NAME": thread,
     }
-    fields.update(record_fields(record))
-    return fields
+    entry.update(fields)
+    return entry
 
 
 _NEEDS_QUOTES = re.compile(r'[\s"=\\]')
@@ -146,26 +173,44 @@ class StderrHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Write one record; failures go to logging's error path, never raise."""
         try:
-            stream = self._stream if self._stream is not None else sys.stderr
-            text = self.format(record)
-            if _is_terminal(stream):  # a human at a terminal reads no "<6>" prefixes
-                text = re.sub(r"(?m)^<\d>", "", text)
-            stream.write(text + "\n")
-            stream.flush()
+            self._write(self.format(record))
         except Exception:
             self.handleError(record)
 
+    def _write(self, text: str) -> None:
+        stream = self._stream if self._stream is not None else sys.stderr
+        if _is_terminal(stream):  # a human at a terminal reads no "<6>" prefixes
+            text = re.sub(r"(?m)^<\d>", "", text)
+        stream.write(text + "\n")
+        stream.flush()
+
     def format(self, record: logging.LogRecord) -> str:
         """The record as prefixed lines."""
-        message = _redact(record.getMessage())
+        message = record.getMessage()
         if record.exc_info:
             message += "\n" + logging.Formatter().formatException(record.exc_info)
-        fields = _field_text(record_fields(record))
-        lines = message.splitlines() or [""]
-        if fields:
-            lines[0] = f"{lines[0]} {fields}"
-        prefix = f"<{priority(record.levelno)}>{record.levelname} {record.name}: "
-        return "\n".join(prefix + line for line in lines)
+        return _stderr_lines(message, record.levelno, record.name, record_fields(record))
+
+    def emit_direct(self, event: Event) -> None:
+        """`emit` for a record `log_event` did not make (see there)."""
+        try:
+            text = _stderr_lines(event.text, event.level, event.logger, _clean_fields(event.fields))
+            self.acquire()
+            try:
+                self._write(text)
+            finally:
+                self.release()
+        except Exception:
+            self.handleError(event.record())
+
+
+def _stderr_lines(message: str, level: int, logger: str, fields: dict[str, str]) -> str:
+    lines = _redact(message).splitlines() or [""]
+    text = _field_text(fields)
+    if text:
+        lines[0] = f"{lines[0]} {text}"
+    prefix = f"<{priority(level)}>{logging.getLevelName(level)} {logger}: "
+    return "\n".join(prefix + line for line in lines)
 
 
 # isatty() is a system call; asked once per stream, not per record (weak: a replaced
@@ -212,6 +257,88 @@ class StructuredJournalHandler(logging.Handler):
             self._sender(**fields)
         except Exception:
             self.handleError(record)
+
+    def emit_direct(self, event: Event) -> None:
+        """`emit` for a record `log_event` did not make (see there)."""
+        try:
+            code = event.caller.f_code
+            where = (code.co_filename, event.caller.f_lineno, code.co_name)
+            fields: dict[str, Any] = _entry(
+                event.text,
+                event.level,
+                event.logger,
+                where,
+                threading.current_thread().name,
+                _clean_fields(event.fields),
+            )
+            fields["CODE_LINE"] = where[1]  # an int, as in emit
+            self.acquire()
+            try:
+                self._sender(**fields)
+            finally:
+                self.release()
+        except Exception:
+            self.handleError(event.record())
+
+
+@dataclass(slots=True)  # not frozen: made for every entry, and frozen costs a call per field
+class Event:
+    """A record `log_event` hands to the handler itself (no LogRecord made)."""
+
+    level: int
+    logger: str
+    text: str
+    fields: Mapping[str, Any]
+    caller: FrameType  # where it was logged: CODE_FILE, CODE_LINE, CODE_FUNC
+
+    def record(self) -> logging.LogRecord:
+        """The LogRecord logging would have made (for logging's error report)."""
+        code = self.caller.f_code
+        return logging.LogRecord(
+            self.logger, self.level, code.co_filename, self.caller.f_lineno, self.text, None, None
+        )
+
+
+def log_event(logger: logging.Logger, level: int, text: str, fields: Mapping[str, Any]) -> None:
+    """``logger.log(level, text, extra={"fields": fields})``, the same entry, made cheaper.
+
+    Every session logs several entries (connect, TLS, login, each transfer, end); through
+    logging each one builds a LogRecord, walks the stack for its caller and passes a chain of
+    handler checks: most of its cost. When the handler `setup_logging` installed is the only
+    one on the way (no other handler, no filter), the entry goes to it directly. Anything
+    else that listens (a test's capture, an administrator's filter) gets the usual record."""
+    if not logger.isEnabledFor(level):
+        return
+    handler = _sole_handler(logger, level)
+    if handler is None:
+        logger.log(level, "%s", text, extra={"fields": fields}, stacklevel=2)
+        return
+    handler.emit_direct(Event(level, logger.name, text, fields, sys._getframe(1)))
+
+
+def _sole_handler(
+    logger: logging.Logger, level: int
+) -> StructuredJournalHandler | StderrHandler | None:
+    """setup_logging's handler when a record of `logger` would reach it and no other."""
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters:
+            return None
+        handlers = node.handlers
+        if handlers:
+            if node.parent is not None or len(handlers) != 1:
+                return None  # a handler below the root, or a second one on it
+            handler = handlers[0]
+            if not getattr(handler, _HANDLER_MARK, False) or handler.filters:
+                return None
+            if level < handler.level:
+                return None
+            assert isinstance(handler, StructuredJournalHandler | StderrHandler)
+            return handler
+        if not node.propagate:
+            return None
+        node = node.parent
+    return None
 
 
 def stderr_is_journal(stream: TextIO | None = None) -> bool:

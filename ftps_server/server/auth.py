@@ -24,6 +24,7 @@ from cryptography import x509
 
 from ..config.model import Config, UserConfig
 from ..journal import message_ids
+from ..journal.log import log_event
 from ..pki.certs import utcnow
 from ..pki.passwords import PasswordError, VerifierCache
 from ..pki.passwords import verify_password as _verify_password
@@ -212,7 +213,7 @@ class Authenticator:
             fields["SESSION_ID"] = session_log.id
         if message_id:
             fields["MESSAGE_ID"] = message_id
-        log.log(level, text, extra={"fields": fields})
+        log_event(log, level, text, fields)
 
     def _sweep(self) -> None:
         for address in self.tracker.expire():

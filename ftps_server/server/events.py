@@ -25,6 +25,7 @@ from typing import Protocol
 from cryptography import x509
 
 from ..journal import message_ids
+from ..journal.log import log_event
 from ..journal.xferlog import append_line, xferlog_line
 from ..pki.certs import fingerprint
 from ..safe_text import escape_controls
@@ -183,7 +184,7 @@ class SessionLog:
     def _emit(self, level: int, message_id: str, text: str, fields: dict[str, str]) -> None:
         every = self._common_fields({"MESSAGE_ID": message_id})
         every.update(fields)
-        log.log(level, "%s", text, extra={"fields": every})
+        log_event(log, level, text, every)
 
     def connected(self, remote_port: int) -> None:
         """A client connected (before any TLS)."""

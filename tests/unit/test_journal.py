@@ -163,6 +163,98 @@ def test_setup_logging_chooses_and_replaces(
     assert isinstance(handler, journal.StructuredJournalHandler)
 
 
+PEM = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIB\n-----END EC PRIVATE KEY-----"
+
+
+def _entry_both_ways(handler: logging.Handler, level: int = logging.WARNING) -> tuple[int, int]:
+    """One entry through log_event, then the same through logging; how many LogRecords the
+    first made, and its line."""
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    handler._ftps_server_handler = True  # type: ignore[attr-defined]  # as setup_logging marks its own
+    log = logging.getLogger("ftps_server.test_event")
+    text, fields = f"key {PEM} in a message", {"MESSAGE_ID": "abc", "DETAIL": PEM, "N": 7}
+    made: list[logging.LogRecord] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made.append(factory(*args, **kwargs))
+        return made[-1]
+
+    logging.setLogRecordFactory(counting)
+    try:
+        line = sys._getframe().f_lineno + 1
+        journal.log_event(log, level, text, fields)
+        records = len(made)
+        log.log(level, "%s", text, extra={"fields": fields})
+    finally:
+        logging.setLogRecordFactory(factory)
+    return records, line
+
+
+def test_log_event_is_the_journal_entry_logging_makes_without_a_record(
+    restore_root: None,
+) -> None:
+    sent: list[dict[str, Any]] = []
+    made, line = _entry_both_ways(journal.StructuredJournalHandler(lambda **kw: sent.append(kw)))
+    direct, logged = sent
+    assert made == 0  # straight to the handler
+    assert direct["CODE_LINE"] == line and logged["CODE_LINE"] == line + 2
+    assert {**direct, "CODE_LINE": 0} == {**logged, "CODE_LINE": 0}
+    assert direct["CODE_FUNC"] == "_entry_both_ways"
+    assert direct["CODE_FILE"] == __file__ and direct["THREAD_NAME"] == "MainThread"
+    assert direct["PRIORITY"] == "4" and direct["N"] == "7" and direct["MESSAGE_ID"] == "abc"
+    assert "MHcCAQEEIB" not in json.dumps(direct)
+    assert direct["DETAIL"] == "[private key removed]"
+
+
+def test_log_event_is_the_stderr_line_logging_makes(restore_root: None) -> None:
+    stream = io.StringIO()
+    made, _line = _entry_both_ways(journal.StderrHandler(stream))
+    direct, logged = stream.getvalue().splitlines()
+    assert made == 0
+    assert direct == logged
+    assert direct.startswith("<4>WARNING ftps_server.test_event: key [private key removed]")
+    assert "MHcCAQEEIB" not in stream.getvalue()
+
+
+def test_log_event_goes_through_logging_when_another_handler_listens(
+    restore_root: None,
+) -> None:
+    """A second handler (a test's capture, an administrator's), a filter, or a level that
+    drops the entry: logging decides, as for any record."""
+    sent: list[dict[str, Any]] = []
+    ours = journal.StructuredJournalHandler(lambda **kw: sent.append(kw))
+    captured: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            captured.append(record)
+
+    other = Capture()
+    log = logging.getLogger("ftps_server.test_event")
+    _entry_both_ways(ours)
+    sent.clear()
+    logging.getLogger().addHandler(other)
+    journal.log_event(log, logging.INFO, "seen by both", {"MESSAGE_ID": "abc"})
+    assert [e["MESSAGE"] for e in sent] == ["seen by both"]
+    assert [(r.getMessage(), r.fields) for r in captured] == [  # type: ignore[attr-defined]
+        ("seen by both", {"MESSAGE_ID": "abc"})
+    ]
+    logging.getLogger().removeHandler(other)
+    log.addFilter(lambda r: False)
+    try:
+        journal.log_event(log, logging.INFO, "filtered", {})
+    finally:
+        log.filters.clear()
+    ours.setLevel(logging.WARNING)
+    journal.log_event(log, logging.INFO, "below the handler's level", {})
+    logging.getLogger().setLevel(logging.ERROR)
+    journal.log_event(log, logging.WARNING, "below the logger's level", {})
+    assert [e["MESSAGE"] for e in sent] == ["seen by both"]
+
+
 _NATIVE_RECEIVER = textwrap.dedent(
     """
     import json, logging, os, socket, struct, sys
