@@ -192,16 +192,10 @@ class StderrHandler(logging.Handler):
         return _stderr_lines(message, record.levelno, record.name, record_fields(record))
 
     def emit_direct(self, event: Event) -> None:
-        """`emit` for a record `log_event` did not make (see there)."""
-        try:
-            text = _stderr_lines(event.text, event.level, event.logger, _clean_fields(event.fields))
-            self.acquire()
-            try:
-                self._write(text)
-            finally:
-                self.release()
-        except Exception:
-            self.handleError(event.record())
+        """`emit` for a record `log_event` did not make (see there; it holds the lock)."""
+        self._write(
+            _stderr_lines(event.text, event.level, event.logger, _clean_fields(event.fields))
+        )
 
 
 def _stderr_lines(message: str, level: int, logger: str, fields: dict[str, str]) -> str:
@@ -259,26 +253,19 @@ class StructuredJournalHandler(logging.Handler):
             self.handleError(record)
 
     def emit_direct(self, event: Event) -> None:
-        """`emit` for a record `log_event` did not make (see there)."""
-        try:
-            code = event.caller.f_code
-            where = (code.co_filename, event.caller.f_lineno, code.co_name)
-            fields: dict[str, Any] = _entry(
-                event.text,
-                event.level,
-                event.logger,
-                where,
-                threading.current_thread().name,
-                _clean_fields(event.fields),
-            )
-            fields["CODE_LINE"] = where[1]  # an int, as in emit
-            self.acquire()
-            try:
-                self._sender(**fields)
-            finally:
-                self.release()
-        except Exception:
-            self.handleError(event.record())
+        """`emit` for a record `log_event` did not make (see there; it holds the lock)."""
+        code = event.caller.f_code
+        where = (code.co_filename, event.caller.f_lineno, code.co_name)
+        fields: dict[str, Any] = _entry(
+            event.text,
+            event.level,
+            event.logger,
+            where,
+            threading.current_thread().name,
+            _clean_fields(event.fields),
+        )
+        fields["CODE_LINE"] = where[1]  # an int, as in emit
+        self._sender(**fields)
 
 
 @dataclass(slots=True)  # not frozen: made for every entry, and frozen costs a call per field
@@ -313,7 +300,14 @@ def log_event(logger: logging.Logger, level: int, text: str, fields: Mapping[str
     if handler is None:
         logger.log(level, "%s", text, extra={"fields": fields}, stacklevel=2)
         return
-    handler.emit_direct(Event(level, logger.name, text, fields, sys._getframe(1)))
+    event = Event(level, logger.name, text, fields, sys._getframe(1))
+    handler.acquire()  # what Handler.handle does around emit, and emit's error path
+    try:
+        handler.emit_direct(event)
+    except Exception:
+        handler.handleError(event.record())
+    finally:
+        handler.release()
 
 
 def _sole_handler(
