@@ -214,6 +214,11 @@ class Daemon:
 
         threading.Thread(target=run, name="remind", daemon=True).start()
 
+    @property
+    def _handing_over(self) -> bool:
+        """A hand-over runs or ran: reloads and hand-overs are ignored from now on."""
+        return self._spawn is not None or self._handed_over
+
     def _announce_reload(self, signum: int) -> None:
         """RELOADING=1 the moment SIGHUP or SIGUSR2 arrives, not once the loop gets to it.
 
@@ -224,9 +229,7 @@ class Daemon:
         place, and restarted the service, cutting the sessions the hand-over was to keep.
         Only when READY=1 will follow: reload() and hand_over() answer every signal that gets
         past these guards (theirs)."""
-        if self._spawn is not None or self._handed_over:
-            return
-        if signum == signal.SIGUSR2 and not self.listeners.servers:
+        if self._handing_over or (signum == signal.SIGUSR2 and not self.listeners.servers):
             return
         now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         notify("RELOADING=1", f"MONOTONIC_USEC={now_usec}", "STATUS=reloading")
@@ -237,7 +240,7 @@ class Daemon:
         When the installed code changed since this process started (a package upgrade), hand
         the listeners over to a new process running it instead (with none bound, there is
         nothing to hand over: reload in place)."""
-        if self._spawn is not None or self._handed_over:
+        if self._handing_over:
             return
         if handover.code_fingerprint() != self._code and self.listeners.servers:
             log.info("the installed code changed since the start: handing over")
@@ -272,7 +275,7 @@ class Daemon:
     # -- hand-over to a new process (package upgrade; server/handover.py) -------------------
     def hand_over(self) -> None:
         """Start a new process on the listening sockets; drain once it serves."""
-        if self._spawn is not None or self._handed_over or not self.listeners.servers:
+        if self._handing_over or not self.listeners.servers:
             return
         now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         notify("RELOADING=1", f"MONOTONIC_USEC={now_usec}", "STATUS=handing over")
